@@ -1,0 +1,1 @@
+"""Command-line entry points (thin: parse, build a config, call the library)."""

@@ -1,0 +1,151 @@
+"""Atomic file output: nothing half-written.
+
+Every file a command produces is written to a temporary sibling, flushed and fsynced,
+then renamed over the target, so a crash (or SIGKILL) leaves either the old file or the
+new one. Output directories are built in a temporary sibling directory and renamed into
+place at the end (:func:`atomic_directory`).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(str(path), os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (temp file, fsync, rename).
+
+    Args:
+        path: target file; its parent directory must exist.
+        data: the bytes to write.
+
+    Returns:
+        The target path.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON to ``path`` atomically."""
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+class _NoAliasDumper(yaml.SafeDumper):
+    """A safe dumper that writes repeated lists out in full (no ``&id001`` anchors)."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def dump_yaml(obj: Any) -> str:
+    """YAML text of ``obj``: key order kept, short lists inline, no anchors."""
+    return yaml.dump(obj, Dumper=_NoAliasDumper, sort_keys=False, default_flow_style=None, width=120)
+
+
+def atomic_write_yaml(path: str | os.PathLike, obj: Any) -> Path:
+    """Write ``obj`` as YAML to ``path`` atomically."""
+    return atomic_write_text(path, dump_yaml(obj))
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` into memory, then write atomically."""
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def safe_torch_load(path: str | os.PathLike) -> Any:
+    """Load a checkpoint with ``weights_only=True`` (no arbitrary code execution).
+
+    Raises:
+        CheckpointError: the file is missing or cannot be read as a safe checkpoint.
+    """
+    import torch
+
+    from dnas.errors import CheckpointError
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - re-raised as a user-facing error
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: not a readable checkpoint ({first})") from None
+
+
+@contextlib.contextmanager
+def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Build a directory in a temporary sibling and rename it into place on success.
+
+    On an exception the temporary directory is removed and ``target`` is untouched.
+
+    Args:
+        target: the directory to create.
+        overwrite: replace an existing ``target``; otherwise an existing non-empty
+            target raises :class:`dnas.errors.DnasError`.
+
+    Yields:
+        The temporary directory to write into.
+    """
+    from dnas.errors import DnasError
+
+    target = Path(target)
+    if target.exists() and not overwrite and (not target.is_dir() or any(target.iterdir())):
+        raise DnasError(f"{target}: output directory exists and is not empty (pass --overwrite)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if target.exists():
+        old = target.with_name(f".{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, target)
+    _fsync_dir(target.parent)

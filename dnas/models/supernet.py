@@ -1,0 +1,186 @@
+"""The DCS-DNAS supernet (paper section 3.4, Tables III/IV; FORMULAS.md sections 2-3).
+
+Every bottleneck is a :class:`SuperInvertedResidual` at its largest widths. A width
+group (rows sharing a channel range) has one width choice, every block one expansion
+choice; DCS-Attention modules follow the rows the space marks. The choice travels as an
+argument (:class:`ArchChoice`: Gumbel-softmax weights or one-hots), never as hidden
+state; the temperature is an argument of :meth:`Supernet.sample_choice`.
+
+Residual adds: inside a width group the widths are equal by construction (weight 1).
+Where a stride-1 block's input and output widths come from different choices with
+overlapping options (row 1 after the stem; row 8 after row 7), the derived net has a
+residual exactly when the two chosen widths are equal, so the supernet weights the
+residual by the probability of that event (1 or 0 for one-hot choices).
+"""
+from __future__ import annotations
+
+from typing import Iterator, NamedTuple
+
+import torch
+from torch import nn
+
+from dnas.models.head import ClassifierHead
+from dnas.models.plain import stage_ends
+from dnas.ops.blocks import ConvBNReLU
+from dnas.ops.dcs import DCSAttention, gumbel_like
+from dnas.ops.registry import SUPER_OPS
+from dnas.ops.super_blocks import option_masks
+from dnas.space import SearchSpace
+
+
+class ArchChoice(NamedTuple):
+    """Weights over options: one (K_g,) tensor per width group, one (E_b,) per block."""
+
+    width: list[torch.Tensor]
+    expansion: list[torch.Tensor]
+
+
+ARCH_PARAM_PREFIXES = ("arch_width_logits.", "arch_expansion_logits.")
+
+
+class Supernet(nn.Module):
+    """Args:
+        space: a :class:`SearchSpace`.
+        num_classes: classifier outputs (default: the space's).
+        use_dcs: insert DCS-Attention modules (off for the paper's ablations).
+        bnneck: BN on the embedding before the classifier (default: the space's).
+    """
+
+    def __init__(self, space: SearchSpace, num_classes: int | None = None, use_dcs: bool = True,
+                 bnneck: bool | None = None):
+        super().__init__()
+        self.space, self.use_dcs = space, use_dcs
+        self.num_classes = int(num_classes or space.num_classes)
+        self.bnneck = space.bnneck if bnneck is None else bnneck
+        self.arch_width_logits = nn.ParameterList(nn.Parameter(torch.zeros(len(o))) for o in space.group_options)
+        self.arch_expansion_logits = nn.ParameterList(nn.Parameter(torch.zeros(len(b.mid_options))) for b in space.blocks)
+        self.group_max = [max(o) for o in space.group_options]
+        for g, opts in enumerate(space.group_options):
+            self.register_buffer(f"_width_mask{g}", option_masks(opts, self.group_max[g]), persistent=False)
+            self.register_buffer(f"_width_value{g}", torch.tensor(opts, dtype=torch.float32), persistent=False)
+        stem = space.stem
+        self.stem = ConvBNReLU(3, stem["out_chs"], stem["stride"], kernel_size=stem["kernel_size"])
+        blocks, self._residual = [], []
+        for b in space.blocks:
+            in_max, mid_max = max(b.in_options), max(b.mid_options)
+            blocks.append(SUPER_OPS.build(b.op, in_max, self.group_max[b.out_group], b.stride, mid_chs=mid_max))
+            self.register_buffer(f"_mid_mask{b.index}", option_masks(b.mid_options, mid_max), persistent=False)
+            self._residual.append(self._residual_rule(b))
+        self.blocks = nn.ModuleList(blocks)
+        self._ends = stage_ends(space)
+        self.dcs = nn.ModuleDict({
+            str(s): DCSAttention(self.group_max[space.stage_group[s]], tau_m=space.tau_m) for s in space.dcs_stages
+        }) if use_dcs else nn.ModuleDict()
+        last_group = space.stage_group[len(space.stages) - 1]
+        self.head = ClassifierHead(self.group_max[last_group], space.head["out_chs"], self.num_classes, self.bnneck)
+
+    def _residual_rule(self, b) -> str | torch.Tensor | None:
+        if b.stride != 1:
+            return None
+        if b.in_group == b.out_group:
+            return "same"
+        eq = torch.tensor([[float(i == o) for o in b.out_options] for i in b.in_options])  # (K_in, K_out)
+        if eq.sum() == 0:
+            return None
+        self.register_buffer(f"_residual_eq{b.index}", eq, persistent=False)
+        return "eq"
+
+    # -- parameters ---------------------------------------------------------------
+    @staticmethod
+    def is_arch_parameter(name: str) -> bool:
+        """Width/expansion logits and the DCS ``pi`` layers are architecture parameters."""
+        return name.startswith(ARCH_PARAM_PREFIXES) or (name.startswith("dcs.") and ".pi." in name)
+
+    def arch_parameters(self) -> Iterator[nn.Parameter]:
+        return (p for n, p in self.named_parameters() if self.is_arch_parameter(n))
+
+    def weight_parameters(self) -> Iterator[nn.Parameter]:
+        return (p for n, p in self.named_parameters() if not self.is_arch_parameter(n))
+
+    # -- choices ------------------------------------------------------------------
+    def _logits(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        return list(self.arch_width_logits), list(self.arch_expansion_logits)
+
+    def sample_choice(self, tau: float, hard: bool = False, generator: torch.Generator | None = None) -> ArchChoice:
+        """Gumbel-softmax weights ``softmax((alpha + G) / tau)`` (straight-through one-hot with ``hard``).
+
+        Args:
+            tau: temperature.
+            hard: forward one-hot, backward soft.
+            generator: a CPU generator for the noise (share its seed across ranks for
+                identical choices); ``None`` uses the global RNG of the logits' device.
+        """
+        def gs(logit: torch.Tensor) -> torch.Tensor:
+            if generator is None:
+                noise = gumbel_like(logit.detach())
+            else:
+                noise = gumbel_like(logit.detach().float().cpu(), generator).to(logit.device, logit.dtype)
+            soft = torch.softmax((logit + noise) / tau, dim=0)
+            if not hard:
+                return soft
+            onehot = torch.zeros_like(soft).scatter_(0, soft.argmax().view(1), 1.0)
+            return onehot + soft - soft.detach()
+
+        w, e = self._logits()
+        return ArchChoice([gs(x) for x in w], [gs(x) for x in e])
+
+    def probs_choice(self) -> ArchChoice:
+        """Softmax probabilities of the logits (no noise): the architecture distribution."""
+        w, e = self._logits()
+        return ArchChoice([torch.softmax(x, 0) for x in w], [torch.softmax(x, 0) for x in e])
+
+    def onehot_choice(self, indices: dict) -> ArchChoice:
+        """One-hot weights for ``{"width": [...], "expansion": [...]}`` index choices."""
+        def oh(logit: torch.Tensor, i: int) -> torch.Tensor:
+            return torch.zeros_like(logit.detach()).index_fill_(0, torch.tensor([i], device=logit.device), 1.0)
+
+        w, e = self._logits()
+        return ArchChoice([oh(x, i) for x, i in zip(w, indices["width"])],
+                          [oh(x, i) for x, i in zip(e, indices["expansion"])])
+
+    def argmax_indices(self) -> dict:
+        """Index choices of the most probable option everywhere."""
+        w, e = self._logits()
+        return {"width": [int(x.argmax()) for x in w], "expansion": [int(x.argmax()) for x in e]}
+
+    # -- forward ------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, choice: ArchChoice | None = None, return_features: bool = False):
+        """Args:
+            x: (B, 3, H, W).
+            choice: option weights (default: one-hot argmax of the logits).
+            return_features: return the feature dict (``logits``, ``embedding``,
+                ``global_feat``, ``ib_input``) instead of the logits.
+        """
+        if choice is None:
+            choice = self.onehot_choice(self.argmax_indices())
+        masks = [choice.width[g] @ getattr(self, f"_width_mask{g}") for g in range(len(self.group_max))]
+        x = self.stem(x)  # (B, stem, H/2, W/2)
+        ib_input = None
+        for spec, block in zip(self.space.blocks, self.blocks):
+            mid_mask = choice.expansion[spec.index] @ getattr(self, f"_mid_mask{spec.index}")
+            x = block(x, mid_mask, masks[spec.out_group], self._residual_weight(spec, choice))
+            s = self._ends.get(spec.index)
+            if s is not None and self.space.stages[s]["dcs_after"]:
+                if ib_input is None:
+                    ib_input = x.mean((2, 3))  # (B, C_max) pooled input of the first DCS module
+                if self.use_dcs:
+                    g = spec.out_group
+                    eff_width = choice.width[g] @ getattr(self, f"_width_value{g}")
+                    x = self.dcs[str(s)](x, masks[g], eff_width)
+        out = self.head(x)
+        if not return_features:
+            return out["logits"]
+        out["ib_input"] = ib_input if ib_input is not None else out["global_feat"]
+        return out
+
+    def _residual_weight(self, spec, choice: ArchChoice) -> torch.Tensor | float | None:
+        rule = self._residual[spec.index]
+        if rule is None:
+            return None
+        if rule == "same":
+            return 1.0
+        eq = getattr(self, f"_residual_eq{spec.index}")
+        w_out = choice.width[spec.out_group]
+        if spec.in_group is None:  # input is the stem (a single width)
+            return eq[0] @ w_out
+        return choice.width[spec.in_group] @ eq @ w_out
