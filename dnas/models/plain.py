@@ -29,16 +29,18 @@ class PlainNet(nn.Module):
     Args:
         arch: a derived :class:`SearchSpace` (``arch.is_derived``).
         num_classes: classifier outputs (default: the arch's ``num_classes``).
-        use_dcs: insert the DCS-Attention modules the arch marks.
+        use_dcs: insert the DCS-Attention modules the arch marks (default: the arch's
+            ``use_dcs``).
         bnneck: BN on the embedding before the classifier (default: the arch's).
     """
 
-    def __init__(self, arch: SearchSpace, num_classes: int | None = None, use_dcs: bool = True,
+    def __init__(self, arch: SearchSpace, num_classes: int | None = None, use_dcs: bool | None = None,
                  bnneck: bool | None = None):
         super().__init__()
         if not arch.is_derived:
             raise SpaceError(f"{arch.source}: not a derived architecture (some field still lists several options)")
-        self.arch, self.use_dcs = arch, use_dcs
+        self.arch = arch
+        self.use_dcs = arch.use_dcs if use_dcs is None else use_dcs
         self.num_classes = int(num_classes or arch.num_classes)
         stem = arch.stem
         self.stem = ConvBNReLU(3, stem["out_chs"], stem["stride"], kernel_size=stem["kernel_size"])
@@ -49,7 +51,7 @@ class PlainNet(nn.Module):
         self._ends = stage_ends(arch)
         self.dcs = nn.ModuleDict({
             str(s): DCSAttention(arch.stage_out_options(s)[0], tau_m=arch.tau_m) for s in arch.dcs_stages
-        }) if use_dcs else nn.ModuleDict()
+        }) if self.use_dcs else nn.ModuleDict()
         self.head = ClassifierHead(arch.stage_out_options(len(arch.stages) - 1)[0], arch.head["out_chs"],
                                    self.num_classes, arch.bnneck if bnneck is None else bnneck)
 

@@ -42,14 +42,16 @@ class Supernet(nn.Module):
     """Args:
         space: a :class:`SearchSpace`.
         num_classes: classifier outputs (default: the space's).
-        use_dcs: insert DCS-Attention modules (off for the paper's ablations).
+        use_dcs: insert DCS-Attention modules (off for the paper's ablations; default:
+            the space's ``use_dcs``).
         bnneck: BN on the embedding before the classifier (default: the space's).
     """
 
-    def __init__(self, space: SearchSpace, num_classes: int | None = None, use_dcs: bool = True,
+    def __init__(self, space: SearchSpace, num_classes: int | None = None, use_dcs: bool | None = None,
                  bnneck: bool | None = None):
         super().__init__()
-        self.space, self.use_dcs = space, use_dcs
+        self.space = space
+        self.use_dcs = space.use_dcs if use_dcs is None else use_dcs
         self.num_classes = int(num_classes or space.num_classes)
         self.bnneck = space.bnneck if bnneck is None else bnneck
         self.arch_width_logits = nn.ParameterList(nn.Parameter(torch.zeros(len(o))) for o in space.group_options)
@@ -70,7 +72,7 @@ class Supernet(nn.Module):
         self._ends = stage_ends(space)
         self.dcs = nn.ModuleDict({
             str(s): DCSAttention(self.group_max[space.stage_group[s]], tau_m=space.tau_m) for s in space.dcs_stages
-        }) if use_dcs else nn.ModuleDict()
+        }) if self.use_dcs else nn.ModuleDict()
         last_group = space.stage_group[len(space.stages) - 1]
         self.head = ClassifierHead(self.group_max[last_group], space.head["out_chs"], self.num_classes, self.bnneck)
 

@@ -21,6 +21,7 @@ scalar. A file looks like::
     dcs: {tau_m: 1.0}             # optional DCS-Attention settings
     space: fbnetv2                # optional provenance of a derived arch
     bnneck: false                 # optional BN on the embedding before the classifier
+    use_dcs: true                 # optional; false builds no DCS modules (ablations)
 
 Rows with the same ``channels`` option list that follow each other form one *width
 group*: all their blocks share one width choice (residual adds need equal widths).
@@ -34,7 +35,7 @@ from typing import Any, Callable, Mapping
 
 from dnas.errors import SpaceError
 
-TOP_KEYS = {"name", "input_size", "num_classes", "stem", "stages", "head", "dcs", "space", "bnneck"}
+TOP_KEYS = {"name", "input_size", "num_classes", "stem", "stages", "head", "dcs", "space", "bnneck", "use_dcs"}
 REQUIRED_TOP = ("name", "input_size", "stem", "stages", "head")
 STAGE_KEYS = {"op", "expansion", "channels", "n", "stride", "dcs_after", "blocks"}
 REQUIRED_STAGE = ("op", "channels", "n", "stride", "dcs_after")
@@ -127,9 +128,10 @@ def validate_space_dict(data: Any, source: str, known_ops: set[str]) -> dict:
         raise _fail(source, f"key 'input_size': expected 3 input channels, got {size[0]}")
     out["input_size"] = list(size)
     out["num_classes"] = _int_in(data.get("num_classes", 1000), 1, 10_000_000, source, "num_classes")
-    out["bnneck"] = data.get("bnneck", False)
-    if not isinstance(out["bnneck"], bool):
-        raise _fail(source, f"key 'bnneck': expected true or false, got {out['bnneck']!r}")
+    for key, default in (("bnneck", False), ("use_dcs", True)):
+        out[key] = data.get(key, default)
+        if not isinstance(out[key], bool):
+            raise _fail(source, f"key {key!r}: expected true or false, got {out[key]!r}")
     if "space" in data:
         if not isinstance(data["space"], str):
             raise _fail(source, "key 'space': expected a string")

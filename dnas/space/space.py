@@ -119,6 +119,7 @@ class SearchSpace:
         self.stages: list[dict] = data["stages"]
         self.tau_m: float = data["dcs"]["tau_m"]
         self.bnneck: bool = data["bnneck"]
+        self.use_dcs: bool = data["use_dcs"]
         self.group_options, self.stage_group = self._width_groups()
         self.blocks = self._flatten()
 
@@ -221,7 +222,8 @@ class SearchSpace:
             "expansion": [pick(b.mid_options) for b in self.blocks],
         }
 
-    def arch_from_indices(self, indices: dict, num_classes: int | None = None, name: str | None = None) -> dict:
+    def arch_from_indices(self, indices: dict, num_classes: int | None = None, name: str | None = None,
+                          use_dcs: bool | None = None) -> dict:
         """The derived-architecture dict (every choice a scalar) for index choices."""
         widths = [self.group_options[g][i] for g, i in enumerate(indices["width"])]
         stages = []
@@ -239,6 +241,7 @@ class SearchSpace:
             "input_size": list(self.input_size),
             "num_classes": int(num_classes if num_classes is not None else self.num_classes),
             "bnneck": self.bnneck,
+            "use_dcs": self.use_dcs if use_dcs is None else bool(use_dcs),
             "stem": dict(self.stem),
             "stages": stages,
             "head": dict(self.head),

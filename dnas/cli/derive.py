@@ -1,0 +1,84 @@
+"""``dnas-derive``: export a derived network (arch.yaml, model.pt, model.onnx,
+summary.json, arch.dot) from a search run or from a space without search."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from dnas.cli.common import cli_entry, setup_logging
+from dnas.errors import DnasError
+
+EPILOG = """examples:
+  dnas-derive --supernet xlarge --sample max --num-classes 751 --out derived/xlarge-max
+  dnas-derive --supernet tiny --sample random --seed 3 --out derived/tiny-r3
+  dnas-derive runs/search1 --out derived/search1            # argmax of a search run
+  dnas-derive runs/search1 --top-k 5 --out derived/top5     # the 5 most probable archs
+
+The output directory is written atomically: on any error nothing is left behind.
+Load the result in Python with dnas.load_derived(DIR).
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="dnas-derive", description="Export a derived architecture and its plain PyTorch/ONNX model.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", nargs="?", help="a dnas-search run directory to derive from (argmax of its arch parameters)")
+    p.add_argument("--supernet", help="space name (tiny, fbnetv2, large, xlarge) or YAML path, to derive without search")
+    p.add_argument("--sample", choices=["max", "min", "random"], help="architecture picked without search")
+    p.add_argument("--seed", type=int, default=0, help="seed of --sample random (default 0)")
+    p.add_argument("--num-classes", type=int, help="classifier outputs (default: the space's or the run's)")
+    p.add_argument("--no-dcs", action="store_true", help="export without DCS-Attention modules")
+    p.add_argument("--top-k", type=int, default=1, help="with a run: export the K most probable distinct archs")
+    p.add_argument("--checkpoint", default="last", choices=["last", "best"], help="which run checkpoint (default last)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    p.add_argument("--no-onnx", action="store_true", help="skip the ONNX export and check")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def derive_without_search(args: argparse.Namespace) -> dict:
+    from dnas.export import export_derived
+    from dnas.models import Supernet, derive_plain
+    from dnas.space import load_space
+
+    space = load_space(args.supernet)
+    if args.num_classes is not None and args.num_classes < 1:
+        raise DnasError(f"--num-classes {args.num_classes}: expected a positive integer")
+    indices = space.sample_indices(args.sample, seed=args.seed)
+    net = Supernet(space, num_classes=args.num_classes, use_dcs=False if args.no_dcs else None).eval()
+    name = f"{space.name}-{args.sample}" + (f"-s{args.seed}" if args.sample == "random" else "")
+    arch, plain = derive_plain(net, indices, name=name)
+    return export_derived(args.out, arch, plain, onnx=not args.no_onnx, overwrite=args.overwrite,
+                          extra_summary={"derived_from": f"--sample {args.sample}", "seed": args.seed})
+
+
+@cli_entry("dnas-derive")
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    if args.top_k < 1:
+        raise DnasError(f"--top-k {args.top_k}: expected a positive integer")
+    if args.run:
+        if args.supernet or args.sample:
+            raise DnasError("give either a run directory or --supernet/--sample, not both")
+        from dnas.search.derive_run import derive_from_run
+
+        summaries = derive_from_run(Path(args.run), Path(args.out), top_k=args.top_k, checkpoint=args.checkpoint,
+                                    onnx=not args.no_onnx, overwrite=args.overwrite)
+    else:
+        if not (args.supernet and args.sample):
+            raise DnasError("without a run directory, give --supernet NAME and --sample max|min|random")
+        summaries = [derive_without_search(args)]
+    for s in summaries:
+        onnx = "" if s.get("onnx_max_abs_diff") is None else f", ONNX max abs diff {s['onnx_max_abs_diff']:.2e}"
+        print(f"{s['name']}: {s['params'] / 1e6:.3f} M params, {s['macs'] / 1e6:.1f} M MACs{onnx}")
+    print(f"derived model written to {Path(args.out).resolve()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,251 @@
+"""Exporting a derived network (the ``dnas-derive`` output directory) and loading it back.
+
+A derived directory holds ``arch.yaml`` (every choice a scalar, same schema as a space),
+``model.pt`` (state dict of the plain network), ``model.onnx`` (opset 17, dynamic batch,
+outputs ``logits`` and ``embedding``, checked with ``onnx.checker`` and compared with
+PyTorch through onnxruntime), ``summary.json`` (parameters, MACs counted by fvcore and
+labelled as multiply-accumulates, per-stage widths) and ``arch.dot`` (the network as a
+graph, built with networkx). The directory is built in a temporary sibling and renamed
+into place, so a failure leaves nothing behind.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from dnas.errors import CheckpointError, DnasError, SpaceError
+from dnas.io import atomic_directory, atomic_write_json, atomic_write_text, atomic_write_yaml, safe_torch_load
+from dnas.models.plain import PlainNet
+from dnas.space import SearchSpace
+
+log = logging.getLogger(__name__)
+ONNX_TOLERANCE = 1e-4
+ONNX_OPSET = 17
+
+
+def _arch_space(arch: Any) -> SearchSpace:
+    if isinstance(arch, SearchSpace):
+        return arch
+    if isinstance(arch, Mapping):
+        return SearchSpace.from_dict(dict(arch), "<arch dict>")
+    path = Path(arch)
+    if path.is_dir():
+        path = path / "arch.yaml"
+    if not path.is_file():
+        raise SpaceError(f"{path}: architecture file not found")
+    space = SearchSpace.load(path)
+    if not space.is_derived:
+        raise SpaceError(f"{path}: not a derived architecture (some field still lists several options)")
+    return space
+
+
+def build_model(arch: Any, num_classes: int | None = None, use_dcs: bool | None = None) -> PlainNet:
+    """A fresh plain network of a derived arch.
+
+    Args:
+        arch: arch YAML path, a ``dnas-derive`` directory, a dict or a SearchSpace.
+        num_classes: classifier outputs (default: the arch's).
+        use_dcs: build the DCS-Attention modules (default: the arch's ``use_dcs``).
+    """
+    return PlainNet(_arch_space(arch), num_classes=num_classes, use_dcs=use_dcs)
+
+
+def load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """``load_state_dict`` with a one-line error naming ``source`` on any mismatch."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        raise CheckpointError(f"{source}: weights do not fit the architecture ({what})")
+    for key, t in own.items():
+        if tuple(state[key].shape) != tuple(t.shape):
+            raise CheckpointError(f"{source}: key {key!r} has shape {tuple(state[key].shape)}, "
+                                  f"the architecture needs {tuple(t.shape)}")
+    model.load_state_dict(state)
+
+
+def load_derived(directory: str | Path) -> PlainNet:
+    """The plain network of a ``dnas-derive`` directory with its weights, in eval mode."""
+    directory = Path(directory)
+    model = build_model(directory)
+    state = safe_torch_load(directory / "model.pt")
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{directory / 'model.pt'}: expected a state dict")
+    load_weights(model, state, str(directory / "model.pt"))
+    return model.eval()
+
+
+class _ExportWrapper(nn.Module):
+    """Tuple outputs (logits, embedding) for ONNX."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.model(images, return_features=True)
+        return out["logits"], out["embedding"]
+
+
+def export_onnx(model: nn.Module, input_size: list[int], path: Path, seed: int = 0) -> float:
+    """Export to ONNX, check it, run it once in onnxruntime against PyTorch.
+
+    Returns:
+        The max abs difference over both outputs on a random input of batch 2.
+
+    Raises:
+        DnasError: export failed or the difference exceeds :data:`ONNX_TOLERANCE`.
+    """
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    wrapper = _ExportWrapper(model).eval()
+    gen = torch.Generator().manual_seed(seed)
+    example = torch.randn(1, *input_size, generator=gen)
+    kwargs = dict(input_names=["images"], output_names=["logits", "embedding"], opset_version=ONNX_OPSET)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:  # the TorchScript-based exporter is fast and handles this graph
+            torch.onnx.export(wrapper, (example,), str(path), dynamo=False,
+                              dynamic_axes={n: {0: "batch"} for n in ("images", "logits", "embedding")}, **kwargs)
+        except Exception:  # noqa: BLE001 - fall back to the dynamo exporter
+            batch = torch.export.Dim("batch", min=1, max=4096)
+            torch.onnx.export(wrapper, (example,), str(path), dynamo=True, dynamic_shapes={"images": {0: batch}}, **kwargs)
+    onnx.checker.check_model(onnx.load(str(path)))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = torch.randn(2, *input_size, generator=gen)
+    got = session.run(None, {"images": x.numpy()})
+    with torch.no_grad():
+        ref = wrapper(x)
+    diff = max(float(np.abs(g - r.numpy()).max()) for g, r in zip(got, ref))
+    if not diff <= ONNX_TOLERANCE:
+        raise DnasError(f"{path}: ONNX output differs from PyTorch by {diff:.3g} (> {ONNX_TOLERANCE})")
+    return diff
+
+
+def count_macs(model: nn.Module, input_size: list[int]) -> int:
+    """Multiply-accumulates of one image, counted by fvcore (plus SDPA, which it lacks)."""
+    from fvcore.nn import FlopCountAnalysis
+
+    def sdpa_macs(inputs: list, outputs: list) -> int:
+        q, k, v = (i.type().sizes() for i in inputs[:3])  # (B, h, N, C), (B, h, M, C), (B, h, M, Cv)
+        b, h, n, c = q
+        m, cv = k[-2], v[-1]
+        return b * h * n * m * (c + cv)
+
+    x = torch.zeros(1, *input_size)
+    analysis = FlopCountAnalysis(model.eval(), (x,))
+    analysis.set_op_handle("aten::scaled_dot_product_attention", sdpa_macs)
+    analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return int(analysis.total())
+
+
+def arch_graph(arch: SearchSpace, use_dcs: bool):
+    """The derived network as a networkx DiGraph (nodes carry a ``label``)."""
+    import networkx as nx
+
+    g = nx.DiGraph(name=arch.name)
+    c, h, w = arch.input_size
+    g.add_node("input", label=f"input {c}x{h}x{w}")
+    g.add_node("stem", label=f"conv3x3 {arch.stem['out_chs']} s{arch.stem['stride']}")
+    g.add_edge("input", "stem")
+    prev = "stem"
+    for b in arch.blocks:
+        node = f"block{b.index}"
+        g.add_node(node, label=f"ir {b.in_options[0]}->{b.mid_options[0]}->{b.out_options[0]} s{b.stride}")
+        g.add_edge(prev, node)
+        if b.stride == 1 and b.in_options[0] == b.out_options[0]:
+            g.add_edge(prev, node, residual=True)
+        prev = node
+        last = max(x.index for x in arch.blocks if x.stage == b.stage)
+        if b.index == last and arch.stages[b.stage]["dcs_after"] and use_dcs:
+            g.add_node(f"dcs{b.stage}", label=f"DCS-Attention {b.out_options[0]}")
+            g.add_edge(prev, f"dcs{b.stage}")
+            prev = f"dcs{b.stage}"
+    g.add_node("head", label=f"conv1x1 {arch.head['out_chs']} + avgpool")
+    g.add_node("fc", label=f"fc {arch.num_classes}")
+    g.add_edge(prev, "head")
+    g.add_edge("head", "fc")
+    return g
+
+
+def graph_to_dot(g) -> str:
+    """DOT text of a networkx DiGraph with ``label`` node attributes."""
+    lines = [f'digraph "{g.graph.get("name", "net")}" {{', "  rankdir=TB;", "  node [shape=box];"]
+    lines += [f'  "{n}" [label="{d.get("label", n)}"];' for n, d in g.nodes(data=True)]
+    lines += [f'  "{u}" -> "{v}"{" [style=dashed]" if d.get("residual") else ""};' for u, v, d in g.edges(data=True)]
+    return "\n".join(lines + ["}"]) + "\n"
+
+
+def summarize(model: PlainNet, arch: dict, onnx_diff: float | None, extra: Mapping[str, Any] | None = None) -> dict:
+    """The ``summary.json`` content."""
+    space = model.arch
+    params = sum(p.numel() for p in model.parameters())
+    summary = {
+        "name": arch["name"],
+        "space": arch.get("space"),
+        "input_size": list(space.input_size),
+        "num_classes": model.num_classes,
+        "params": params,
+        "params_millions": round(params / 1e6, 4),
+        "macs": count_macs(model, space.input_size),
+        "macs_note": "multiply-accumulates per image, counted by fvcore (SDPA added)",
+        "use_dcs": model.use_dcs,
+        "stage_widths": [space.stage_out_options(s)[0] for s in range(len(space.stages))],
+        "stage_mid_chs": [[b["mid_chs"] for b in st["blocks"]] for st in arch["stages"]],
+        "onnx_max_abs_diff": onnx_diff,
+    }
+    summary["gmacs"] = round(summary["macs"] / 1e9, 4)
+    summary.update(dict(extra or {}))
+    return summary
+
+
+def export_derived(out: str | Path, arch: dict, model: PlainNet, *, onnx: bool = True, overwrite: bool = False,
+                   extra_summary: Mapping[str, Any] | None = None, extra_files: Mapping[str, Any] | None = None) -> dict:
+    """Write a derived directory (atomically: all files or none).
+
+    Args:
+        out: target directory.
+        arch: the derived arch dict (every choice a scalar).
+        model: its plain network with the weights to ship.
+        onnx: also export and check ``model.onnx``.
+        overwrite: replace an existing ``out``.
+        extra_summary: more keys for ``summary.json`` (e.g. mAP of a retrain).
+        extra_files: ``{name: callable(path)}`` writers of more files into the directory.
+
+    Returns:
+        The summary dict.
+    """
+    model = model.eval()
+    with atomic_directory(out, overwrite=overwrite) as tmp:
+        atomic_write_yaml(tmp / "arch.yaml", arch)
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        buf_path = tmp / "model.pt"
+        torch.save(state, buf_path)
+        diff = export_onnx(model, model.arch.input_size, tmp / "model.onnx") if onnx else None
+        summary = summarize(model, arch, diff, extra_summary)
+        atomic_write_json(tmp / "summary.json", summary)
+        atomic_write_text(tmp / "arch.dot", graph_to_dot(arch_graph(model.arch, model.use_dcs)))
+        for name, writer in (extra_files or {}).items():
+            writer(tmp / name)
+    log.info("exported %s: %s params, %s MACs%s", out, summary["params"], summary["macs"],
+             "" if diff is None else f", ONNX max abs diff {diff:.2e}")
+    return summary
+
+
+def read_summary(directory: str | Path) -> dict:
+    path = Path(directory) / "summary.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DnasError(f"{path}: cannot read summary ({exc})") from None
