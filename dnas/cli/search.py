@@ -3,27 +3,75 @@ and ``--describe`` to inspect a search space."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+import time
+from pathlib import Path
 from typing import Sequence
 
 from dnas.cli.common import cli_entry, setup_logging
 
 EPILOG = """examples:
-  dnas-search --supernet xlarge --describe            # the space as a table
-  dnas-search --supernet large --describe --json      # the space as one JSON object
+  dnas-search --supernet xlarge --describe                    # the space as a table
+  dnas-search --supernet large --describe --json              # the space as one JSON object
+  dnas-search --recipe search/tiny_synthetic.yaml --out runs/tiny
+  dnas-search --recipe search/xlarge_msmt17.yaml --data msmt17:/data/msmt17 --out runs/xl
+  dnas-search --supernet xlarge --data market1501:/data/market --set epochs=90 --set p=16
+  dnas-search --resume runs/xl                                # continue a killed run exactly
+  torchrun --nproc_per_node=8 -m dnas.search --recipe search/xlarge_msmt17.yaml --out runs/xl8
+
+Recipe keys (override any with --set key=value; see dnas/search/config.py):
+  supernet data epochs p k arch_fraction seed deterministic w_lr w_schedule w_milestones
+  a_lr a_weight_decay warmup_epochs tau0 tau_decay label_smoothing triplet_margin ib_eta
+  use_ibb use_dcs latency_table latency_loss latency_alpha latency_beta latency_lambda
+  latency_target_ms device amp channels_last compile grad_clip checkpoint_every ...
+
+--data: synthetic (embedded, generated on first use), market1501:ROOT, dukemtmc:ROOT,
+msmt17:ROOT, cuhk03:ROOT (cuhk03-labeled:ROOT for the labeled boxes).
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="dnas-search", description="Search an architecture with DCS-DNAS (bilevel, latency-aware).",
+        prog="dnas-search", description="Search an architecture with DCS-DNAS (bilevel, latency-aware, IBB).",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--supernet", help="space: tiny, fbnetv2, large, xlarge, or a YAML path")
     p.add_argument("--describe", action="store_true", help="print the space and exit")
     p.add_argument("--json", action="store_true", help="with --describe: one JSON object")
+    p.add_argument("--recipe", help="recipe YAML (e.g. search/tiny_synthetic.yaml)")
+    p.add_argument("--data", help="data set spec, e.g. synthetic or market1501:/data/market")
+    p.add_argument("--out", help="run directory (default runs/search-SPACE-TIME)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    p.add_argument("--seed", type=int, help="random seed")
+    p.add_argument("--deterministic", action="store_true", help="deterministic kernels (bit-exact resume on CPU)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe key (repeatable)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
+
+
+def resolve_config(args: argparse.Namespace):
+    from dnas.config import load_config
+    from dnas.errors import DnasError
+    from dnas.search.config import SearchConfig
+
+    overrides = list(args.overrides)
+    if args.resume:
+        if args.recipe or args.supernet or args.data:
+            raise DnasError("--resume continues a run with its own config; use --set to change a key")
+        recipe = Path(args.resume) / "config.yaml"
+        if not recipe.is_file():
+            raise DnasError(f"{args.resume}: not a run directory (no config.yaml)")
+    else:
+        recipe = args.recipe
+        for key in ("supernet", "data", "seed"):
+            if getattr(args, key) is not None:
+                overrides.append(f"{key}={getattr(args, key)}")
+    if args.deterministic:
+        overrides.append("deterministic=true")
+    cfg = load_config(SearchConfig, recipe, overrides)
+    cfg.validate()
+    return cfg
 
 
 @cli_entry("dnas-search")
@@ -31,16 +79,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     from dnas.errors import DnasError
     from dnas.space import load_space
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     if args.describe:
+        import json
+
         if not args.supernet:
             raise DnasError("--describe needs --supernet NAME_OR_PATH")
         space = load_space(args.supernet)
         print(json.dumps(space.to_json()) if args.json else space.describe())
         return 0
-    raise DnasError("the search loop is not available yet; use --describe")
+    if not (args.recipe or args.supernet or args.resume):
+        raise DnasError("give --recipe, --supernet or --resume (see --help)")
+    cfg = resolve_config(args)
+    load_space(cfg.supernet)  # fail early on a bad space
+    run_dir = Path(args.resume or args.out or f"runs/search-{Path(cfg.supernet).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if not args.resume and (run_dir / "checkpoint-last.pt").exists():
+        raise DnasError(f"{run_dir}: holds a run already; continue it with --resume {run_dir} or pick another --out")
+    from dnas.search.run import run_search
+
+    t0 = time.time()
+    run_search(cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress)
+    import os
+
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"search finished in {time.time() - t0:.1f}s; run directory: {run_dir.resolve()}")
+        print(f"final architecture: {(run_dir / 'final_arch.yaml').resolve()}  (export: dnas-derive {run_dir})")
+    return 0
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ def derive_arch(supernet: Supernet, indices: dict | None = None, name: str | Non
     """The derived-arch dict for ``indices`` (default: argmax of the logits)."""
     indices = supernet.argmax_indices() if indices is None else indices
     return supernet.space.arch_from_indices(indices, num_classes=supernet.num_classes, name=name,
-                                            use_dcs=supernet.use_dcs)
+                                            use_dcs=supernet.use_dcs, bnneck=supernet.bnneck)
 
 
 def derive_plain(supernet: Supernet, indices: dict | None = None, name: str | None = None) -> tuple[dict, PlainNet]:
@@ -46,7 +46,7 @@ def derive_plain(supernet: Supernet, indices: dict | None = None, name: str | No
         ``(arch_dict, plain_net)``; the plain net is in the supernet's train/eval mode.
     """
     arch = derive_arch(supernet, indices, name)
-    plain = PlainNet(SearchSpace.from_dict(arch, f"<derived from {supernet.space.name}>"), bnneck=supernet.bnneck)
+    plain = PlainNet(SearchSpace.from_dict(arch, f"<derived from {supernet.space.name}>"))
     plain.load_state_dict(slice_state_dict(supernet.state_dict(), plain.state_dict()))
     plain.train(supernet.training)
     return arch, plain

@@ -223,7 +223,7 @@ class SearchSpace:
         }
 
     def arch_from_indices(self, indices: dict, num_classes: int | None = None, name: str | None = None,
-                          use_dcs: bool | None = None) -> dict:
+                          use_dcs: bool | None = None, bnneck: bool | None = None) -> dict:
         """The derived-architecture dict (every choice a scalar) for index choices."""
         widths = [self.group_options[g][i] for g, i in enumerate(indices["width"])]
         stages = []
@@ -240,7 +240,7 @@ class SearchSpace:
             "space": self.name,
             "input_size": list(self.input_size),
             "num_classes": int(num_classes if num_classes is not None else self.num_classes),
-            "bnneck": self.bnneck,
+            "bnneck": self.bnneck if bnneck is None else bool(bnneck),
             "use_dcs": self.use_dcs if use_dcs is None else bool(use_dcs),
             "stem": dict(self.stem),
             "stages": stages,

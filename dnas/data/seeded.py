@@ -1,0 +1,55 @@
+"""Deterministic data augmentation for exactly resumable training.
+
+Random augmentations normally draw from the global RNG of whichever process loads the
+image (a DataLoader worker, or the main process), so a run resumed mid-epoch would see
+different crops and flips than the uninterrupted run. Here every sample of a batch
+gets its own seed, a pure function of ``(sampler seed, epoch, batch position, slot)``;
+the dataset applies its transform under that seed in a forked RNG. Data then depend
+only on where the loop is, not on workers, prefetching or restarts.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+
+class SeededBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Wrap a batch sampler with ``set_epoch``/``start_batch``; yield ``[(index, seed), ...]``.
+
+    Args:
+        inner: a :class:`dnas.data.samplers.PKSampler` or ``RandomBatchSampler``.
+    """
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        start = self.inner.start_batch
+        for pos, batch in enumerate(self.inner, start):
+            ss = np.random.SeedSequence([self.inner.seed, self.inner.epoch, pos, self.inner.rank])
+            seeds = ss.generate_state(len(batch), dtype=np.uint32)
+            yield [(int(i), int(s)) for i, s in zip(batch, seeds)]
+
+
+class SeededDataset(Dataset):
+    """Apply ``base[index]`` under the seed that :class:`SeededBatchSampler` attached."""
+
+    def __init__(self, base: Dataset):
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, item):
+        if not isinstance(item, tuple):
+            return self.base[item]
+        index, seed = item
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.base[index]

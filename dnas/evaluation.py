@@ -1,0 +1,40 @@
+"""Model-level Re-ID evaluation used by search and retrain (paper section 4.1;
+FORMULAS.md section 6): embed query and gallery, Euclidean distance, the standard
+Market-1501 protocol (no re-ranking), CMC rank-1/5/10, mAP and mINP.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from dnas.reid import evaluate_features, extract_features
+
+
+def _capped(loader: DataLoader, limit: int) -> DataLoader:
+    """The loader over an evenly spaced subset of at most ``limit`` images (0: all)."""
+    n = len(loader.dataset)
+    if not limit or n <= limit:
+        return loader
+    idx = np.linspace(0, n - 1, limit).round().astype(int).tolist()
+    return DataLoader(Subset(loader.dataset, idx), batch_size=loader.batch_size, num_workers=loader.num_workers)
+
+
+@torch.no_grad()
+def evaluate_reid(model: torch.nn.Module, query: DataLoader, gallery: DataLoader, device: torch.device,
+                  max_queries: int = 0, flip: bool = False) -> dict[str, float]:
+    """mAP / CMC / mINP of ``model`` (called as ``model(x, return_features=True)``).
+
+    Args:
+        max_queries: evaluate on at most this many (evenly spaced) queries; 0 for all.
+        flip: average features with the flipped images.
+
+    Returns:
+        ``{"mAP", "rank1", "rank5", "rank10", "mINP", "num_queries"}`` (fractions in [0, 1]).
+    """
+    qf, qp, qc = extract_features(model, _capped(query, max_queries), device, flip=flip)
+    gf, gp, gc = extract_features(model, gallery, device, flip=flip)
+    r = evaluate_features(qf, gf, qp, gp, qc, gc, max_rank=10)
+    cmc = r["cmc"]
+    return {"mAP": float(r["mAP"]), "rank1": float(cmc[0]), "rank5": float(cmc[4]), "rank10": float(cmc[9]),
+            "mINP": float(r["mINP"]), "num_queries": int(len(qp))}

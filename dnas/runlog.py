@@ -1,0 +1,115 @@
+"""Run-directory outputs shared by search and retrain: ``metrics.csv`` (one row per
+epoch, rewritten atomically so a resumed run continues it), TensorBoard events, and
+PNG plots. Only rank 0 writes.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from dnas.io import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+
+def read_csv_rows(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def write_csv_rows(path: Path, rows: Sequence[Mapping]) -> None:
+    """Write ``rows`` (dicts; the union of their keys in first-seen order) atomically."""
+    fields: list[str] = []
+    for r in rows:
+        fields += [k for k in r if k not in fields]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields)
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+class RunLogger:
+    """Per-epoch metrics to CSV + TensorBoard.
+
+    Args:
+        run_dir: the run directory.
+        enabled: False on ranks other than 0 (everything becomes a no-op).
+        csv_name: name of the per-epoch CSV.
+    """
+
+    def __init__(self, run_dir: Path, enabled: bool = True, csv_name: str = "metrics.csv"):
+        self.run_dir, self.enabled = Path(run_dir), enabled
+        self.csv_path = self.run_dir / csv_name
+        self.rows = read_csv_rows(self.csv_path) if enabled else []
+        self._tb = None
+
+    def truncate(self, epochs_done: int) -> None:
+        """Drop rows of epochs >= ``epochs_done`` (a resume redoes them)."""
+        self.rows = [r for r in self.rows if int(r["epoch"]) < epochs_done]
+
+    @property
+    def tb(self):
+        if self._tb is None and self.enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+        return self._tb
+
+    def log_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        if not self.enabled:
+            return
+        row = {"epoch": epoch, **{k: _fmt(v) for k, v in metrics.items()}}
+        self.rows = [r for r in self.rows if int(r["epoch"]) != epoch] + [row]
+        write_csv_rows(self.csv_path, self.rows)
+        for k, v in metrics.items():
+            if isinstance(v, (int, float)) and math.isfinite(v):
+                self.tb.add_scalar(k, v, epoch)
+        self.tb.flush()
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _fmt(v):
+    return f"{v:.6g}" if isinstance(v, float) else v
+
+
+def plot_curves(rows: Sequence[Mapping], keys: Sequence[str], path: Path, title: str) -> None:
+    """One panel per key of the per-epoch rows, written atomically as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in keys if any(r.get(k) not in (None, "") for r in rows)]
+    if not rows or not keys:
+        return
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
+    for ax, k in zip(axes[0], keys):
+        pts = [(int(r["epoch"]), float(r[k])) for r in rows if r.get(k) not in (None, "")]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3)
+        ax.set_title(k)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    _save_fig(fig, path)
+
+
+def _save_fig(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    from dnas.io import atomic_write_bytes
+
+    atomic_write_bytes(path, buf.getvalue())

@@ -1,0 +1,1 @@
+"""The DCS-DNAS search: config, bilevel loop, checkpoints, run directory, derive."""

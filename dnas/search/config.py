@@ -1,0 +1,114 @@
+"""The search recipe (paper section 3.4 and 4.2; FORMULAS.md sections 4-5) as one
+config dataclass. Recipes in ``search/*.yaml`` set any of these keys; ``--set key=value``
+overrides them on the command line. The resolved config is written to the run dir.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+
+@dataclass
+class SearchConfig:
+    """Every knob of ``dnas-search``.
+
+    Space and data:
+        supernet: space name or YAML path. data: ``--data`` spec (``synthetic``,
+        ``market1501:/path``, ...). height/width: input size (default: the space's).
+        p, k: identities and images per identity of a batch (batch = p * k).
+        arch_fraction: share of training images for the architecture steps (0.2).
+        workers: DataLoader workers.
+    Weights (SGD): w_lr is the lr per batch of 256 (scaled linearly with the batch);
+        w_schedule ``step`` (x w_gamma at w_milestones epochs) or ``cosine``.
+    Architecture (Adam): a_lr, a_betas, a_weight_decay, cosine schedule;
+        warmup_epochs of weight-only training before the first architecture steps.
+    Gumbel: tau0, multiplied by exp(-tau_decay) after every epoch.
+    Loss: CE with label_smoothing + triplet_weight * batch-hard triplet(triplet_margin)
+        + ib_eta * IBB (when use_ibb); use_dcs=false searches without DCS-Attention.
+    Latency: latency_table (CSV; ``none`` disables the cost), latency_loss
+        ``multiplicative`` (L * alpha * log(LAT)^beta), ``additive``
+        (L + lambda * LAT / target) or ``hard`` (penalty above latency_target_ms).
+    System: device ``auto|cpu|cuda``, amp (bf16 autocast on CUDA), channels_last,
+        compile (torch.compile), grad_clip, max_bad_steps (consecutive NaN/inf
+        losses before the run stops), checkpoint_every (steps; 0 = end of epoch only),
+        eval_every (epochs), eval_max_queries (cap of the held-out mAP evaluation).
+    """
+
+    supernet: str = "tiny"
+    data: str = "synthetic"
+    height: Optional[int] = None
+    width: Optional[int] = None
+    epochs: int = 4
+    p: int = 8
+    k: int = 4
+    arch_fraction: float = 0.2
+    workers: int = 0
+    seed: int = 0
+    deterministic: bool = False
+    max_steps_per_epoch: int = 0
+    # weights
+    w_lr: float = 0.1
+    w_momentum: float = 0.9
+    w_weight_decay: float = 4e-5
+    w_schedule: Literal["step", "cosine"] = "step"
+    w_milestones: list[int] = field(default_factory=lambda: [90, 180])
+    w_gamma: float = 0.1
+    # architecture
+    a_lr: float = 0.01
+    a_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    a_weight_decay: float = 5e-4
+    warmup_epochs: int = 0
+    # gumbel
+    tau0: float = 5.0
+    tau_decay: float = 0.045
+    # loss
+    label_smoothing: float = 0.1
+    triplet_margin: float = 0.3
+    triplet_weight: float = 1.0
+    ib_eta: float = 0.1
+    use_ibb: bool = True
+    use_dcs: bool = True
+    bnneck: bool = True
+    # latency
+    latency_table: Optional[str] = None
+    latency_loss: Literal["multiplicative", "additive", "hard"] = "multiplicative"
+    latency_alpha: float = 0.2
+    latency_beta: float = 0.6
+    latency_lambda: float = 0.1
+    latency_target_ms: Optional[float] = None
+    # system
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = True
+    channels_last: bool = True
+    compile: bool = False
+    grad_clip: float = 5.0
+    max_bad_steps: int = 5
+    checkpoint_every: int = 0
+    eval_every: int = 1
+    eval_max_queries: int = 2000
+    synthetic_ids: int = 0
+    synthetic_images_per_id: int = 0
+
+    @property
+    def batch_size(self) -> int:
+        return self.p * self.k
+
+    def validate(self) -> None:
+        """Cross-field checks that the type system cannot express."""
+        from dnas.errors import ConfigError
+
+        checks = [
+            (self.epochs >= 1, "epochs", "an integer >= 1"),
+            (self.p >= 2 and self.k >= 2, "p/k", "p >= 2 identities and k >= 2 images per batch (triplet)"),
+            (0 < self.arch_fraction < 1, "arch_fraction", "a number in (0, 1)"),
+            (self.w_lr > 0 and self.a_lr > 0, "w_lr/a_lr", "positive learning rates"),
+            (self.tau0 > 0 and self.tau_decay >= 0, "tau0/tau_decay", "tau0 > 0 and tau_decay >= 0"),
+            (self.max_bad_steps >= 1, "max_bad_steps", "an integer >= 1"),
+            (self.latency_loss != "hard" or self.latency_table is None or self.latency_target_ms,
+             "latency_target_ms", "a target in ms with latency_loss=hard"),
+            (self.latency_target_ms is None or self.latency_target_ms > 0, "latency_target_ms", "a positive number"),
+            (0 <= self.warmup_epochs < self.epochs, "warmup_epochs", "fewer than epochs"),
+        ]
+        for ok, key, expected in checks:
+            if not ok:
+                raise ConfigError(f"key {key!r}: expected {expected}")

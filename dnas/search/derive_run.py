@@ -1,0 +1,97 @@
+"""``dnas-derive RUN_DIR``: export the argmax architecture of a search run, or its K most
+probable distinct architectures, with weights sliced from the supernet checkpoint.
+
+The probability of an architecture is the product of its width and expansion option
+probabilities (the factors are independent softmaxes), so the exact top K is found by
+merging the factors one at a time and keeping the K best partial products.
+"""
+from __future__ import annotations
+
+import heapq
+import math
+from pathlib import Path
+
+import torch
+
+from dnas.errors import DnasError
+from dnas.io import atomic_directory
+from dnas.models import Supernet, derive_plain
+from dnas.runlog import write_csv_rows
+
+
+def top_k_indices(net: Supernet, k: int) -> list[tuple[float, dict]]:
+    """The ``k`` most probable index choices as ``(log_prob, indices)``, best first."""
+    probs = net.probs_choice()
+    factors = [("width", i, torch.log(p.detach().double()).tolist()) for i, p in enumerate(probs.width)]
+    factors += [("expansion", i, torch.log(p.detach().double()).tolist()) for i, p in enumerate(probs.expansion)]
+    beams: list[tuple[float, tuple[int, ...]]] = [(0.0, ())]
+    for _, _, logps in factors:
+        cand = [(lp + lq, choice + (j,)) for lp, choice in beams for j, lq in enumerate(logps)]
+        beams = heapq.nlargest(k, cand, key=lambda c: c[0])
+    n_width = len(probs.width)
+    return [(lp, {"width": list(c[:n_width]), "expansion": list(c[n_width:])}) for lp, c in beams]
+
+
+def _load_run(run_dir: Path, checkpoint: str) -> tuple[Supernet, object]:
+    from dnas.config import load_config
+    from dnas.search.checkpoint import load_checkpoint
+    from dnas.search.config import SearchConfig
+    from dnas.space import load_space
+
+    if not (run_dir / "config.yaml").is_file():
+        raise DnasError(f"{run_dir}: not a dnas-search run directory (no config.yaml)")
+    cfg = load_config(SearchConfig, run_dir / "config.yaml")
+    state = load_checkpoint(run_dir, checkpoint)
+    net = Supernet(load_space(cfg.supernet), num_classes=int(state["num_classes"]), use_dcs=cfg.use_dcs,
+                   bnneck=cfg.bnneck)
+    try:
+        net.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise DnasError(f"{run_dir}: checkpoint does not fit space {cfg.supernet!r} "
+                        f"({str(exc).splitlines()[0]})") from None
+    return net.eval(), cfg
+
+
+def derive_from_run(run_dir: Path, out: Path, top_k: int = 1, checkpoint: str = "last", onnx: bool = True,
+                    overwrite: bool = False) -> list[dict]:
+    """Export the argmax arch (``top_k == 1``: into ``out``) or the top K (``out/rank{i}``).
+
+    Returns:
+        The summary dict of every exported architecture.
+    """
+    from dnas.export import export_derived
+    from dnas.search.run import build_latency_model
+
+    net, cfg = _load_run(Path(run_dir), checkpoint)
+    try:
+        latency = build_latency_model(cfg, net.num_classes)
+    except DnasError:
+        latency = None  # the table moved or changed; export without latency figures
+    ranked = top_k_indices(net, top_k)
+    summaries, rows = [], []
+    with atomic_directory(out, overwrite=overwrite) as tmp:
+        for rank, (logp, idx) in enumerate(ranked, 1):
+            name = f"{net.space.name}-searched" + (f"-top{rank}" if top_k > 1 else "")
+            arch, plain = derive_plain(net, idx, name=name)
+            extra = {"derived_from": str(Path(run_dir).resolve()), "checkpoint": checkpoint,
+                     "probability": math.exp(logp), "rank": rank}
+            if latency is not None:
+                extra["lut_latency_ms"] = float(latency.expected_ms(net.onehot_choice(idx)))
+            target = tmp / f"rank{rank}" if top_k > 1 else tmp / "model"
+            summary = export_derived(target, arch, plain, onnx=onnx, extra_summary=extra)
+            summaries.append(summary)
+            rows.append({"rank": rank, "name": name, "probability": f"{math.exp(logp):.6g}",
+                         "lut_latency_ms": f"{extra.get('lut_latency_ms', float('nan')):.6g}",
+                         "params": summary["params"], "macs": summary["macs"], "dir": target.name})
+        if top_k == 1:  # a single arch: its files directly in ``out``
+            for f in (tmp / "model").iterdir():
+                f.rename(tmp / f.name)
+            (tmp / "model").rmdir()
+        else:
+            write_csv_rows(tmp / "top_k.csv", rows)
+    if top_k > 1:
+        print(f"{'rank':>4}  {'probability':>11}  {'LUT ms':>8}  {'params':>9}  {'MACs':>12}  dir")
+        for r in rows:
+            print(f"{r['rank']:>4}  {float(r['probability']):>11.4g}  {float(r['lut_latency_ms']):>8.4g}  "
+                  f"{r['params']:>9}  {r['macs']:>12}  {r['dir']}")
+    return summaries

@@ -1,0 +1,160 @@
+"""Running a search end to end: data, latency model, the epoch loop with checkpoints,
+held-out evaluation, metrics / TensorBoard / plots, and the final architecture.
+
+Run directory: ``config.yaml`` (resolved), ``metrics.csv``, ``tensorboard/``,
+``arch_history.csv``, ``plots/arch_heatmap.png`` and ``plots/curves.png``,
+``checkpoint-last.pt`` / ``checkpoint-best.pt``, ``final_arch.yaml`` (argmax), ready
+for ``dnas-derive RUN_DIR``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from dnas.config import config_to_dict
+from dnas.errors import DnasError
+from dnas.io import atomic_write_yaml
+from dnas.runlog import RunLogger, plot_curves, read_csv_rows, write_csv_rows
+from dnas.runtime import Runtime, setup_runtime, teardown_runtime
+from dnas.search.checkpoint import load_checkpoint, save_checkpoint
+from dnas.search.config import SearchConfig
+from dnas.search.history import arch_probability_row, plot_arch_heatmaps
+from dnas.search.loop import Searcher
+from dnas.space import data_root, load_space
+
+log = logging.getLogger(__name__)
+
+
+def build_search_data(cfg: SearchConfig, rt: Runtime):
+    """Loaders with the weight/architecture split (by image; see ``split_weight_arch``)."""
+    from dnas.data.loaders import DataConfig, build_loaders
+    from dnas.data.synthetic import SyntheticReIDConfig
+
+    space = load_space(cfg.supernet)
+    height = cfg.height or space.input_size[1]
+    width = cfg.width or space.input_size[2]
+    synth = SyntheticReIDConfig(seed=cfg.seed)
+    if cfg.synthetic_ids:
+        synth = dataclasses.replace(synth, num_train_ids=cfg.synthetic_ids)
+    if cfg.synthetic_images_per_id:
+        synth = dataclasses.replace(synth, images_per_id=cfg.synthetic_images_per_id)
+    dcfg = DataConfig(data=cfg.data, height=height, width=width, p=cfg.p, k=cfg.k, workers=cfg.workers,
+                      seed=cfg.seed, arch_fraction=cfg.arch_fraction, rank=rt.rank, world_size=rt.world_size,
+                      test_batch_size=max(cfg.batch_size, 32), synthetic_reid=synth)
+    data = build_loaders(dcfg)
+    if data.task != "reid":
+        raise DnasError(f"--data {cfg.data}: the search needs a Re-ID data set (identities for the triplet loss)")
+    if rt.is_main:
+        log.info("data:\n%s", data.splits.summary())
+    return data
+
+
+def build_latency_model(cfg: SearchConfig, num_classes: int):
+    """The differentiable latency model of the recipe's table, or ``None``."""
+    if not cfg.latency_table or cfg.latency_table.lower() == "none":
+        return None
+    from dnas.latency.cost import LatencyModel
+    from dnas.latency.table import LatencyTable
+
+    path = Path(cfg.latency_table)
+    if not path.is_absolute() and not path.exists():
+        path = data_root() / path
+    space = load_space(cfg.supernet)
+    table = LatencyTable.load(path, space=space)
+    return LatencyModel(table, space, use_dcs=cfg.use_dcs, num_classes=num_classes)
+
+
+def _write_final_arch(s: Searcher, run_dir: Path) -> None:
+    from dnas.models.derive import derive_arch
+
+    arch = derive_arch(s.net, name=f"{s.space.name}-searched")
+    atomic_write_yaml(run_dir / "final_arch.yaml", arch)
+
+
+def run_search(cfg: SearchConfig, run_dir: Path, resume: bool = False, progress: bool = True) -> Path:
+    """Run (or resume) a search into ``run_dir``; returns the run directory."""
+    cfg.validate()
+    run_dir = Path(run_dir)
+    rt = setup_runtime(cfg.device)
+    try:
+        if rt.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_yaml(run_dir / "config.yaml", config_to_dict(cfg))
+        data = build_search_data(cfg, rt)
+        latency = build_latency_model(cfg, data.num_classes)
+        s = Searcher(cfg, run_dir, rt, data, latency, progress=progress)
+        if resume:
+            s.load_state_dict(load_checkpoint(run_dir))
+            log.info("resumed %s at epoch %d, %s phase, batch %d", run_dir, s.epoch, s.phase, s.pos)
+        _loop(s, cfg, run_dir, rt)
+        if rt.is_main:
+            _write_final_arch(s, run_dir)
+    finally:
+        teardown_runtime(rt)
+    return run_dir
+
+
+def _loop(s: Searcher, cfg: SearchConfig, run_dir: Path, rt: Runtime) -> None:
+    logger = RunLogger(run_dir, enabled=rt.is_main)
+    logger.truncate(s.epoch)
+    history = [r for r in read_csv_rows(run_dir / "arch_history.csv") if int(r["epoch"]) < s.epoch]
+
+    def on_step() -> None:
+        if cfg.checkpoint_every and s.step % cfg.checkpoint_every == 0 and rt.is_main:
+            save_checkpoint(run_dir, s.state_dict())
+
+    while s.epoch < cfg.epochs:
+        t0 = time.time()
+        if s.phase == "weights":
+            s.run_phase("weights", on_step)
+            s.phase, s.pos = "arch", 0
+        if s.epoch >= cfg.warmup_epochs:
+            s.run_phase("arch", on_step)
+        metrics = s.end_epoch()
+        if rt.is_main and ((s.epoch + 1) % cfg.eval_every == 0 or s.epoch + 1 == cfg.epochs):
+            metrics.update(_held_out(s, cfg, rt))
+        metrics["epoch_time_s"] = time.time() - t0
+        done_epoch = s.epoch
+        s.epoch, s.phase, s.pos = s.epoch + 1, "weights", 0
+        s.acc = s._new_accumulators()
+        improved = False
+        if rt.is_main:
+            key = metrics.get("mAP", -metrics["arch_loss"])
+            improved = key > s.best_metric
+            s.best_metric = max(s.best_metric, key)
+            logger.log_epoch(done_epoch, metrics)
+            history.append({"epoch": done_epoch, **arch_probability_row(s.net)})
+            write_csv_rows(run_dir / "arch_history.csv", history)
+            (run_dir / "plots").mkdir(exist_ok=True)
+            plot_arch_heatmaps(history, s.net, run_dir / "plots" / "arch_heatmap.png")
+            plot_curves(logger.rows, ["weights_loss", "arch_loss", "ibb_epoch", "ib_loss", "expected_latency_ms",
+                                      "mAP", "tau"], run_dir / "plots" / "curves.png", f"search {run_dir.name}")
+            save_checkpoint(run_dir, s.state_dict(), best=improved)
+            print(_summary_line(done_epoch, cfg.epochs, metrics), flush=True)
+        if rt.distributed:
+            torch.distributed.barrier()
+    logger.close()
+
+
+def _held_out(s: Searcher, cfg: SearchConfig, rt: Runtime) -> dict:
+    from dnas.evaluation import evaluate_reid
+
+    return evaluate_reid(s.net, s.data.query, s.data.gallery, rt.device, max_queries=cfg.eval_max_queries)
+
+
+def _summary_line(epoch: int, epochs: int, m: dict) -> str:
+    parts = [f"epoch {epoch + 1}/{epochs}", f"loss w {m['weights_loss']:.3f} a {m['arch_loss']:.3f}",
+             f"ce {m['weights_ce']:.3f}", f"tri {m['weights_triplet']:.3f}"]
+    if not math.isnan(m.get("ibb_epoch", float("nan"))):
+        parts.append(f"ibb {m['ibb_epoch']:.3f} ib {m['ib_loss']:.3f}")
+    if "expected_latency_ms" in m:
+        parts.append(f"lat {m['expected_latency_ms']:.3f} ms")
+    if "mAP" in m:
+        parts.append(f"mAP {100 * m['mAP']:.1f} R1 {100 * m['rank1']:.1f}")
+    parts += [f"tau {m['tau']:.2f}", f"{m['epoch_time_s']:.1f}s"]
+    return " | ".join(parts)
