@@ -104,8 +104,8 @@ class SearchConfig:
             (self.w_lr > 0 and self.a_lr > 0, "w_lr/a_lr", "positive learning rates"),
             (self.tau0 > 0 and self.tau_decay >= 0, "tau0/tau_decay", "tau0 > 0 and tau_decay >= 0"),
             (self.max_bad_steps >= 1, "max_bad_steps", "an integer >= 1"),
-            (self.latency_loss != "hard" or self.latency_table is None or self.latency_target_ms,
-             "latency_target_ms", "a target in ms with latency_loss=hard"),
+            (self.latency_loss == "multiplicative" or self.latency_table is None or self.latency_target_ms,
+             "latency_target_ms", f"a target in ms with latency_loss={self.latency_loss}"),
             (self.latency_target_ms is None or self.latency_target_ms > 0, "latency_target_ms", "a positive number"),
             (0 <= self.warmup_epochs < self.epochs, "warmup_epochs", "fewer than epochs"),
         ]

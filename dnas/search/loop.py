@@ -81,6 +81,14 @@ class Searcher:
         self.a_opt = torch.optim.Adam(self.net.arch_parameters(), lr=cfg.a_lr, betas=tuple(cfg.a_betas),
                                       weight_decay=cfg.a_weight_decay)
         self.ib = IBTracker(data.num_classes)
+        self.latency_loss = None
+        if latency is not None:
+            from dnas.latency.loss import LatencyLoss
+
+            params = {"multiplicative": {"alpha": cfg.latency_alpha, "beta": cfg.latency_beta},
+                      "additive": {"lam": cfg.latency_lambda, "target_ms": cfg.latency_target_ms},
+                      "hard": {"lam": cfg.latency_lambda, "target_ms": cfg.latency_target_ms}}[cfg.latency_loss]
+            self.latency_loss = LatencyLoss(cfg.latency_loss, params)
         self.gumbel = torch.Generator().manual_seed(cfg.seed + 7919)  # same on every rank
         self.loaders = {"weights": self._seeded_loader(data.train, data.train_sampler),
                         "arch": self._seeded_loader(data.arch, data.arch_sampler)}
@@ -94,9 +102,11 @@ class Searcher:
     def _seeded_loader(self, loader: DataLoader, sampler) -> DataLoader:
         from dnas.data.seeded import SeededBatchSampler, SeededDataset
 
+        # a private generator: creating an iterator must not draw from the global RNG
+        # (a resumed run creates one more iterator than the uninterrupted run)
         return DataLoader(SeededDataset(loader.dataset), batch_sampler=SeededBatchSampler(sampler),
                           num_workers=loader.num_workers, pin_memory=loader.pin_memory,
-                          persistent_workers=loader.num_workers > 0)
+                          persistent_workers=loader.num_workers > 0, generator=torch.Generator())
 
     @staticmethod
     def _new_accumulators() -> dict:
@@ -152,11 +162,8 @@ class Searcher:
         lat = None
         loss = task
         if phase == "arch" and self.latency is not None:
-            from dnas.latency.loss import latency_loss
-
             lat = self.latency.expected_ms(choice)
-            loss = latency_loss(task, lat, cfg.latency_loss, alpha=cfg.latency_alpha, beta=cfg.latency_beta,
-                                lam=cfg.latency_lambda, target_ms=cfg.latency_target_ms)
+            loss = self.latency_loss(task, lat)
         parts = {"ce": ce, "triplet": tri, "ibb": ibb}
         correct = (logits.argmax(1) == labels).sum()
         return loss, parts, lat, correct

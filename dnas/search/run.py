@@ -66,7 +66,8 @@ def build_latency_model(cfg: SearchConfig, num_classes: int):
         path = data_root() / path
     space = load_space(cfg.supernet)
     table = LatencyTable.load(path, space=space)
-    return LatencyModel(table, space, use_dcs=cfg.use_dcs, num_classes=num_classes)
+    # NOTE: the classifier is left out of the cost: a deployed Re-ID net stops at the embedding
+    return LatencyModel(table, space, use_dcs=cfg.use_dcs, num_classes=0, bnneck=cfg.bnneck)
 
 
 def _write_final_arch(s: Searcher, run_dir: Path) -> None:
@@ -92,6 +93,8 @@ def run_search(cfg: SearchConfig, run_dir: Path, resume: bool = False, progress:
             s.load_state_dict(load_checkpoint(run_dir))
             log.info("resumed %s at epoch %d, %s phase, batch %d", run_dir, s.epoch, s.phase, s.pos)
         _loop(s, cfg, run_dir, rt)
+        if rt.distributed:
+            _check_ranks_agree(s, run_dir, rt)
         if rt.is_main:
             _write_final_arch(s, run_dir)
     finally:
@@ -139,6 +142,26 @@ def _loop(s: Searcher, cfg: SearchConfig, run_dir: Path, rt: Runtime) -> None:
         if rt.distributed:
             torch.distributed.barrier()
     logger.close()
+
+
+def _check_ranks_agree(s: Searcher, run_dir: Path, rt: Runtime) -> None:
+    """Every rank must end with the same architecture parameters (DDP); rank 0 records it."""
+    import hashlib
+
+    import torch.distributed as dist
+
+    digest = hashlib.sha256()
+    for p in s.net.arch_parameters():
+        digest.update(p.detach().cpu().double().numpy().tobytes())
+    mine = {"rank": rt.rank, "arch_sha256": digest.hexdigest(), "argmax": s.net.argmax_indices()}
+    every: list = [None] * rt.world_size
+    dist.all_gather_object(every, mine)
+    if rt.is_main:
+        from dnas.io import atomic_write_json
+
+        atomic_write_json(run_dir / "ddp_check.json", {"world_size": rt.world_size, "ranks": every})
+    if len({e["arch_sha256"] for e in every}) != 1:
+        raise DnasError(f"architecture parameters differ between ranks: {[e['arch_sha256'][:12] for e in every]}")
 
 
 def _held_out(s: Searcher, cfg: SearchConfig, rt: Runtime) -> dict:

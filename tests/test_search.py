@@ -1,0 +1,158 @@
+"""dnas-search end to end on the tiny space and the synthetic set (search issue):
+run directory contents, derive from the run (argmax and top-k), exact resume after
+SIGKILL of a real subprocess, 2-process gloo DDP, bad recipes, non-finite losses."""
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from dnas.cli import derive as derive_cli
+from dnas.cli import search as search_cli
+from dnas.search.config import SearchConfig
+from dnas.search.loop import arch_lr, weight_lr
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["--recipe", str(ROOT / "search/tiny_synthetic.yaml"), "--set", "epochs=2", "--set", "max_steps_per_epoch=3",
+        "--set", "eval_max_queries=20", "--set", "warmup_epochs=0", "--no-progress"]
+
+
+def _env():
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    return env
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("search") / "run"
+    assert search_cli.main(FAST + ["--out", str(out)]) == 0
+    return out
+
+
+def test_run_directory_contents(run_dir):
+    for name in ("config.yaml", "metrics.csv", "arch_history.csv", "checkpoint-last.pt", "checkpoint-best.pt",
+                 "final_arch.yaml", "plots/arch_heatmap.png", "plots/curves.png"):
+        assert (run_dir / name).is_file(), name
+    assert any((run_dir / "tensorboard").iterdir())
+    rows = (run_dir / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    for key in ("weights_loss", "arch_loss", "ib_loss", "expected_latency_ms", "tau", "w_lr", "a_lr", "mAP",
+                "epoch_time_s", "weights_ibb"):
+        assert key in header, key
+    assert len(rows) == 3
+    taus = [float(r.split(",")[header.index("tau")]) for r in rows[1:]]
+    assert taus[1] == pytest.approx(taus[0] * math.exp(-0.045))
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert cfg["epochs"] == 2 and cfg["supernet"] == "tiny"
+
+
+def test_arch_history_has_every_option(run_dir):
+    header = (run_dir / "arch_history.csv").read_text().splitlines()[0].split(",")
+    widths = [h for h in header if h.startswith("width_g")]
+    assert len(widths) == 2 + 3 + 2  # tiny: groups with 2, 3 and 2 options
+    assert len([h for h in header if h.startswith("exp_")]) == 1 + 2 * 5
+
+
+def test_derive_from_run_argmax_and_top_k(run_dir, tmp_path, capsys):
+    import dnas
+
+    out = tmp_path / "argmax"
+    assert derive_cli.main([str(run_dir), "--out", str(out)]) == 0
+    final = yaml.safe_load((run_dir / "final_arch.yaml").read_text())
+    assert yaml.safe_load((out / "arch.yaml").read_text())["stages"] == final["stages"]
+    state = torch.load(run_dir / "checkpoint-last.pt", weights_only=True)["model"]
+    model = dnas.load_derived(out)
+    key = "blocks.0.pw.weight"
+    w = model.state_dict()[key]
+    assert torch.equal(w, state[key][: w.shape[0], : w.shape[1]])  # weights sliced from the supernet
+    top = tmp_path / "top"
+    assert derive_cli.main([str(run_dir), "--top-k", "3", "--no-onnx", "--out", str(top)]) == 0
+    rows = (top / "top_k.csv").read_text().splitlines()
+    assert len(rows) == 4 and {p.name for p in top.iterdir()} == {"rank1", "rank2", "rank3", "top_k.csv"}
+    probs = [float(r.split(",")[2]) for r in rows[1:]]
+    assert probs == sorted(probs, reverse=True) and len({r.split(",")[1] for r in rows[1:]}) == 3
+    lat = [float(r.split(",")[3]) for r in rows[1:]]
+    assert all(x > 0 for x in lat)
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--set", "nonsense=1"], "nonsense"),
+    (["--set", "epochs=many"], "epochs"),
+    (["--set", "p=1"], "p/k"),
+    (["--data", "imagenet2:/x"], "imagenet2"),
+    (["--supernet", "nope"], "nope"),
+])
+def test_bad_recipe_exits_2(tmp_path, capsys, argv, needle):
+    assert search_cli.main(FAST + argv + ["--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+
+
+def test_non_finite_losses_stop_the_run(tmp_path, capsys, monkeypatch):
+    import dnas.search.loop as loop
+
+    monkeypatch.setattr(loop, "cross_entropy_smooth", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
+    assert search_cli.main(FAST + ["--set", "max_bad_steps=2", "--out", str(tmp_path / "r")]) == 2
+    assert "non-finite" in capsys.readouterr().err
+
+
+def test_schedules():
+    cfg = SearchConfig(epochs=10, p=16, k=16, w_lr=0.1, w_milestones=[5, 8], warmup_epochs=2)
+    assert weight_lr(cfg, 0, 1) == pytest.approx(0.1)  # batch 256
+    assert weight_lr(cfg, 0, 2) == pytest.approx(0.2)  # linear scaling with world size
+    assert weight_lr(cfg, 6, 1) == pytest.approx(0.01)
+    assert weight_lr(cfg, 9, 1) == pytest.approx(0.001)
+    assert arch_lr(cfg, 1) == pytest.approx(0.01) and arch_lr(cfg, 10) == pytest.approx(0.0)
+
+
+def _final_state(run):
+    state = torch.load(run / "checkpoint-last.pt", weights_only=True)
+    return {k: v for k, v in state["model"].items() if k.startswith("arch_") or ".pi." in k}
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_is_exact(tmp_path):
+    args = [sys.executable, "-m", "dnas.search", *FAST, "--set", "epochs=3", "--set", "max_steps_per_epoch=4",
+            "--deterministic", "--seed", "3"]
+    full = tmp_path / "full"
+    subprocess.run(args + ["--out", str(full)], check=True, env=_env(), capture_output=True)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(args + ["--set", "checkpoint_every=1", "--out", str(killed)], env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        ckpt = killed / "checkpoint-last.pt"
+        if ckpt.exists() and torch.load(ckpt, weights_only=True)["step"] >= 6:  # mid epoch 1
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "final_arch.yaml").exists()
+    subprocess.run([sys.executable, "-m", "dnas.search", "--resume", str(killed), "--no-progress"], check=True,
+                   env=_env(), capture_output=True)
+    assert (killed / "final_arch.yaml").read_text() == (full / "final_arch.yaml").read_text()
+    a, b = _final_state(full), _final_state(killed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert len((killed / "metrics.csv").read_text().splitlines()) == 4
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes(tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "dnas.search",
+           *FAST, "--set", "device=cpu", "--out", str(out)]
+    res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    check = json.loads((out / "ddp_check.json").read_text())
+    assert check["world_size"] == 2 and len(check["ranks"]) == 2
+    assert check["ranks"][0]["arch_sha256"] == check["ranks"][1]["arch_sha256"]
+    assert check["ranks"][0]["argmax"] == check["ranks"][1]["argmax"]
+    assert (out / "final_arch.yaml").is_file()
