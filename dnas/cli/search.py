@@ -3,6 +3,8 @@ and ``--describe`` to inspect a search space."""
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -41,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="data set spec, e.g. synthetic or market1501:/data/market")
     p.add_argument("--out", help="run directory (default runs/search-SPACE-TIME)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="start afresh in --out, deleting a run already there")
     p.add_argument("--seed", type=int, help="random seed")
     p.add_argument("--deterministic", action="store_true", help="deterministic kernels (bit-exact resume on CPU)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -95,13 +98,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_space(cfg.supernet)  # fail early on a bad space
     run_dir = Path(args.resume or args.out or f"runs/search-{Path(cfg.supernet).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
     if not args.resume and (run_dir / "checkpoint-last.pt").exists():
-        raise DnasError(f"{run_dir}: holds a run already; continue it with --resume {run_dir} or pick another --out")
+        if not args.overwrite:
+            raise DnasError(f"{run_dir}: holds a run already; continue it with --resume {run_dir}, "
+                            "pick another --out, or pass --overwrite")
+        if int(os.environ.get("RANK", "0")) == 0:
+            shutil.rmtree(run_dir)
     from dnas.search.run import run_search
 
     t0 = time.time()
     run_search(cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress)
-    import os
-
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"search finished in {time.time() - t0:.1f}s; run directory: {run_dir.resolve()}")
         print(f"final architecture: {(run_dir / 'final_arch.yaml').resolve()}  (export: dnas-derive {run_dir})")

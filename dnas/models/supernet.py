@@ -121,7 +121,7 @@ class Supernet(nn.Module):
             if not hard:
                 return soft
             onehot = torch.zeros_like(soft).scatter_(0, soft.argmax().view(1), 1.0)
-            return onehot + soft - soft.detach()
+            return onehot + (soft - soft.detach())  # exactly one-hot forward
 
         w, e = self._logits()
         return ArchChoice([gs(x) for x in w], [gs(x) for x in e])

@@ -57,7 +57,7 @@ class DCSAttention(nn.Module):
             return (logits > 0).to(tokens.dtype)
         soft = torch.sigmoid((logits + gumbel_like(logits) - gumbel_like(logits)) / self.tau_m)
         hard = (soft > 0.5).to(soft.dtype)
-        return hard + soft - soft.detach()
+        return hard + (soft - soft.detach())  # exactly binary forward, identity gradient
 
     def forward(self, x: torch.Tensor, width_mask: torch.Tensor | None = None,
                 eff_width: torch.Tensor | float | None = None) -> torch.Tensor:

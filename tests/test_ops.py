@@ -1,0 +1,427 @@
+"""Tests of the op registry, the plain ops, DCS-Attention and the super inverted
+residual (dnas.ops; FORMULAS.md sections 2 and 3).
+
+Every registered op: forward shape, a gradient for every parameter, no NaN.
+DCS-Attention is compared with a direct re-implementation of its formula; the super
+inverted residual with a one-hot choice is compared with its plain twin holding the
+sliced weights.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dnas.models.derive import slice_state_dict
+from dnas.ops import (PLAIN_OPS, SEARCHABLE_OPS, SUPER_OPS, ConvBNReLU, DCSAttention, InvertedResidual,
+                      OpRegistry, SuperInvertedResidual)
+from dnas.ops.dcs import gumbel_like
+from dnas.ops.super_blocks import match_channels, option_masks
+
+
+def randomize_bn(module: nn.Module, gen: torch.Generator) -> None:
+    """Random running stats and affine parameters for every BatchNorm in ``module``."""
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                c = m.num_features
+                m.running_mean.copy_(torch.randn(c, generator=gen) * 0.2)
+                m.running_var.copy_(torch.rand(c, generator=gen) + 0.5)
+                m.weight.copy_(torch.rand(c, generator=gen) + 0.5)
+                m.bias.copy_(torch.randn(c, generator=gen) * 0.2)
+
+
+def check_grads(module: nn.Module) -> None:
+    """Every trainable parameter got a finite, non-zero gradient."""
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+
+
+def weighted_loss(out: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """A loss whose gradient reaches BN-normalised branches (``out.sum()`` would not in train mode)."""
+    w = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed))
+    return (out * w).sum()
+
+
+# -- registry ------------------------------------------------------------------------
+
+def test_registry_refuses_duplicates():
+    reg = OpRegistry("test")
+
+    @reg.register("a")
+    class A:  # noqa: D401
+        def __init__(self, in_chs, out_chs, stride, **kw):
+            self.args = (in_chs, out_chs, stride, kw)
+
+    with pytest.raises(ValueError, match="'a'"):
+        reg.register("a")(type("B", (), {}))
+    assert reg.get("a") is A
+    assert reg.build("a", 1, 2, 3, k=4).args == (1, 2, 3, {"k": 4})
+    assert "a" in reg and list(reg) == ["a"]
+
+
+def test_global_registries_refuse_duplicates():
+    with pytest.raises(ValueError):
+        PLAIN_OPS.register("ir")(type("Dup", (), {}))
+    with pytest.raises(ValueError):
+        SUPER_OPS.register("ir")(type("Dup", (), {}))
+    assert PLAIN_OPS.get("ir") is InvertedResidual
+    assert SUPER_OPS.get("ir") is SuperInvertedResidual
+
+
+def test_unknown_op_lists_known():
+    with pytest.raises(KeyError) as info:
+        PLAIN_OPS.get("conv9")
+    msg = str(info.value)
+    assert "conv9" in msg
+    for name in PLAIN_OPS:
+        assert name in msg
+    with pytest.raises(KeyError, match="ir"):
+        SUPER_OPS.build("nope", 4, 4, 1)
+
+
+def test_registered_names():
+    assert {"ir", "conv_bn_relu", "dcs"} <= set(PLAIN_OPS)
+    assert set(SEARCHABLE_OPS) == set(PLAIN_OPS) & set(SUPER_OPS)
+    assert "ir" in SEARCHABLE_OPS and "dcs" not in SEARCHABLE_OPS
+
+
+# -- every plain op -----------------------------------------------------------------------
+
+# name -> [(in_chs, out_chs, stride, kwargs)]
+PLAIN_CASES = {
+    "conv_bn_relu": [(8, 16, 2, {}), (8, 8, 1, {"kernel_size": 1}), (6, 12, 1, {"act": False})],
+    "ir": [(8, 8, 1, {"mid_chs": 24}), (8, 16, 2, {"mid_chs": 16}), (16, 8, 1, {"mid_chs": 8, "kernel_size": 5})],
+    "dcs": [(16, 16, 1, {}), (8, 8, 1, {"tau_m": 0.5})],
+}
+PLAIN_PARAMS = [(name, *case) for name, cases in PLAIN_CASES.items() for case in cases]
+
+
+def test_every_plain_op_has_cases():
+    assert set(PLAIN_OPS) <= set(PLAIN_CASES), "add cases for new ops to PLAIN_CASES"
+
+
+def _build_plain(name, cin, cout, stride, kw):
+    torch.manual_seed(0)
+    op = PLAIN_OPS.build(name, cin, cout, stride, **kw)
+    if isinstance(op, DCSAttention):  # BN weight 0 at init: make the branch contribute
+        with torch.no_grad():
+            op.bn.weight.fill_(1.0)
+    return op
+
+
+@pytest.mark.parametrize("name, cin, cout, stride, kw", PLAIN_PARAMS)
+def test_plain_op_forward_backward(name, cin, cout, stride, kw):
+    op = _build_plain(name, cin, cout, stride, kw).train()
+    x = torch.randn(2, cin, 8, 6)
+    out = op(x)
+    assert out.shape == (2, cout, 8 // stride, 6 // stride)
+    assert torch.isfinite(out).all()
+    weighted_loss(out).backward()
+    check_grads(op)
+    op.eval()
+    with torch.no_grad():
+        assert torch.isfinite(op(x)).all()
+
+
+def test_inverted_residual_residual_rule():
+    assert InvertedResidual(8, 8, 1, mid_chs=16).has_residual
+    assert not InvertedResidual(8, 8, 2, mid_chs=16).has_residual
+    assert not InvertedResidual(8, 12, 1, mid_chs=16).has_residual
+    torch.manual_seed(0)
+    ir = InvertedResidual(8, 8, 1, mid_chs=16).eval()
+    with torch.no_grad():
+        ir.bn3.weight.zero_()
+        ir.bn3.bias.zero_()
+    x = torch.randn(2, 8, 5, 5)
+    torch.testing.assert_close(ir(x), x)  # branch is zero: the residual alone remains
+
+
+def test_conv_bn_relu_structure():
+    op = ConvBNReLU(4, 8, 2, kernel_size=3)
+    assert op.conv.stride == (2, 2) and op.conv.padding == (1, 1) and op.conv.bias is None
+    assert hasattr(op, "act")
+    assert not hasattr(ConvBNReLU(4, 8, 1, act=False), "act")
+    out = op.eval()(torch.randn(1, 4, 7, 7))
+    assert (out >= 0).all() and out.shape == (1, 8, 4, 4)
+
+
+# -- every super op ------------------------------------------------------------------------
+
+SUPER_CASES = {
+    "ir": [(8, 12, 1, {"mid_chs": 24}), (8, 16, 2, {"mid_chs": 32})],
+}
+
+
+def test_every_super_op_has_cases():
+    assert set(SUPER_OPS) <= set(SUPER_CASES)
+
+
+@pytest.mark.parametrize("name, cin, cout, stride, kw",
+                         [(n, *c) for n, cases in SUPER_CASES.items() for c in cases])
+def test_super_op_forward_backward(name, cin, cout, stride, kw):
+    torch.manual_seed(0)
+    op = SUPER_OPS.build(name, cin, cout, stride, **kw).train()
+    mid = kw["mid_chs"]
+    mid_mask = torch.softmax(torch.randn(2), 0) @ option_masks((mid // 2, mid), mid)
+    out_mask = torch.softmax(torch.randn(2), 0) @ option_masks((cout // 2, cout), cout)
+    x = torch.randn(2, cin, 8, 6)
+    out = op(x, mid_mask, out_mask, 0.5 if stride == 1 else None)
+    assert out.shape == (2, cout, 8 // stride, 6 // stride)
+    assert torch.isfinite(out).all()
+    weighted_loss(out).backward()
+    check_grads(op)
+
+
+# -- helpers of the super ops ---------------------------------------------------------------
+
+def test_option_masks():
+    m = option_masks((1, 3, 4), 5)
+    expected = torch.tensor([[1, 0, 0, 0, 0], [1, 1, 1, 0, 0], [1, 1, 1, 1, 0]], dtype=torch.float32)
+    assert torch.equal(m, expected)
+
+
+def test_match_channels():
+    x = torch.randn(2, 3, 4, 4)
+    assert match_channels(x, 3) is x
+    padded = match_channels(x, 5)
+    assert padded.shape == (2, 5, 4, 4)
+    assert torch.equal(padded[:, :3], x) and torch.equal(padded[:, 3:], torch.zeros(2, 2, 4, 4))
+    assert torch.equal(match_channels(x, 2), x[:, :2])
+
+
+def test_gumbel_like():
+    t = torch.zeros(200_000)
+    g1 = gumbel_like(t, torch.Generator().manual_seed(5))
+    g2 = gumbel_like(t, torch.Generator().manual_seed(5))
+    assert torch.equal(g1, g2) and torch.isfinite(g1).all()
+    assert g1.mean().item() == pytest.approx(0.5772, abs=0.02)  # Euler-Mascheroni constant
+    assert g1.var().item() == pytest.approx(math.pi ** 2 / 6, rel=0.05)
+
+
+# -- DCS-Attention ----------------------------------------------------------------------------
+
+def dcs_reference(mod: DCSAttention, x: torch.Tensor) -> torch.Tensor:
+    """FORMULAS.md section 3 in inference mode, written out directly."""
+    b, c, h, w = x.shape
+    X = x.flatten(2).transpose(1, 2)  # (B, N, C)
+    pi = X @ mod.pi.weight.T + mod.pi.bias
+    M = (pi > 0).float()
+    XM = X * M
+    A = torch.softmax(XM @ XM.transpose(1, 2) / math.sqrt(c), dim=-1)  # (B, N, N)
+    Y = (A @ X).transpose(1, 2).reshape(b, c, h, w)
+    z = F.conv2d(Y, mod.proj.weight)
+    bn = mod.bn
+    z = (z - bn.running_mean.view(1, -1, 1, 1)) / torch.sqrt(bn.running_var.view(1, -1, 1, 1) + bn.eps)
+    z = z * bn.weight.view(1, -1, 1, 1) + bn.bias.view(1, -1, 1, 1)
+    return x + z
+
+
+def _dcs(c=16, seed=0, tau_m=1.0):
+    torch.manual_seed(seed)
+    mod = DCSAttention(c, tau_m=tau_m)
+    randomize_bn(mod, torch.Generator().manual_seed(seed))
+    return mod
+
+
+def test_dcs_rejects_shape_change():
+    with pytest.raises(ValueError):
+        DCSAttention(8, 16)
+    with pytest.raises(ValueError):
+        DCSAttention(8, 8, 2)
+    assert DCSAttention(8).chs == 8
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_dcs_fresh_module_is_identity(train):
+    torch.manual_seed(0)
+    mod = DCSAttention(12).train(train)
+    assert torch.equal(mod.bn.weight, torch.zeros(12))
+    x = torch.randn(2, 12, 4, 3)
+    assert torch.equal(mod(x), x)
+
+
+@pytest.mark.parametrize("seed, shape", [(0, (2, 16, 4, 3)), (1, (3, 8, 5, 5)), (2, (1, 16, 1, 1))])
+def test_dcs_matches_reference_eval(seed, shape):
+    mod = _dcs(shape[1], seed).eval()
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(seed + 10))
+    with torch.no_grad():
+        out = mod(x)
+        ref = dcs_reference(mod, x)
+    assert out.shape == x.shape
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    assert (out - x).abs().max() > 1e-3  # the attention branch contributes
+
+
+def test_dcs_eff_width_and_width_mask_arguments():
+    mod = _dcs(16, 3).eval()
+    x = torch.randn(2, 16, 3, 3)
+    with torch.no_grad():
+        ref = mod(x)
+        torch.testing.assert_close(mod(x, eff_width=16.0), ref, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(mod(x, eff_width=torch.tensor(16.0)), ref, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(mod(x, width_mask=torch.ones(16)), ref, rtol=1e-6, atol=1e-6)
+        assert torch.equal(mod(x, width_mask=torch.zeros(16)), x)
+        half = torch.cat([torch.ones(8), torch.zeros(8)])
+        out = mod(x, width_mask=half)
+        assert torch.equal(out[:, 8:], x[:, 8:])
+        torch.testing.assert_close(out[:, :8], ref[:, :8], rtol=1e-6, atol=1e-6)
+        assert not torch.allclose(mod(x, eff_width=4.0), ref, atol=1e-4)  # the scale enters
+
+
+def test_dcs_eval_mask_is_sign_of_pi():
+    mod = _dcs(16, 4).eval()
+    tokens = torch.randn(2, 10, 16)
+    m = mod.channel_mask(tokens)
+    expected = (mod.pi(tokens) > 0).float()
+    assert torch.equal(m, expected)
+    assert 0 < m.mean() < 1
+    assert torch.equal(mod.channel_mask(tokens), m)  # deterministic
+
+
+def test_dcs_train_mask_binary_with_straight_through_gradient():
+    mod = _dcs(16, 5).train()
+    tokens = torch.randn(2, 10, 16)
+    torch.manual_seed(0)
+    m = mod.channel_mask(tokens)
+    assert m.shape == (2, 10, 16)
+    md = m.detach()
+    assert torch.allclose(md, md.round(), atol=1e-6, rtol=0)  # binary up to rounding
+    assert set(md.round().unique().tolist()) == {0.0, 1.0}
+    weighted_loss(m).backward()
+    assert mod.pi.weight.grad is not None and mod.pi.weight.grad.abs().sum() > 0
+    assert mod.pi.bias.grad is not None and mod.pi.bias.grad.abs().sum() > 0
+
+
+def test_dcs_train_mask_exactly_binary():
+    mod = _dcs(16, 5).train()
+    tokens = torch.randn(2, 10, 16, generator=torch.Generator().manual_seed(8))
+    torch.manual_seed(0)
+    m = mod.channel_mask(tokens).detach()
+    assert set(m.unique().tolist()) == {0.0, 1.0}
+
+
+def test_dcs_train_mask_is_noisy_but_follows_large_logits():
+    mod = _dcs(16, 6).train()
+    tokens = torch.randn(2, 50, 16)
+    torch.manual_seed(1)
+    a, b = mod.channel_mask(tokens), mod.channel_mask(tokens)
+    assert not torch.equal(a, b)  # Gumbel noise in training
+    with torch.no_grad():
+        mod.pi.weight.zero_()
+        mod.pi.bias.fill_(100.0)
+    assert torch.equal(mod.channel_mask(tokens).detach(), torch.ones(2, 50, 16))
+    with torch.no_grad():
+        mod.pi.bias.fill_(-100.0)
+    assert torch.equal(mod.channel_mask(tokens).detach(), torch.zeros(2, 50, 16))
+
+
+def test_dcs_train_forward_gradient_reaches_pi():
+    mod = _dcs(8, 7).train()
+    x = torch.randn(2, 8, 4, 4)
+    out = mod(x)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    weighted_loss(out).backward()
+    check_grads(mod)
+
+
+# -- super inverted residual vs its plain twin ------------------------------------------------
+
+def _randomize_params(module: nn.Module, gen: torch.Generator) -> None:
+    randomize_bn(module, gen)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if name.endswith("weight") and p.dim() == 4:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+
+
+def _onehot(i: int, k: int) -> torch.Tensor:
+    return torch.zeros(k).index_fill_(0, torch.tensor([i]), 1.0)
+
+
+# (in_max, out_max, stride, mid options, in chosen, out options, out index, mid index, residual)
+SIR_CASES = [
+    (16, 24, 1, (16, 32, 48), 12, (8, 16, 24), 1, 2, False),
+    (16, 24, 2, (16, 32, 48), 16, (8, 16, 24), 0, 0, False),
+    (24, 24, 1, (24, 48, 72), 16, (8, 16, 24), 1, 1, True),
+    (24, 24, 1, (24, 48, 72), 24, (8, 16, 24), 2, 0, True),
+]
+
+
+@pytest.mark.parametrize("in_max, out_max, stride, mids, cin, outs, oi, mi, residual", SIR_CASES)
+def test_super_ir_one_hot_equals_plain(in_max, out_max, stride, mids, cin, outs, oi, mi, residual):
+    gen = torch.Generator().manual_seed(oi * 10 + mi)
+    sup = SuperInvertedResidual(in_max, out_max, stride, mid_chs=max(mids))
+    _randomize_params(sup, gen)
+    sup.eval()
+    cout, mid = outs[oi], mids[mi]
+    if residual:
+        assert cin == cout and stride == 1
+    plain = InvertedResidual(cin, cout, stride, mid_chs=mid)
+    plain.load_state_dict(slice_state_dict(sup.state_dict(), plain.state_dict()))
+    plain.eval()
+    assert plain.has_residual == residual
+
+    x = torch.randn(2, in_max, 8, 6, generator=gen)
+    x[:, cin:] = 0  # the input arrives masked to the previous width
+    mid_mask = _onehot(mi, len(mids)) @ option_masks(mids, max(mids))
+    out_mask = _onehot(oi, len(outs)) @ option_masks(outs, out_max)
+    with torch.no_grad():
+        y = sup(x, mid_mask, out_mask, 1.0 if residual else None)
+        ref = plain(x[:, :cin])
+    assert y.shape == (2, out_max, 8 // stride, 6 // stride)
+    torch.testing.assert_close(y[:, :cout], ref, rtol=1e-5, atol=1e-5)
+    assert torch.equal(y[:, cout:], torch.zeros_like(y[:, cout:]))  # masked channels are exactly 0
+
+
+def test_super_ir_masks_are_applied():
+    gen = torch.Generator().manual_seed(3)
+    sup = SuperInvertedResidual(8, 16, 1, mid_chs=32)
+    _randomize_params(sup, gen)
+    sup.eval()
+    x = torch.randn(2, 8, 5, 5, generator=gen)
+    full = torch.ones(32)
+    with torch.no_grad():
+        y = sup(x, full, torch.cat([torch.ones(4), torch.zeros(12)]), None)
+        assert torch.equal(y[:, 4:], torch.zeros(2, 12, 5, 5)) and y[:, :4].abs().sum() > 0
+        # the mid mask matters: dropping half the mid channels changes the output
+        y_half = sup(x, torch.cat([torch.ones(16), torch.zeros(16)]), torch.ones(16), None)
+        assert not torch.allclose(y_half, sup(x, full, torch.ones(16), None))
+        # a zero mid mask leaves only BN3's shift on the kept channels
+        y0 = sup(x, torch.zeros(32), torch.ones(16), None)
+        shift = sup.bn3.bias - sup.bn3.running_mean * sup.bn3.weight / torch.sqrt(sup.bn3.running_var + sup.bn3.eps)
+        torch.testing.assert_close(y0, shift.view(1, -1, 1, 1).expand_as(y0), rtol=1e-5, atol=1e-5)
+
+
+def test_super_ir_soft_out_mask_is_mixture():
+    """y = b(x) * sum_i g_i 1_{k_i}: the output is the g-weighted sum of the one-hot outputs."""
+    gen = torch.Generator().manual_seed(4)
+    sup = SuperInvertedResidual(8, 16, 2, mid_chs=24)
+    _randomize_params(sup, gen)
+    sup.eval()
+    outs = (4, 8, 16)
+    masks = option_masks(outs, 16)
+    g = torch.tensor([0.2, 0.5, 0.3])
+    x = torch.randn(2, 8, 6, 6, generator=gen)
+    mid = torch.ones(24)
+    with torch.no_grad():
+        mixed = sup(x, mid, g @ masks, None)
+        parts = sum(g[i] * sup(x, mid, masks[i], None) for i in range(3))
+    torch.testing.assert_close(mixed, parts, rtol=1e-5, atol=1e-5)
+
+
+def test_super_ir_residual_weight_scales_input():
+    sup = SuperInvertedResidual(8, 8, 1, mid_chs=16).eval()
+    x = torch.randn(2, 8, 4, 4)
+    m, o = torch.ones(16), torch.ones(8)
+    with torch.no_grad():
+        base = sup(x, m, o, None)
+        torch.testing.assert_close(sup(x, m, o, 1.0), base + x)
+        torch.testing.assert_close(sup(x, m, o, torch.tensor(0.25)), base + 0.25 * x)
