@@ -1,0 +1,284 @@
+"""Data sets and DataLoaders from a ``--data`` spec string (paper sections 3.4 and 4).
+
+Specs: ``market1501:/path``, ``dukemtmc:/path``, ``msmt17:/path``, ``cuhk03:/path``
+(detected boxes; also ``cuhk03-detected:`` and ``cuhk03-labeled:``), ``imagenet:/path``
+(ImageFolder layout), ``synthetic`` (the embedded Re-ID set) and ``synthetic-imagenet``
+(the embedded shapes set); the synthetic specs take an optional cache root
+(``synthetic:/cache``). An unknown name is a :class:`DataError` listing the valid ones.
+
+:func:`build_loaders` returns the training loader (PK batches for Re-ID, shuffled
+batches for classification), optionally split 80/20 into weight and architecture
+subsets for the search (:func:`dnas.data.samplers.split_weight_arch`), and the test
+loaders (query and gallery, or val).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from dnas.data.imagenet import ClassificationSplits, load_imagefolder
+from dnas.data.reid_datasets import REID_LOADERS, ReIDSplits, load_market_style
+from dnas.data.samplers import PKSampler, RandomBatchSampler, split_weight_arch
+from dnas.data.synthetic import (SyntheticImageFolderConfig, SyntheticReIDConfig,
+                                 ensure_synthetic_imagefolder, ensure_synthetic_reid)
+from dnas.data.transforms import build_classification_transform, build_reid_transform
+from dnas.errors import DataError
+
+REID_NAMES = tuple(REID_LOADERS) + ("synthetic",)
+CLASSIFICATION_NAMES = ("imagenet", "synthetic-imagenet")
+DATASET_NAMES = REID_NAMES + CLASSIFICATION_NAMES
+_OPTIONAL_ROOT = ("synthetic", "synthetic-imagenet")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+    """A parsed ``--data`` spec.
+
+    Attributes:
+        name: one of :data:`DATASET_NAMES`.
+        root: the data root (for the synthetic sets: the cache root, or ``None``).
+    """
+
+    name: str
+    root: str | None
+
+    @property
+    def task(self) -> str:
+        """``"reid"`` or ``"classification"``."""
+        return "reid" if self.name in REID_NAMES else "classification"
+
+
+def parse_data_spec(spec: str) -> DataSpec:
+    """Parse ``name:/path`` (or a bare ``synthetic`` / ``synthetic-imagenet``).
+
+    Raises:
+        DataError: unknown name (the message lists the valid ones) or missing path.
+    """
+    name, sep, root = spec.partition(":")
+    name = name.strip().lower()
+    if name not in DATASET_NAMES:
+        raise DataError(f"--data {spec!r}: unknown data set {name!r}; valid names: "
+                        f"{', '.join(DATASET_NAMES)}")
+    root = root.strip()
+    if not root and name not in _OPTIONAL_ROOT:
+        raise DataError(f"--data {spec!r}: missing data root; expected '{name}:/path/to/data'")
+    return DataSpec(name, root or None)
+
+
+def load_splits(spec: str | DataSpec, synthetic_reid: SyntheticReIDConfig | None = None,
+                synthetic_imagefolder: SyntheticImageFolderConfig | None = None
+                ) -> ReIDSplits | ClassificationSplits:
+    """Read the image lists a spec names (generating a synthetic set on first use).
+
+    Args:
+        spec: a ``--data`` string or a :class:`DataSpec`.
+        synthetic_reid: parameters of the ``synthetic`` set.
+        synthetic_imagefolder: parameters of the ``synthetic-imagenet`` set.
+
+    Returns:
+        :class:`ReIDSplits` for Re-ID sets, :class:`ClassificationSplits` otherwise.
+    """
+    ds = parse_data_spec(spec) if isinstance(spec, str) else spec
+    if ds.name == "synthetic":
+        root = ensure_synthetic_reid(synthetic_reid, ds.root)
+        return load_market_style(root, "synthetic", num_cams=6)
+    if ds.name == "synthetic-imagenet":
+        return load_imagefolder(ensure_synthetic_imagefolder(synthetic_imagefolder, ds.root),
+                                name="synthetic-imagenet")
+    if ds.name == "imagenet":
+        return load_imagefolder(ds.root, name="imagenet")
+    return REID_LOADERS[ds.name](ds.root)
+
+
+class ImageListDataset(Dataset):
+    """Images from a list of ``(path, label, camid)``; yields ``(image, label, camid)``.
+
+    Args:
+        items: the image list (Re-ID ``(path, pid, camid)``; classification
+            ``(path, label, 0)``).
+        transform: PIL image -> tensor (default: ``torchvision`` ``ToImage`` only).
+    """
+
+    def __init__(self, items: Sequence[tuple[str, int, int]],
+                 transform: Callable | None = None) -> None:
+        self.items = list(items)
+        self.transform = transform
+        self.labels = np.asarray([it[1] for it in self.items], dtype=np.int64)
+        self.camids = np.asarray([it[2] for it in self.items], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int):
+        path, label, camid = self.items[index]
+        try:
+            with Image.open(path) as im:
+                img = im.convert("RGB")
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{path}: cannot read image ({exc})") from None
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, label, camid
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """Everything :func:`build_loaders` needs.
+
+    Attributes:
+        data: the ``--data`` spec.
+        height: Re-ID input height (classification: ``size`` is used).
+        width: Re-ID input width.
+        size: classification input side.
+        p: identities per Re-ID training batch.
+        k: images per identity in a Re-ID training batch.
+        batch_size: classification training batch.
+        test_batch_size: batch of the test loaders.
+        workers: DataLoader worker processes.
+        seed: seed of batch order and of the weight/arch split.
+        arch_fraction: share of training images for the architecture steps; 0 keeps
+            all for training and builds no architecture loader.
+        flip_prob: horizontal-flip probability.
+        pad: padding before the random crop (Re-ID).
+        erasing_prob: random-erasing probability.
+        rank: this process's rank (DDP).
+        world_size: number of processes (DDP).
+        synthetic_reid: parameters of the ``synthetic`` set.
+        synthetic_imagefolder: parameters of the ``synthetic-imagenet`` set.
+    """
+
+    data: str = "synthetic"
+    height: int = 256
+    width: int = 128
+    size: int = 224
+    p: int = 16
+    k: int = 4
+    batch_size: int = 256
+    test_batch_size: int = 128
+    workers: int = 2
+    seed: int = 0
+    arch_fraction: float = 0.0
+    flip_prob: float = 0.5
+    pad: int = 10
+    erasing_prob: float = 0.5
+    rank: int = 0
+    world_size: int = 1
+    synthetic_reid: SyntheticReIDConfig | None = None
+    synthetic_imagefolder: SyntheticImageFolderConfig | None = None
+
+
+@dataclasses.dataclass
+class DataLoaders:
+    """The loaders of one experiment.
+
+    Attributes:
+        task: ``"reid"`` or ``"classification"``.
+        splits: the image lists.
+        num_classes: training identities / classes (classifier width).
+        train: training batches (on the weight subset when ``arch`` is set).
+        train_sampler: its batch sampler (``set_epoch``, ``state_dict``).
+        arch: architecture-step batches (search only) or ``None``.
+        arch_sampler: its batch sampler or ``None``.
+        query: Re-ID query loader (``None`` for classification).
+        gallery: Re-ID gallery loader (``None`` for classification).
+        val: classification validation loader (``None`` for Re-ID).
+    """
+
+    task: str
+    splits: ReIDSplits | ClassificationSplits
+    num_classes: int
+    train: DataLoader
+    train_sampler: PKSampler | RandomBatchSampler
+    arch: DataLoader | None = None
+    arch_sampler: PKSampler | RandomBatchSampler | None = None
+    query: DataLoader | None = None
+    gallery: DataLoader | None = None
+    val: DataLoader | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch of the training (and architecture) samplers."""
+        self.train_sampler.set_epoch(epoch)
+        if self.arch_sampler is not None:
+            self.arch_sampler.set_epoch(epoch)
+
+
+def _worker_init(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32  # set per worker by the DataLoader's generator
+    np.random.seed(seed)
+
+
+def _loader(ds: Dataset, cfg: DataConfig, batch_sampler=None, batch_size: int | None = None,
+            seed_offset: int = 0) -> DataLoader:
+    # training loaders keep their workers across epochs; test loaders release them
+    kw = dict(num_workers=cfg.workers, pin_memory=torch.cuda.is_available(),
+              worker_init_fn=_worker_init if cfg.workers > 0 else None,
+              persistent_workers=cfg.workers > 0 and batch_sampler is not None,
+              generator=torch.Generator().manual_seed(cfg.seed * 1000 + seed_offset))
+    if batch_sampler is not None:
+        return DataLoader(ds, batch_sampler=batch_sampler, **kw)
+    return DataLoader(ds, batch_size=batch_size, shuffle=False, drop_last=False, **kw)
+
+
+def _train_sampler(labels: np.ndarray, cfg: DataConfig, reid: bool, offset: int):
+    if reid:
+        return PKSampler(labels, cfg.p, cfg.k, seed=cfg.seed + offset, rank=cfg.rank,
+                         world_size=cfg.world_size)
+    bs = min(cfg.batch_size, len(labels))
+    return RandomBatchSampler(len(labels), bs, seed=cfg.seed + offset, rank=cfg.rank,
+                              world_size=cfg.world_size)
+
+
+def build_loaders(cfg: DataConfig) -> DataLoaders:
+    """Build the training, architecture and test loaders a config asks for.
+
+    Args:
+        cfg: the data config (its ``data`` field is the ``--data`` spec).
+
+    Returns:
+        The :class:`DataLoaders`; a log-ready summary is ``result.splits.summary()``.
+
+    Raises:
+        DataError: bad spec, missing or malformed data, too few identities for P.
+    """
+    spec = parse_data_spec(cfg.data)
+    splits = load_splits(spec, cfg.synthetic_reid, cfg.synthetic_imagefolder)
+    reid = spec.task == "reid"
+    if reid:
+        train_tf = build_reid_transform(cfg.height, cfg.width, train=True, flip_prob=cfg.flip_prob,
+                                        pad=cfg.pad, erasing_prob=cfg.erasing_prob)
+        test_tf = build_reid_transform(cfg.height, cfg.width, train=False)
+        num_classes = splits.num_train_pids
+    else:
+        train_tf = build_classification_transform(cfg.size, train=True)
+        test_tf = build_classification_transform(cfg.size, train=False)
+        num_classes = splits.num_classes
+    items = splits.train
+    labels = np.asarray([it[1] for it in items])
+    arch_loader = arch_sampler = None
+    if cfg.arch_fraction > 0:
+        w_idx, a_idx = split_weight_arch(labels, cfg.arch_fraction, cfg.seed)
+        arch_items = [items[i] for i in a_idx]
+        items = [items[i] for i in w_idx]
+        arch_sampler = _train_sampler(labels[a_idx], cfg, reid, offset=1)
+        arch_loader = _loader(ImageListDataset(arch_items, train_tf), cfg, arch_sampler,
+                              seed_offset=1)
+        labels = labels[w_idx]
+    train_sampler = _train_sampler(labels, cfg, reid, offset=0)
+    out = DataLoaders(spec.task, splits, num_classes,
+                      _loader(ImageListDataset(items, train_tf), cfg, train_sampler),
+                      train_sampler, arch_loader, arch_sampler)
+    if reid:
+        out.query = _loader(ImageListDataset(splits.query, test_tf), cfg,
+                            batch_size=cfg.test_batch_size, seed_offset=2)
+        out.gallery = _loader(ImageListDataset(splits.gallery, test_tf), cfg,
+                              batch_size=cfg.test_batch_size, seed_offset=3)
+    else:
+        out.val = _loader(ImageListDataset(splits.val, test_tf), cfg,
+                          batch_size=cfg.test_batch_size, seed_offset=2)
+    return out
+
