@@ -22,18 +22,27 @@ def _capped(loader: DataLoader, limit: int) -> DataLoader:
 
 @torch.no_grad()
 def evaluate_reid(model: torch.nn.Module, query: DataLoader, gallery: DataLoader, device: torch.device,
-                  max_queries: int = 0, flip: bool = False) -> dict[str, float]:
+                  max_queries: int = 0, flip: bool = False, **forward_kwargs) -> dict[str, float]:
     """mAP / CMC / mINP of ``model`` (called as ``model(x, return_features=True)``).
 
     Args:
         max_queries: evaluate on at most this many (evenly spaced) queries; 0 for all.
         flip: average features with the flipped images.
+        forward_kwargs: extra arguments of the model call (the supernet's ``choice``).
 
     Returns:
         ``{"mAP", "rank1", "rank5", "rank10", "mINP", "num_queries"}`` (fractions in [0, 1]).
     """
-    qf, qp, qc = extract_features(model, _capped(query, max_queries), device, flip=flip)
-    gf, gp, gc = extract_features(model, gallery, device, flip=flip)
+    def embed(x: torch.Tensor) -> torch.Tensor:
+        return model(x, return_features=True, **forward_kwargs)["embedding"]
+
+    was_training = model.training
+    model.eval()
+    try:
+        qf, qp, qc = extract_features(None, _capped(query, max_queries), device, flip=flip, feature_fn=embed)
+        gf, gp, gc = extract_features(None, gallery, device, flip=flip, feature_fn=embed)
+    finally:
+        model.train(was_training)
     r = evaluate_features(qf, gf, qp, gp, qc, gc, max_rank=10)
     cmc = r["cmc"]
     return {"mAP": float(r["mAP"]), "rank1": float(cmc[0]), "rank5": float(cmc[4]), "rank10": float(cmc[9]),

@@ -56,7 +56,7 @@ def test_run_directory_contents(run_dir):
 def test_arch_history_has_every_option(run_dir):
     header = (run_dir / "arch_history.csv").read_text().splitlines()[0].split(",")
     widths = [h for h in header if h.startswith("width_g")]
-    assert len(widths) == 2 + 3 + 2  # tiny: groups with 2, 3 and 2 options
+    assert len(widths) == 2 + 3 + 3  # tiny: groups with 2, 3 and 3 options
     assert len([h for h in header if h.startswith("exp_")]) == 1 + 2 * 5
 
 

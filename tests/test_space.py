@@ -177,9 +177,9 @@ def test_make_divisible_values():
 def test_tiny_space_layout():
     sp = space("tiny")
     assert sp.input_size == [3, 64, 32]
-    assert sp.stem["out_chs"] == 8
-    assert sp.stages[0]["channels"] == [4, 8] and sp.stages[0]["stride"] == 1
-    assert sp.group_options == [(4, 8), (8, 12, 16), (16, 24)]
+    assert sp.stem["out_chs"] == 16
+    assert sp.stages[0]["channels"] == [8, 16] and sp.stages[0]["stride"] == 1
+    assert sp.group_options == [(8, 16), (16, 24, 32), (32, 48, 64)]
     assert sp.stage_group == [0, 1, 1, 2, 2]
     assert sp.dcs_stages == [2, 4]
     assert not sp.is_derived
@@ -488,7 +488,7 @@ MISFITS = [
     ("wrong_stride", _mut_stage(4, "stride", 2), ["stage 4", "'stride'"]),
     ("wrong_dcs_after", _mut_stage(0, "dcs_after", True), ["stage 0", "'dcs_after'"]),
     ("mid_not_option", _mut_mid(2, 1, 24), ["stage 2 block 1", "'mid_chs'"]),
-    ("expansion_mid_mismatch", lambda d: d["stages"][1]["blocks"][0].update(expansion=1.0, mid_chs=16),
+    ("expansion_mid_mismatch", lambda d: d["stages"][1]["blocks"][0].update(expansion=1.0, mid_chs=32),
      ["stage 1 block 0", "'expansion'"]),
     ("stem_differs", lambda d: d.__setitem__("stem", {"out_chs": 4, "stride": 2}), ["'stem'"]),
     ("too_few_stages", lambda d: d["stages"].pop(), ["stages"]),
@@ -517,9 +517,9 @@ def test_arch_that_does_not_fit(case, mutate, fragments):
 # -- summaries -----------------------------------------------------------------------------
 
 def test_log10_num_archs_tiny_independent_count():
-    # widths: row 1 {4, 8}, rows 2-3 {8, 12, 16}, rows 4-5 {16, 24}
+    # widths: row 1 {8, 16}, rows 2-3 {16, 24, 32}, rows 4-5 {32, 48, 64}
     # expansions: row 1 one option; rows 2-3 three blocks x 2; rows 4-5 two blocks x 2
-    count = 2 * 3 * 2 * 1 * 2 ** 3 * 2 ** 2
+    count = 2 * 3 * 3 * 1 * 2 ** 3 * 2 ** 2
     assert space("tiny").log10_num_archs == pytest.approx(math.log10(count))
 
 

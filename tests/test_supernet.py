@@ -147,13 +147,13 @@ def test_tiny_one_hot_equals_derived(mode, seed):
 
 @pytest.mark.parametrize("width0, residual", [(1, True), (0, False)])
 def test_tiny_row1_cross_group_residual(width0, residual):
-    """Row 1 has channels {4, 8} after an 8-channel stem: a residual only when 8 is chosen."""
+    """Row 1 has channels {8, 16} after a 16-channel stem: a residual only when 16 is chosen."""
     net = make_net("tiny", seed=4)
     idx = {"width": [width0, 2, 1], "expansion": [0, 1, 0, 1, 1, 0]}
     plain = assert_one_hot_equivalence(net, idx, images(2))
     assert plain.blocks[0].has_residual is residual
-    assert plain.blocks[0].out_chs == (8 if residual else 4)
-    # the residual matters: the two choices give different functions on the first 4 channels
+    assert plain.blocks[0].out_chs == (16 if residual else 8)
+    # the residual matters: the two choices give different functions on the first 8 channels
     other = {"width": [1 - width0, 2, 1], "expansion": idx["expansion"]}
     with torch.no_grad():
         a = net(images(2), net.onehot_choice(idx))
@@ -380,8 +380,8 @@ def test_train_forward_soft_choice(bnneck):
     choice = net.sample_choice(5.0)
     feats = net(images(9), choice, return_features=True)
     assert feats["logits"].shape == (2, 10)
-    assert feats["global_feat"].shape == feats["embedding"].shape == (2, 64)
-    assert feats["ib_input"].shape == (2, 16)  # pooled input of the first DCS row, largest width
+    assert feats["global_feat"].shape == feats["embedding"].shape == (2, 128)
+    assert feats["ib_input"].shape == (2, 32)  # pooled input of the first DCS row, largest width
     for v in feats.values():
         assert torch.isfinite(v).all()
     nn.functional.cross_entropy(feats["logits"], torch.tensor([0, 3])).backward()

@@ -144,7 +144,8 @@ class DataConfig:
         arch_fraction: share of training images for the architecture steps; 0 keeps
             all for training and builds no architecture loader.
         flip_prob: horizontal-flip probability.
-        pad: padding before the random crop (Re-ID).
+        pad: padding before the random crop (Re-ID); default ``None`` scales the
+            usual 10 pixels at height 256 to the input height (3 at 64x32).
         erasing_prob: random-erasing probability.
         rank: this process's rank (DDP).
         world_size: number of processes (DDP).
@@ -164,7 +165,7 @@ class DataConfig:
     seed: int = 0
     arch_fraction: float = 0.0
     flip_prob: float = 0.5
-    pad: int = 10
+    pad: int | None = None
     erasing_prob: float = 0.5
     rank: int = 0
     world_size: int = 1
@@ -250,7 +251,7 @@ def build_loaders(cfg: DataConfig) -> DataLoaders:
     reid = spec.task == "reid"
     if reid:
         train_tf = build_reid_transform(cfg.height, cfg.width, train=True, flip_prob=cfg.flip_prob,
-                                        pad=cfg.pad, erasing_prob=cfg.erasing_prob)
+                                        pad=cfg.pad if cfg.pad is not None else max(1, round(10 * cfg.height / 256)), erasing_prob=cfg.erasing_prob)
         test_tf = build_reid_transform(cfg.height, cfg.width, train=False)
         num_classes = splits.num_train_pids
     else:

@@ -167,7 +167,13 @@ def _check_ranks_agree(s: Searcher, run_dir: Path, rt: Runtime) -> None:
 def _held_out(s: Searcher, cfg: SearchConfig, rt: Runtime) -> dict:
     from dnas.evaluation import evaluate_reid
 
-    return evaluate_reid(s.net, s.data.query, s.data.gallery, rt.device, max_queries=cfg.eval_max_queries)
+    # NOTE: the supernet is evaluated under its expected architecture (softmax of the logits):
+    # that is the mixture its weights and BN statistics were trained on; a one-hot argmax
+    # subnet needs retraining (dnas-retrain) before its accuracy means anything.
+    with torch.no_grad():
+        choice = s.net.probs_choice()
+    return evaluate_reid(s.net, s.data.query, s.data.gallery, rt.device, max_queries=cfg.eval_max_queries,
+                         choice=choice)
 
 
 def _summary_line(epoch: int, epochs: int, m: dict) -> str:
