@@ -65,6 +65,10 @@ def build_latency_model(cfg: SearchConfig, num_classes: int):
     if not path.is_absolute() and not path.exists():
         path = data_root() / path
     space = load_space(cfg.supernet)
+    if not path.exists() and not path.with_suffix(".csv").exists():
+        raise DnasError(f"latency table {cfg.latency_table} not found: profile one for your GPU with "
+                        f"'dnas-latency profile --supernet {cfg.supernet} --device cuda --batch 64 --dtype bf16 "
+                        f"--out {cfg.latency_table}', or search without a latency cost: --set latency_table=none")
     table = LatencyTable.load(path, space=space)
     # NOTE: the classifier is left out of the cost: a deployed Re-ID net stops at the embedding
     return LatencyModel(table, space, use_dcs=cfg.use_dcs, num_classes=0, bnneck=cfg.bnneck)
