@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dnas.ops.blocks import InvertedResidual
 from dnas.ops.registry import SUPER_OPS
 
 
@@ -31,8 +32,11 @@ def match_channels(x: torch.Tensor, chs: int) -> torch.Tensor:
 
 
 @SUPER_OPS.register("ir")
-class SuperInvertedResidual(nn.Module):
+class SuperInvertedResidual(InvertedResidual):
     """Inverted residual at max widths with masked mid and output channels.
+
+    The layers are the plain :class:`InvertedResidual`'s (so parameter names match its
+    plain twin); only ``forward`` differs. The residual is decided per call.
 
     Args:
         in_chs: largest input width (the input arrives already masked).
@@ -41,17 +45,6 @@ class SuperInvertedResidual(nn.Module):
         mid_chs: largest mid width.
         kernel_size: depthwise kernel.
     """
-
-    def __init__(self, in_chs: int, out_chs: int, stride: int, mid_chs: int, kernel_size: int = 3):
-        super().__init__()
-        self.in_chs, self.out_chs, self.mid_chs, self.stride = in_chs, out_chs, mid_chs, stride
-        self.pw = nn.Conv2d(in_chs, mid_chs, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(mid_chs)
-        self.dw = nn.Conv2d(mid_chs, mid_chs, kernel_size, stride, kernel_size // 2, groups=mid_chs, bias=False)
-        self.bn2 = nn.BatchNorm2d(mid_chs)
-        self.pwl = nn.Conv2d(mid_chs, out_chs, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(out_chs)
-        self.act = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor, mid_mask: torch.Tensor, out_mask: torch.Tensor,
                 residual_weight: torch.Tensor | float | None) -> torch.Tensor:
