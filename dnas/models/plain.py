@@ -67,7 +67,7 @@ class PlainNet(nn.Module):
             x = block(x)
             s = self._ends.get(i)
             if s is not None and self.arch.stages[s]["dcs_after"]:
-                if ib_input is None:
+                if return_features and ib_input is None:
                     ib_input = x.mean((2, 3))  # (B, C) pooled input of the first DCS module
                 if self.use_dcs:
                     x = self.dcs[str(s)](x)

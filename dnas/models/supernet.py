@@ -163,7 +163,7 @@ class Supernet(nn.Module):
             x = block(x, mid_mask, masks[spec.out_group], self._residual_weight(spec, choice))
             s = self._ends.get(spec.index)
             if s is not None and self.space.stages[s]["dcs_after"]:
-                if ib_input is None:
+                if return_features and ib_input is None:
                     ib_input = x.mean((2, 3))  # (B, C_max) pooled input of the first DCS module
                 if self.use_dcs:
                     g = spec.out_group

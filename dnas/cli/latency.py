@@ -1,0 +1,235 @@
+"""``dnas-latency``: profile, validate and inspect latency lookup tables.
+
+Subcommands (see ``dnas-latency SUBCOMMAND --help``):
+
+- ``profile``: measure every entry a search space can produce and write a table;
+- ``validate``: measure sampled derived networks end to end, compare with the table
+  sums (Spearman rho, MAPE, within +-10%), store a linear calibration in the table;
+- ``show``: a table's provenance and a summary per kind.
+
+Errors in the input (unknown space, missing table, a table made for another space, a
+missing key) print one line and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import textwrap
+from pathlib import Path
+from typing import Sequence
+
+from dnas.cli.common import cli_entry
+from dnas.errors import DnasError
+
+PROTOCOL_HELP = """Protocol: modules run in eval mode (inference latency: BN running statistics,
+DCS-Attention's deterministic mask) under torch.no_grad. On CUDA each module is
+captured in a CUDA graph (repeated inside the graph so one replay lasts at least
+--min-replay-ms), warmed up, and timed in --windows windows with CUDA events; on CPU
+the same in eager mode with perf_counter (--threads intra-op threads). The median of the
+windows is one sample; entries are visited in --passes shuffled round-robin passes and
+the table holds the median over passes. Partial results go to TABLE.partial.json every
+--checkpoint-every seconds; rerunning the same command resumes from there."""
+
+EXAMPLES = """examples:
+  dnas-latency profile --supernet xlarge --dry-run
+  dnas-latency profile --supernet tiny --device cpu --batch 8 --dtype fp32 --num-classes 10 60 \\
+      --passes 5 --out latency_tables/cpu_tiny_b8_fp32
+  dnas-latency profile --supernet xlarge --device cuda --batch 64 --dtype bf16 --channels-last \\
+      --out latency_tables/h200_xlarge_b64_bf16
+  dnas-latency validate --supernet xlarge --table latency_tables/h200_xlarge_b64_bf16.csv --archs 100 \\
+      --out report.json --plot scatter.png
+  dnas-latency show latency_tables/cpu_tiny_b8_fp32.csv"""
+
+
+def _add_profile(sub) -> None:
+    p = sub.add_parser("profile", help="measure every entry of a space into a table",
+                       description=textwrap.fill(
+                           "Measure every latency-table entry a search space can produce (stem, every block at "
+                           "every in/mid/out width combination, DCS-Attention at each width, head, classifier) "
+                           "and write TABLE.csv + TABLE.meta.json atomically.", 88),
+                       epilog=PROTOCOL_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--supernet", required=True, help="space name (tiny, fbnetv2, large, xlarge) or YAML path")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available; default)")
+    p.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
+    p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="fp32", help="dtype (default fp32)")
+    p.add_argument("--out", help="table path: NAME or NAME.csv (NAME.meta.json is written next to it)")
+    p.add_argument("--dry-run", action="store_true", help="print the number of entries per kind and exit")
+    p.add_argument("--channels-last", action="store_true", help="NHWC memory format")
+    p.add_argument("--num-classes", type=int, nargs="+", help="classifier sizes to cover (default: the space's)")
+    p.add_argument("--passes", type=int, default=3, help="shuffled round-robin passes (default 3)")
+    p.add_argument("--windows", type=int, default=7, help="timing windows per sample (default 7)")
+    p.add_argument("--window-ms", type=float, help="length of one window in ms (default 2 on CUDA, 5 on CPU)")
+    p.add_argument("--warmup", type=int, default=3, help="warm-up calls/replays (default 3)")
+    p.add_argument("--min-replay-ms", type=float, default=0.2, help="CUDA: minimum duration of one graph replay")
+    p.add_argument("--threads", type=int, default=1, help="CPU: intra-op threads while timing (0: torch default)")
+    p.add_argument("--seed", type=int, default=0, help="shuffling seed")
+    p.add_argument("--checkpoint-every", type=float, default=30.0, help="seconds between partial writes")
+    p.add_argument("--restart", action="store_true", help="ignore (and replace) a partial profile")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing table")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_validate(sub) -> None:
+    p = sub.add_parser("validate", help="compare table sums with end-to-end measurements",
+                       description="Sample random architectures (plus min and max), build the plain derived nets, "
+                                   "measure them end to end with the table's protocol and report Spearman rho, MAPE "
+                                   "and the fraction within +-10%, raw and after a fitted linear calibration "
+                                   "a + b * sum, which is stored in the table's metadata (unless --no-store).")
+    p.add_argument("--supernet", required=True, help="space name or YAML path (must match the table's hash)")
+    p.add_argument("--table", required=True, help="table path (NAME or NAME.csv)")
+    p.add_argument("--archs", type=int, default=100, help="random architectures (default 100; min and max added)")
+    p.add_argument("--out", help="write the report as JSON here")
+    p.add_argument("--plot", help="write a scatter plot (PNG) of predicted vs measured here")
+    p.add_argument("--passes", type=int, help="round-robin passes (default: the table's)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--num-classes", type=int, help="classifier size (default: the table's first)")
+    p.add_argument("--no-store", action="store_true", help="do not write the calibration into the table")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_show(sub) -> None:
+    p = sub.add_parser("show", help="provenance and summary of a table",
+                       description="Print a table's provenance and its entries per kind (count, min/median/max ms).")
+    p.add_argument("table", help="table path (NAME or NAME.csv)")
+    p.add_argument("--compare", help="another table of the same space: median relative difference per kind")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dnas-latency", description="Profile, validate and inspect latency "
+                                     "lookup tables (the LAT of the search loss).", epilog=EXAMPLES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{profile,validate,show}")
+    _add_profile(sub)
+    _add_validate(sub)
+    _add_show(sub)
+    return parser
+
+
+def _resolve_device(name: str) -> str:
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from dnas.latency.keys import count_by_kind, space_entries
+    from dnas.latency.table import table_paths
+    from dnas.space import load_space
+
+    space = load_space(args.supernet)
+    if args.dry_run:
+        counts = count_by_kind(space_entries(space, num_classes=args.num_classes))
+        print(f"space {space.name} (hash {space.structure_hash()[:12]}): {sum(counts.values())} entries")
+        for kind, n in counts.items():
+            print(f"  {kind:<11} {n}")
+        return 0
+    if not args.out:
+        raise DnasError("profile: --out TABLE is required (or pass --dry-run)")
+    csv_path, _ = table_paths(args.out)
+    if csv_path.exists() and not args.overwrite:
+        raise DnasError(f"{csv_path}: table exists (pass --overwrite to replace it)")
+    for name in ("passes", "windows", "batch"):
+        if getattr(args, name) < 1:
+            raise DnasError(f"--{name} {getattr(args, name)}: expected >= 1")
+    from dnas.latency.profile import profile_space
+    from dnas.latency.timing import TimingConfig
+
+    cfg = TimingConfig(device=_resolve_device(args.device), dtype=args.dtype, batch=args.batch,
+                       channels_last=args.channels_last, warmup=args.warmup, windows=args.windows,
+                       window_ms=args.window_ms, min_replay_ms=args.min_replay_ms, threads=args.threads)
+    table = profile_space(space, args.out, cfg, passes=args.passes, seed=args.seed, num_classes=args.num_classes,
+                          resume=not args.restart, checkpoint_every_s=args.checkpoint_every,
+                          progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
+    print(f"wrote {table.source} ({len(table)} entries, {cfg.method}, {table.meta['device_name']})")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from dnas.latency.table import LatencyTable
+    from dnas.latency.validate import format_report, plot_report, store_calibration, validate_table
+    from dnas.space import load_space
+
+    space = load_space(args.supernet)
+    table = LatencyTable.load(args.table, space)
+    if args.archs < 1:
+        raise DnasError(f"--archs {args.archs}: expected >= 1")
+    report = validate_table(space, table, archs=args.archs, seed=args.seed, passes=args.passes,
+                            num_classes=args.num_classes, progress=not args.no_progress)
+    print(format_report(report))
+    if not args.no_store:
+        store_calibration(table, report)
+        print(f"stored the calibration in {table.source.replace('.csv', '.meta.json')}")
+    if args.out:
+        from dnas.io import atomic_write_json
+
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(args.out, report)
+        print(f"wrote {args.out}")
+    if args.plot:
+        print(f"wrote {plot_report(report, args.plot)}")
+    return 0
+
+
+def _compare(table, other) -> dict[str, float]:
+    common = set(table.entries) & set(other.entries)
+    if not common:
+        raise DnasError(f"{other.source}: no keys in common with {table.source}")
+    by_kind: dict[str, list[float]] = {}
+    for key in common:
+        a, b = table.entries[key], other.entries[key]
+        by_kind.setdefault(key.split("/", 1)[0], []).append(abs(b - a) / a if a > 0 else 0.0)
+    out = {k: statistics.median(v) for k, v in by_kind.items()}
+    out["all"] = statistics.median([x for v in by_kind.values() for x in v])
+    return out
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from dnas.latency.table import LatencyTable
+
+    table = LatencyTable.load(args.table)
+    m = table.meta
+    summary = table.summary()
+    comparison = _compare(table, LatencyTable.load(args.compare)) if args.compare else None
+    if args.json:
+        print(json.dumps({"meta": m, "summary": summary, "compare": comparison}, indent=2))
+        return 0
+    proto = m.get("protocol", {})
+    print(f"table     {table.source}")
+    print(f"space     {m.get('space')} (hash {str(m.get('space_hash'))[:12]}), input {m.get('input_size')}")
+    print(f"device    {m.get('device_name')} ({m.get('device')}), driver {m.get('driver')}, "
+          f"CUDA {m.get('cuda')}, torch {m.get('torch')}")
+    print(f"settings  batch {m.get('batch')}, {m.get('dtype')}, channels_last {m.get('channels_last')}, "
+          f"method {m.get('method')}, {proto.get('passes')} passes x {proto.get('windows')} windows, "
+          f"threads {proto.get('threads')}")
+    print(f"date      {m.get('date')}  mode: {m.get('mode', 'eval')}")
+    cal = m.get("calibration")
+    if cal:
+        print(f"calibr.   measured ~= {cal['a']:.5g} + {cal['b']:.5g} * sum  (fitted {cal.get('fitted_on')}, "
+              f"{cal.get('n_archs')} archs, raw rho {cal.get('raw', {}).get('spearman', float('nan')):.3f})")
+    else:
+        print("calibr.   none (run dnas-latency validate)")
+    print(f"\n{'kind':<11} {'count':>6} {'min ms':>10} {'median ms':>10} {'max ms':>10}")
+    for kind, s in summary.items():
+        print(f"{kind:<11} {s['count']:>6} {s['min']:>10.4g} {s['median']:>10.4g} {s['max']:>10.4g}")
+    print(f"{'total':<11} {len(table):>6}")
+    if comparison:
+        print(f"\nmedian |relative difference| vs {args.compare}:")
+        for kind, v in comparison.items():
+            print(f"  {kind:<11} {100 * v:.2f}%")
+    return 0
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    return {"profile": cmd_profile, "validate": cmd_validate, "show": cmd_show}[args.command](args)
+
+
+main = cli_entry("dnas-latency")(_main)
+
+if __name__ == "__main__":
+    sys.exit(main())

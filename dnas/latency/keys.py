@@ -1,0 +1,267 @@
+"""Latency-table keys: the ONE key function and the entries a space needs
+(DESIGN.md principle 4; paper section 3.4, the lookup table behind LAT in eq. 5).
+
+The profiler measures exactly the entries :func:`space_entries` lists, and every
+lookup (the differentiable cost, the sum for a derived architecture, validation) forms
+its keys with :func:`latency_key` on concrete widths, so the two sides cannot drift
+apart. A key names the kind of module and every value that shapes it, in the shared
+vocabulary (``in_chs``, ``mid_chs``, ``out_chs``, ``kernel_size``, ``stride``) plus the
+input resolution ``res`` (``HxW``)::
+
+    stem/in_chs=3/out_chs=16/stride=2/kernel_size=3/res=256x128
+    block/op=ir/in_chs=16/mid_chs=48/out_chs=24/stride=2/res=128x64
+    dcs/in_chs=24/res=64x32
+    head/in_chs=216/out_chs=1984/res=8x4          # conv1x1 + BN + ReLU + global pool
+    classifier/in_chs=1984/out_chs=751/bnneck=0   # optional BNNeck + Linear
+
+Kinds and entry counts: a block whose input and output belong to the same width group
+has ``in_chs == out_chs`` in every architecture, so it is keyed on (width, mid) only
+(``K * E`` entries); the first block of a group is keyed on (in, mid, out)
+(``K_in * E * K_out``). Blocks with identical keys (the repeats of a row) share
+entries. DCS-Attention modules are keyed by their group's width, the head by the last
+group's width. Nothing here imports torch.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+from dnas.errors import LatencyTableError
+
+KINDS = ("stem", "block", "dcs", "head", "classifier")
+KIND_FIELDS: dict[str, tuple[str, ...]] = {
+    "stem": ("in_chs", "out_chs", "stride", "kernel_size", "res"),
+    "block": ("op", "in_chs", "mid_chs", "out_chs", "stride", "res"),
+    "dcs": ("in_chs", "res"),
+    "head": ("in_chs", "out_chs", "res"),
+    "classifier": ("in_chs", "out_chs", "bnneck"),
+}
+BLOCK_KERNEL = 3  # depthwise kernel of every bottleneck (Tables III/IV)
+
+
+def _fmt(name: str, value: object) -> str:
+    if name == "res":
+        h, w = value  # type: ignore[misc]
+        return f"{int(h)}x{int(w)}"
+    if isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, str):
+        if not value or any(c in value for c in "/= ,"):
+            raise ValueError(f"latency key field {name}={value!r}: empty or contains '/', '=', ',' or a space")
+        return value
+    if isinstance(value, int):
+        return str(value)
+    raise ValueError(f"latency key field {name}={value!r}: expected int, bool, str or (H, W)")
+
+
+def latency_key(kind: str, **fields: object) -> str:
+    """The table key of one module (the only place keys are formed).
+
+    Args:
+        kind: one of :data:`KINDS`.
+        **fields: exactly the fields :data:`KIND_FIELDS` lists for ``kind``; ``res``
+            is an ``(H, W)`` pair (the module's input resolution).
+
+    Returns:
+        ``kind/name=value/...`` with the fields in their fixed order.
+    """
+    if kind not in KIND_FIELDS:
+        raise ValueError(f"latency key kind {kind!r}: expected one of {', '.join(KINDS)}")
+    names = KIND_FIELDS[kind]
+    if set(fields) != set(names):
+        raise ValueError(f"latency key {kind}: fields {sorted(fields)}, expected {list(names)}")
+    return "/".join([kind] + [f"{n}={_fmt(n, fields[n])}" for n in names])
+
+
+def parse_key(key: str) -> tuple[str, dict[str, object]]:
+    """Inverse of :func:`latency_key`: ``(kind, fields)`` (``res`` as a tuple)."""
+    kind, *parts = key.split("/")
+    if kind not in KIND_FIELDS:
+        raise LatencyTableError(f"latency key {key!r}: unknown kind {kind!r}")
+    fields: dict[str, object] = {}
+    for part in parts:
+        name, sep, text = part.partition("=")
+        if not sep:
+            raise LatencyTableError(f"latency key {key!r}: part {part!r} is not name=value")
+        if name == "res":
+            h, _, w = text.partition("x")
+            fields[name] = (int(h), int(w))
+        elif name == "op":
+            fields[name] = text
+        else:
+            fields[name] = int(text)
+    if tuple(fields) != KIND_FIELDS[kind]:
+        raise LatencyTableError(f"latency key {key!r}: fields {list(fields)}, expected {list(KIND_FIELDS[kind])}")
+    return kind, fields
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One table entry: a module to measure, its key and its input shape.
+
+    Attributes:
+        kind: one of :data:`KINDS`.
+        fields: the key fields as ``(name, value)`` pairs in key order.
+        input_shape: per-sample input shape, ``(C, H, W)`` or ``(C,)`` (classifier).
+    """
+
+    kind: str
+    fields: tuple[tuple[str, object], ...]
+    input_shape: tuple[int, ...]
+
+    @property
+    def key(self) -> str:
+        return latency_key(self.kind, **dict(self.fields))
+
+    def get(self, name: str) -> object:
+        return dict(self.fields)[name]
+
+
+def make_entry(kind: str, input_shape: Sequence[int], **fields: object) -> Entry:
+    """An :class:`Entry` with its fields in key order (validated by :func:`latency_key`)."""
+    latency_key(kind, **fields)
+    return Entry(kind, tuple((n, fields[n]) for n in KIND_FIELDS[kind]), tuple(int(v) for v in input_shape))
+
+
+def conv_out(size: int, kernel_size: int, stride: int) -> int:
+    """Output size of a convolution with padding ``kernel_size // 2``."""
+    return (size + 2 * (kernel_size // 2) - kernel_size) // stride + 1
+
+
+@dataclass(frozen=True)
+class ModuleSlot:
+    """One module of the network and the entries it may take, by option index.
+
+    Attributes:
+        kind: entry kind.
+        name: ``stem``, ``blocks.i``, ``dcs.<row>``, ``head`` or ``classifier``.
+        axes: what each option axis indexes: ``("width", g)`` (a width group),
+            ``("expansion", b)`` (a block's mid options); empty for fixed modules.
+        entries: nested by axes: ``entries[i][j]...`` is an :class:`Entry`.
+    """
+
+    kind: str
+    name: str
+    axes: tuple[tuple[str, int], ...]
+    entries: object
+
+
+def _block_slot(b, res: tuple[int, int], stem_chs: int) -> ModuleSlot:
+    """Slot of a block: (width, mid) when in/out share a group, else (in, mid, out)."""
+    h, w = res
+
+    def entry(i: int, m: int, o: int) -> Entry:
+        return make_entry("block", (i, h, w), op=b.op, in_chs=i, mid_chs=m, out_chs=o, stride=b.stride, res=res)
+
+    mids = b.mid_options
+    if b.in_group is not None and b.in_group == b.out_group:
+        grid = [[entry(c, m, c) for m in mids] for c in b.out_options]
+        return ModuleSlot("block", f"blocks.{b.index}", (("width", b.out_group), ("expansion", b.index)), grid)
+    ins = b.in_options if b.in_group is not None else (stem_chs,)
+    grid3 = [[[entry(i, m, o) for o in b.out_options] for m in mids] for i in ins]
+    axes = (("width", b.in_group) if b.in_group is not None else ("fixed", 0), ("expansion", b.index),
+            ("width", b.out_group))
+    return ModuleSlot("block", f"blocks.{b.index}", axes, grid3)
+
+
+def module_slots(space, use_dcs: bool | None = None, num_classes: int | None = None,
+                 bnneck: bool | None = None) -> list[ModuleSlot]:
+    """Every module of the network built from ``space`` with the entries it may take.
+
+    Args:
+        space: a :class:`dnas.space.SearchSpace` (a search space or a derived arch).
+        use_dcs: count DCS-Attention modules (default: the space's ``use_dcs``).
+        num_classes: classifier outputs (default: the space's); ``0`` leaves the
+            classifier out.
+        bnneck: BNNeck before the classifier (default: the space's).
+
+    Returns:
+        Slots in forward order: stem, blocks (with DCS modules after their rows), head,
+        classifier. An axis ``("fixed", 0)`` has a single option (the stem width).
+    """
+    use_dcs = space.use_dcs if use_dcs is None else use_dcs
+    num_classes = space.num_classes if num_classes is None else num_classes
+    bnneck = space.bnneck if bnneck is None else bnneck
+    c, h, w = space.input_size
+    st = space.stem
+    stem = make_entry("stem", (c, h, w), in_chs=c, out_chs=st["out_chs"], stride=st["stride"],
+                      kernel_size=st["kernel_size"], res=(h, w))
+    slots = [ModuleSlot("stem", "stem", (), stem)]
+    h, w = conv_out(h, st["kernel_size"], st["stride"]), conv_out(w, st["kernel_size"], st["stride"])
+    last = {s: max(b.index for b in space.blocks if b.stage == s) for s in range(len(space.stages))}
+    dcs_after = {last[s]: s for s in space.dcs_stages}
+    for b in space.blocks:
+        slots.append(_block_slot(b, (h, w), st["out_chs"]))
+        h, w = conv_out(h, BLOCK_KERNEL, b.stride), conv_out(w, BLOCK_KERNEL, b.stride)
+        if use_dcs and b.index in dcs_after:
+            grid = [make_entry("dcs", (k, h, w), in_chs=k, res=(h, w)) for k in b.out_options]
+            slots.append(ModuleSlot("dcs", f"dcs.{dcs_after[b.index]}", (("width", b.out_group),), grid))
+    last_b = space.blocks[-1]
+    head_out = space.head["out_chs"]
+    grid = [make_entry("head", (k, h, w), in_chs=k, out_chs=head_out, res=(h, w)) for k in last_b.out_options]
+    slots.append(ModuleSlot("head", "head", (("width", last_b.out_group),), grid))
+    if num_classes:
+        slots.append(ModuleSlot("classifier", "classifier", (), make_entry(
+            "classifier", (head_out,), in_chs=head_out, out_chs=int(num_classes), bnneck=bool(bnneck))))
+    return slots
+
+
+def flatten_entries(nested: object) -> Iterable[Entry]:
+    """All :class:`Entry` objects of a (nested list of) slot entries."""
+    if isinstance(nested, Entry):
+        yield nested
+    else:
+        for item in nested:  # type: ignore[union-attr]
+            yield from flatten_entries(item)
+
+
+def space_entries(space, num_classes: Sequence[int] | None = None,
+                  bnneck: Sequence[bool] = (False, True), use_dcs: bool = True) -> list[Entry]:
+    """Every distinct entry a space can produce (what ``dnas-latency profile`` measures).
+
+    Args:
+        space: a :class:`dnas.space.SearchSpace`.
+        num_classes: classifier sizes to cover (default: the space's ``num_classes``).
+        bnneck: BNNeck settings to cover for the classifier.
+        use_dcs: include the DCS-Attention modules (a table with them serves both).
+
+    Returns:
+        Entries, first occurrence order, no duplicate keys.
+    """
+    sizes = list(num_classes) if num_classes else [space.num_classes]
+    seen: dict[str, Entry] = {}
+    for n, neck in itertools.product(sizes, bnneck):
+        for slot in module_slots(space, use_dcs=use_dcs, num_classes=n, bnneck=neck):
+            for e in flatten_entries(slot.entries):
+                seen.setdefault(e.key, e)
+    return list(seen.values())
+
+
+def derived_entries(arch, use_dcs: bool | None = None, num_classes: int | None = None,
+                    bnneck: bool | None = None) -> list[Entry]:
+    """The entries of a derived architecture, one per module (repeats included).
+
+    Args:
+        arch: a derived :class:`dnas.space.SearchSpace` (``arch.is_derived``).
+        use_dcs, num_classes, bnneck: as in :func:`module_slots`.
+
+    Returns:
+        Entries in forward order; the table sum over them predicts the net's latency.
+    """
+    out = []
+    for slot in module_slots(arch, use_dcs, num_classes, bnneck):
+        found = list(flatten_entries(slot.entries))
+        if len(found) != 1:
+            raise LatencyTableError(f"{arch.source}: module {slot.name} has {len(found)} options; "
+                                    "expected a derived architecture (every choice a scalar)")
+        out.append(found[0])
+    return out
+
+
+def count_by_kind(entries: Iterable[Entry]) -> dict[str, int]:
+    """Number of entries per kind, in :data:`KINDS` order (zeros included)."""
+    counts = dict.fromkeys(KINDS, 0)
+    for e in entries:
+        counts[e.kind] += 1
+    return counts

@@ -1,0 +1,220 @@
+"""LatencyTable: a lookup table of measured module latencies with its provenance
+(DESIGN.md principle 4; the LUT behind LAT in the search loss, FORMULAS.md section 5).
+
+On disk a table is two files written atomically: ``NAME.csv`` (one row per entry,
+readable by ``pandas.read_csv``) and ``NAME.meta.json`` (provenance: device, driver,
+CUDA and torch versions, dtype, batch, resolution, method, date, the space's
+``structure_hash()``, the measurement protocol, and an optional linear calibration
+``measured ~= a + b * sum`` fitted by ``dnas-latency validate``).
+
+CSV columns: ``key`` (from :func:`dnas.latency.keys.latency_key`), ``kind``, ``ms``
+(median over passes), ``spread`` ((max - min) / median of the per-pass medians),
+``samples`` (number of passes), then the key fields for reading by eye.
+
+Loading a table for a space whose hash differs, or looking up a key the table lacks,
+raises :class:`dnas.errors.LatencyTableError` naming the file and the key: never a
+silent zero.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Iterable, Mapping
+
+from dnas.errors import LatencyTableError
+from dnas.io import atomic_write_json, atomic_write_text
+from dnas.latency.keys import KINDS, parse_key
+
+COLUMNS = ("key", "kind", "ms", "spread", "samples", "op", "in_chs", "mid_chs", "out_chs", "stride",
+           "kernel_size", "res", "bnneck")
+FORMAT_VERSION = 1
+
+
+def table_paths(path: str | Path) -> tuple[Path, Path]:
+    """``(csv, meta)`` paths of a table given as ``NAME``, ``NAME.csv`` or ``NAME.meta.json``."""
+    p = Path(path)
+    name = p.name
+    for suffix in (".meta.json", ".csv"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return p.with_name(name + ".csv"), p.with_name(name + ".meta.json")
+
+
+class LatencyTable:
+    """Measured latencies (ms) by key, with provenance metadata.
+
+    Args:
+        entries: ``key -> ms``.
+        meta: provenance and protocol (see module docstring).
+        stats: optional ``key -> {"spread": float, "samples": int}``.
+        source: where it came from (for messages).
+    """
+
+    def __init__(self, entries: Mapping[str, float], meta: dict, stats: Mapping[str, dict] | None = None,
+                 source: str = "<table>"):
+        self.entries = {k: float(v) for k, v in entries.items()}
+        self.meta = dict(meta)
+        self.stats = dict(stats or {})
+        self.source = source
+
+    # -- lookup -------------------------------------------------------------------
+    def lookup(self, key: str) -> float:
+        """Latency of one entry in ms.
+
+        Raises:
+            LatencyTableError: the table has no such key.
+        """
+        try:
+            return self.entries[key]
+        except KeyError:
+            raise LatencyTableError(
+                f"{self.source}: no entry for key {key!r} (the table covers "
+                f"{self.meta.get('space', '?')!r}; re-profile with dnas-latency profile)") from None
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.entries
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def total(self, keys: Iterable[str]) -> float:
+        """Sum of the entries of ``keys`` (repeats counted), in ms."""
+        return math.fsum(self.lookup(k) for k in keys)
+
+    # -- provenance ---------------------------------------------------------------
+    def check_space(self, space) -> None:
+        """Raise unless the table was profiled for ``space``'s structure.
+
+        Raises:
+            LatencyTableError: the space hash differs.
+        """
+        want, have = space.structure_hash(), self.meta.get("space_hash")
+        if want != have:
+            raise LatencyTableError(
+                f"{self.source}: profiled for space {self.meta.get('space', '?')!r} with structure hash "
+                f"{str(have)[:12]}, but space {space.name!r} has {want[:12]}; re-profile with "
+                f"dnas-latency profile --supernet {space.name}")
+
+    @property
+    def calibration(self) -> tuple[float, float] | None:
+        """``(a, b)`` of ``measured ~= a + b * sum`` when validate stored one."""
+        cal = self.meta.get("calibration")
+        return (float(cal["a"]), float(cal["b"])) if cal else None
+
+    def calibrate(self, ms):
+        """Apply the stored calibration (identity without one); works on floats and tensors."""
+        cal = self.calibration
+        return ms if cal is None else cal[0] + cal[1] * ms
+
+    def set_calibration(self, a: float, b: float, info: dict | None = None) -> None:
+        """Store ``measured ~= a + b * sum`` (and what it was fitted on) in the metadata."""
+        self.meta["calibration"] = {"a": float(a), "b": float(b), **(info or {})}
+
+    def summary(self) -> dict[str, dict]:
+        """Per kind: ``count``, ``min``, ``median``, ``max`` of the entries in ms."""
+        by_kind: dict[str, list[float]] = {k: [] for k in KINDS}
+        for key, ms in self.entries.items():
+            by_kind[key.split("/", 1)[0]].append(ms)
+        return {k: {"count": len(v), "min": min(v), "median": statistics.median(v), "max": max(v)}
+                for k, v in by_kind.items() if v}
+
+    # -- files --------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write ``NAME.csv`` and ``NAME.meta.json`` atomically (CSV first).
+
+        Returns:
+            The CSV path.
+        """
+        csv_path, meta_path = table_paths(path)
+        csv_path.parent.mkdir(parents=True, exist_ok=True)
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(COLUMNS)
+        for key in sorted(self.entries):
+            kind, fields = parse_key(key)
+            st = self.stats.get(key, {})
+            res = fields.get("res")
+            row = {"key": key, "kind": kind, "ms": f"{self.entries[key]:.6g}",
+                   "spread": f"{st['spread']:.4g}" if "spread" in st else "",
+                   "samples": st.get("samples", ""), **{k: v for k, v in fields.items() if k != "res"},
+                   "res": f"{res[0]}x{res[1]}" if res else ""}
+            if "bnneck" in fields:
+                row["bnneck"] = int(bool(fields["bnneck"]))
+            writer.writerow([row.get(c, "") for c in COLUMNS])
+        meta = {"format_version": FORMAT_VERSION, **self.meta, "entries": len(self.entries)}
+        atomic_write_text(csv_path, buf.getvalue())
+        atomic_write_json(meta_path, meta)
+        self.source = str(csv_path)
+        return csv_path
+
+    def save_meta(self, path: str | Path | None = None) -> Path:
+        """Rewrite only the metadata file (after a calibration), atomically."""
+        _, meta_path = table_paths(path or self.source)
+        return atomic_write_json(meta_path, {"format_version": FORMAT_VERSION, **self.meta,
+                                             "entries": len(self.entries)})
+
+    @classmethod
+    def load(cls, path: str | Path, space=None) -> "LatencyTable":
+        """Read a table; with ``space``, also check that it covers that space.
+
+        Raises:
+            LatencyTableError: a file is missing or malformed, or the space hash differs.
+        """
+        csv_path, meta_path = table_paths(path)
+        for p in (csv_path, meta_path):
+            if not p.is_file():
+                raise LatencyTableError(f"{p}: latency table file not found (make one with dnas-latency profile)")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise LatencyTableError(f"{meta_path}: not readable JSON ({exc})") from None
+        if not isinstance(meta, dict) or "space_hash" not in meta:
+            raise LatencyTableError(f"{meta_path}: missing key 'space_hash'")
+        entries, stats = _read_csv(csv_path)
+        if meta.get("entries") not in (None, len(entries)):
+            raise LatencyTableError(f"{csv_path}: {len(entries)} rows, but {meta_path.name} says "
+                                    f"{meta['entries']} (a half-copied table?)")
+        meta.pop("format_version", None)
+        meta.pop("entries", None)
+        table = cls(entries, meta, stats, source=str(csv_path))
+        if space is not None:
+            table.check_space(space)
+        return table
+
+
+def _read_csv(path: Path) -> tuple[dict[str, float], dict[str, dict]]:
+    entries: dict[str, float] = {}
+    stats: dict[str, dict] = {}
+    try:
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            missing = {"key", "ms"} - set(reader.fieldnames or ())
+            if missing:
+                raise LatencyTableError(f"{path}: missing column(s) {sorted(missing)}")
+            for line, row in enumerate(reader, start=2):
+                key = row["key"]
+                parse_key(key)
+                try:
+                    ms = float(row["ms"])
+                except (TypeError, ValueError):
+                    ms = float("nan")
+                if not math.isfinite(ms) or ms < 0:
+                    raise LatencyTableError(f"{path}: line {line} key {key!r}: ms is {row['ms']!r}, "
+                                            "expected a finite number >= 0")
+                if key in entries:
+                    raise LatencyTableError(f"{path}: line {line}: duplicate key {key!r}")
+                entries[key] = ms
+                st = {}
+                if row.get("spread"):
+                    st["spread"] = float(row["spread"])
+                if row.get("samples"):
+                    st["samples"] = int(row["samples"])
+                stats[key] = st
+    except OSError as exc:
+        raise LatencyTableError(f"{path}: cannot read ({exc.strerror})") from None
+    return entries, stats
