@@ -1,0 +1,178 @@
+"""``dnas-retrain``: ImageNet pretraining and Re-ID finetuning of a derived network
+(paper section 4.2; FORMULAS.md sections 4 and 6)."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from dnas.cli.common import cli_entry, setup_logging
+from dnas.errors import DnasError
+
+EPILOG = r"""examples:
+  dnas-derive --supernet tiny --sample max --out derived/tiny             # an arch to train
+  dnas-retrain imagenet --arch derived/tiny --data synthetic --out runs/pre
+  dnas-retrain reid --arch derived/tiny --pretrained runs/pre --data synthetic --out runs/reid
+  dnas-retrain imagenet --arch derived/xl --data imagenet:/data/imagenet --out runs/xl-in \
+      --recipe retrain/imagenet_rmsprop.yaml
+  dnas-retrain reid --arch derived/xl --pretrained runs/xl-in --data market1501:/data/market --out runs/xl-m
+  dnas-retrain reid --arch derived/xl --data msmt17:/data/msmt17 --out runs/xl-ms \
+      --set epochs=150 --set center_weight=5e-4
+  dnas-retrain reid --resume runs/xl-m                        # continue a killed run exactly
+  dnas-retrain reid --eval-only runs/xl-m --checkpoint best   # mAP / CMC / mINP of a checkpoint
+  dnas-retrain reid --eval-only runs/xl-m/final --data dukemtmc:/data/duke   # cross-domain
+  torchrun --nproc_per_node=8 -m dnas.retrain reid --arch derived/xl --data msmt17:/data/msmt17 --out runs/xl8
+
+Without --recipe the recipe of the data set is used: retrain/reid_<dataset>.yaml,
+retrain/reid_synthetic.yaml, retrain/imagenet_sgd.yaml or retrain/imagenet_synthetic.yaml.
+Override any key with --set key=value (see dnas/retrain/config.py), e.g. epochs, lr,
+optimizer, schedule, milestones, warmup_epochs, mixup_alpha, ema, ib_eta, use_ibb,
+use_dcs, center_weight, p, k, height, width, eval_every, checkpoint_every, device, amp.
+
+--data: synthetic (embedded; synthetic-imagenet for pretraining), imagenet:ROOT,
+market1501:ROOT, dukemtmc:ROOT, msmt17:ROOT, cuhk03:ROOT (cuhk03-labeled:ROOT).
+The run directory gets config.yaml, arch.yaml, metrics.csv, tensorboard/, plots/,
+checkpoint-{last,best}.pt and final/ (arch.yaml, model.pt, model.onnx, summary.json).
+"""
+RECIPES = {"imagenet": "imagenet_sgd", "synthetic-imagenet": "imagenet_synthetic", "synthetic": "reid_synthetic",
+           "market1501": "reid_market1501", "dukemtmc": "reid_dukemtmc", "msmt17": "reid_msmt17",
+           "cuhk03": "reid_cuhk03", "cuhk03-detected": "reid_cuhk03", "cuhk03-labeled": "reid_cuhk03"}
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--arch", help="derived architecture: a dnas-derive directory or an arch.yaml")
+    p.add_argument("--data", help="data set spec, e.g. synthetic or market1501:/data/market")
+    p.add_argument("--recipe", help="recipe YAML (default: the data set's recipe in retrain/)")
+    p.add_argument("--out", help="run directory (default runs/<mode>-<arch>-TIME)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="start afresh in --out, deleting a run already there")
+    p.add_argument("--seed", type=int, help="random seed")
+    p.add_argument("--deterministic", action="store_true", help="deterministic kernels (bit-exact resume on CPU)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe key (repeatable)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("-v", "--verbose", action="store_true")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="dnas-retrain", description="Retrain a derived network: ImageNet pretraining, Re-ID finetuning.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="mode", required=True, metavar="{imagenet,reid}")
+    pi = sub.add_parser("imagenet", help="classification pretraining (top-1/top-5)", epilog=EPILOG,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(pi)
+    pr = sub.add_parser("reid", help="Re-ID finetuning (mAP/CMC/mINP, IB loss)", epilog=EPILOG,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(pr)
+    pr.add_argument("--pretrained", metavar="RUN_OR_WEIGHTS",
+                    help="start from an imagenet run, a dnas-derive directory or a .pt state dict "
+                         "(the classifier is dropped)")
+    pr.add_argument("--eval-only", metavar="PATH",
+                    help="only evaluate: a reid run directory, a checkpoint in one, or a directory with model.pt")
+    pr.add_argument("--checkpoint", choices=["last", "best"], default="last",
+                    help="with --eval-only on a run directory: which checkpoint (default last)")
+    return p
+
+
+def default_recipe(mode: str, data: str | None) -> Path | None:
+    """The recipe of a data set (``None``: the dataclass defaults)."""
+    from dnas.space import data_root
+
+    name = (data or ("synthetic-imagenet" if mode == "imagenet" else "synthetic")).partition(":")[0].strip().lower()
+    if mode == "imagenet" and name == "synthetic":
+        name = "synthetic-imagenet"
+    stem = RECIPES.get(name)
+    if stem is None or not stem.startswith(mode):  # e.g. reid with a classification set: defaults
+        return None
+    path = data_root() / "retrain" / f"{stem}.yaml"
+    return path if path.is_file() else None
+
+
+def resolve_config(args: argparse.Namespace, cls, recipe_dir: Path | None = None, validate: bool = True):
+    """Recipe (or the run's config.yaml), then ``--set``, then the direct flags."""
+    from dnas.config import load_config
+
+    direct = {k: getattr(args, k) for k in ("arch", "data", "seed", "pretrained") if getattr(args, k, None) is not None}
+    if args.deterministic:
+        direct["deterministic"] = True
+    if recipe_dir is not None:
+        recipe = recipe_dir / "config.yaml"
+    elif args.resume:
+        if args.recipe or {"arch", "data", "pretrained"} & set(direct):
+            raise DnasError("--resume continues a run with its own config; use --set to change a key")
+        recipe = Path(args.resume) / "config.yaml"
+        if not recipe.is_file():
+            raise DnasError(f"{args.resume}: not a run directory (no config.yaml)")
+    else:
+        recipe = args.recipe or default_recipe(args.mode, args.data)
+    cfg = load_config(cls, recipe, args.overrides)
+    cfg = dataclasses.replace(cfg, **direct)
+    if validate:
+        cfg.validate()
+    return cfg
+
+
+def _eval_only(args: argparse.Namespace) -> int:
+    from dnas.retrain.config import ReIDConfig
+    from dnas.retrain.reid import evaluate_only
+
+    if args.resume or args.pretrained:
+        raise DnasError("--eval-only evaluates a finished checkpoint; it takes no --resume or --pretrained")
+    path = Path(args.eval_only)
+    if not path.exists():
+        raise DnasError(f"{path}: not found")
+    run = path if path.is_dir() else path.parent
+    cfg = resolve_config(args, ReIDConfig, run if (run / "config.yaml").is_file() else None, validate=False)
+    m = evaluate_only(path, cfg, args.checkpoint)
+    print(f"mAP {100 * m['mAP']:.2f} | rank-1 {100 * m['rank1']:.2f} | rank-5 {100 * m['rank5']:.2f} | "
+          f"rank-10 {100 * m['rank10']:.2f} | mINP {100 * m['mINP']:.2f} | {m['num_queries']} queries | {m['weights']}")
+    print(json.dumps(m))
+    return 0
+
+
+@cli_entry("dnas-retrain")
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    if args.mode == "reid" and args.eval_only:
+        return _eval_only(args)
+    from dnas.retrain.config import ImageNetConfig, ReIDConfig
+
+    cfg = resolve_config(args, ImageNetConfig if args.mode == "imagenet" else ReIDConfig)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(args.resume or args.out or f"runs/{args.mode}-{Path(cfg.arch).stem}-{stamp}")
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    if not args.resume and ((run_dir / "config.yaml").exists() or (run_dir / "checkpoint-last.pt").exists()):
+        if not args.overwrite:
+            raise DnasError(f"{run_dir}: holds a run already; continue it with --resume {run_dir}, "
+                            "pick another --out, or pass --overwrite")
+        if is_main:
+            shutil.rmtree(run_dir)
+    t0 = time.time()
+    if args.mode == "imagenet":
+        from dnas.retrain.imagenet import run_imagenet
+
+        summary = run_imagenet(cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress)
+        result = f"val top-1 {100 * (summary.get('top1') or 0):.1f}, top-5 {100 * (summary.get('top5') or 0):.1f}"
+    else:
+        from dnas.retrain.reid import run_reid
+
+        summary = run_reid(cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress)
+        result = (f"mAP {100 * (summary.get('mAP') or 0):.1f}, rank-1 {100 * (summary.get('rank1') or 0):.1f}, "
+                  f"mINP {100 * (summary.get('mINP') or 0):.1f}")
+    if is_main:
+        print(f"{args.mode} retraining finished in {time.time() - t0:.1f}s: {result}, "
+              f"{summary.get('macs', 0) / 1e6:.1f} M MACs")
+        print(f"run directory: {run_dir.resolve()}; deployable model: {(run_dir / 'final').resolve()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

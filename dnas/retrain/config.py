@@ -1,0 +1,278 @@
+"""Retraining recipes (paper section 4.2; FORMULAS.md sections 4 and 6) as config
+dataclasses: :class:`ImageNetConfig` (pretraining) and :class:`ReIDConfig`
+(finetuning). Recipes in ``retrain/*.yaml`` set any of these keys; ``--set key=value``
+overrides them. The resolved config is written to the run directory.
+
+NOTE: the paper gives the optimizer (Adam for Re-ID), the loss (eq. 4) and the
+augmentations, but not the learning rates, epochs, warm-up or decay; the recipes
+use the usual values of the Re-ID "bag of tricks" (Adam 3.5e-4, 10 warm-up epochs,
+x0.1 at epochs 40 and 70 of 120) and of FBNetV2-style ImageNet training.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+
+@dataclass
+class TrainConfig:
+    """Keys shared by both modes.
+
+    Model and data:
+        arch: the derived network (a ``dnas-derive`` directory or an ``arch.yaml``).
+        data: ``--data`` spec. height/width: input size (default: the arch's
+        ``input_size``). workers: DataLoader workers. use_dcs: build the DCS-Attention
+        modules (default: the arch's ``use_dcs``); the ``pi`` layers train with the
+        weights.
+    Optimizer: ``sgd`` (momentum, nesterov), ``rmsprop`` (rmsprop_alpha, rmsprop_eps,
+        momentum), ``adam`` / ``adamw`` (adam_betas). lr is the learning rate of a
+        global batch of ``lr_reference_batch`` images, scaled linearly to the actual
+        global batch (0: lr is used as is). weight_decay applies to weights with two or
+        more dimensions (conv, linear), not to biases and norm parameters.
+    Schedule (per step): linear warm-up from ``warmup_factor * lr`` over
+        warmup_epochs, then ``cosine`` (down to ``min_lr_ratio * lr``) or ``step``
+        (x gamma at each of milestones, in epochs).
+    Regularisation: label_smoothing (CE), mixup_alpha (Beta(a, a) mixup; 0 = off),
+        ema (keep an exponential moving average of the weights with ema_decay;
+        evaluated and exported instead of the raw weights), grad_clip (0 = off).
+    System: device ``auto|cpu|cuda``, amp (bf16 autocast on CUDA), channels_last
+        (CUDA), compile (torch.compile), max_bad_steps (consecutive non-finite losses
+        before the run stops), checkpoint_every (steps; 0 = end of epoch only),
+        eval_every (epochs; the last epoch is always evaluated), max_steps_per_epoch
+        (0 = whole epochs; for smoke tests), export_onnx (the final export also
+        writes and checks ``model.onnx``).
+    """
+
+    arch: str = ""
+    data: str = "synthetic"
+    height: Optional[int] = None
+    width: Optional[int] = None
+    use_dcs: Optional[bool] = None
+    epochs: int = 120
+    workers: int = 4
+    seed: int = 0
+    deterministic: bool = False
+    max_steps_per_epoch: int = 0
+    # optimizer
+    optimizer: Literal["sgd", "rmsprop", "adam", "adamw"] = "adam"
+    lr: float = 3.5e-4
+    lr_reference_batch: int = 0
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    nesterov: bool = True
+    rmsprop_alpha: float = 0.9
+    rmsprop_eps: float = 1e-3
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    # schedule
+    warmup_epochs: float = 10.0
+    warmup_factor: float = 0.01
+    schedule: Literal["cosine", "step"] = "step"
+    milestones: list[int] = field(default_factory=lambda: [40, 70])
+    gamma: float = 0.1
+    min_lr_ratio: float = 0.0
+    # regularisation
+    label_smoothing: float = 0.1
+    mixup_alpha: float = 0.0
+    ema: bool = False
+    ema_decay: float = 0.9998
+    grad_clip: float = 0.0
+    # system
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = True
+    channels_last: bool = True
+    compile: bool = False
+    max_bad_steps: int = 5
+    checkpoint_every: int = 0
+    eval_every: int = 10
+    export_onnx: bool = True
+
+    def base_lr(self, global_batch: int) -> float:
+        """``lr`` scaled linearly from ``lr_reference_batch`` to the global batch (0: unscaled)."""
+        return self.lr * global_batch / self.lr_reference_batch if self.lr_reference_batch else self.lr
+
+    def lr_at(self, epoch: float, base: float) -> float:
+        """Learning rate at a fractional epoch: linear warm-up, then cosine or step decay.
+
+        Args:
+            epoch: epochs done, fractional within an epoch.
+            base: the peak learning rate (:meth:`base_lr`).
+
+        Returns:
+            The learning rate of the next step.
+        """
+        if self.schedule == "cosine":
+            span = max(self.epochs - self.warmup_epochs, 1e-9)
+            t = min(max(epoch - self.warmup_epochs, 0.0) / span, 1.0)
+            lr = base * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+        else:
+            lr = base * self.gamma ** sum(epoch >= m for m in self.milestones)
+        if self.warmup_epochs > 0 and epoch < self.warmup_epochs:
+            lr *= self.warmup_factor + (1 - self.warmup_factor) * epoch / self.warmup_epochs
+        return lr
+
+    def _checks(self) -> list[tuple[bool, str, str]]:
+        return [
+            (bool(self.arch), "arch", "a derived architecture (--arch DIR or arch.yaml)"),
+            (self.epochs >= 1, "epochs", "an integer >= 1"),
+            (self.lr > 0, "lr", "a positive learning rate"),
+            (self.weight_decay >= 0, "weight_decay", "a number >= 0"),
+            (0 <= self.warmup_epochs <= self.epochs, "warmup_epochs",
+             f"a number in [0, epochs={self.epochs}], got {self.warmup_epochs}"),
+            (0 < self.warmup_factor <= 1, "warmup_factor", "a number in (0, 1]"),
+            (0 < self.gamma <= 1, "gamma", "a number in (0, 1]"),
+            (0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "a number in [0, 1]"),
+            (0 <= self.label_smoothing < 1, "label_smoothing", "a number in [0, 1)"),
+            (self.mixup_alpha >= 0, "mixup_alpha", "a number >= 0 (0 disables mixup)"),
+            (0 < self.ema_decay < 1, "ema_decay", "a number in (0, 1)"),
+            (len(self.adam_betas) == 2, "adam_betas", "two numbers [beta1, beta2]"),
+            (self.max_bad_steps >= 1, "max_bad_steps", "an integer >= 1"),
+            (self.eval_every >= 1, "eval_every", "an integer >= 1"),
+            (self.checkpoint_every >= 0 and self.max_steps_per_epoch >= 0, "checkpoint_every/max_steps_per_epoch",
+             "integers >= 0"),
+            ((self.height is None or self.height >= 16) and (self.width is None or self.width >= 8), "height/width",
+             "at least 16 x 8 pixels"),
+            (self.workers >= 0, "workers", "an integer >= 0"),
+        ]
+
+    def validate(self) -> None:
+        """Cross-field checks that the type system cannot express.
+
+        Raises:
+            ConfigError: naming the key and what was expected.
+        """
+        from dnas.errors import ConfigError
+
+        for ok, key, expected in self._checks():
+            if not ok:
+                raise ConfigError(f"key {key!r}: expected {expected}")
+
+
+@dataclass
+class ImageNetConfig(TrainConfig):
+    """``dnas-retrain imagenet``: classification pretraining of a derived network.
+
+    Data: ``imagenet:/path`` (ImageFolder ``train/`` and ``val/``) or
+    ``synthetic-imagenet`` (``synthetic`` is read as ``synthetic-imagenet`` here).
+    batch_size (per process), test_batch_size; size: the square crop side (default:
+    the arch's input height; random-resized crop + flip for training, resize + center
+    crop for validation). synthetic_classes / synthetic_train_per_class: size of the
+    embedded set. Validation top-1 / top-5 every ``eval_every`` epochs.
+
+    NOTE: crops are square (the standard ImageNet recipe); the network is fully
+    convolutional with global pooling, so its weights load into a Re-ID model of any
+    input size.
+    """
+
+    data: str = "synthetic-imagenet"
+    size: Optional[int] = None
+    batch_size: int = 256
+    test_batch_size: int = 256
+    optimizer: Literal["sgd", "rmsprop", "adam", "adamw"] = "sgd"
+    lr: float = 0.1
+    lr_reference_batch: int = 256
+    weight_decay: float = 4e-5
+    epochs: int = 360
+    warmup_epochs: float = 5.0
+    schedule: Literal["cosine", "step"] = "cosine"
+    eval_every: int = 1
+    synthetic_classes: int = 10
+    synthetic_train_per_class: int = 60
+
+    def _checks(self) -> list[tuple[bool, str, str]]:
+        return super()._checks() + [
+            (self.batch_size >= 2 and self.test_batch_size >= 1, "batch_size", "an integer >= 2"),
+            (self.size is None or self.size >= 16, "size", "at least 16 pixels"),
+            (self.synthetic_classes >= 2 and self.synthetic_train_per_class >= 1, "synthetic_classes",
+             "at least 2 classes and 1 image per class"),
+        ]
+
+
+@dataclass
+class ReIDConfig(TrainConfig):
+    """``dnas-retrain reid``: Re-ID finetuning of a derived network (eq. 4).
+
+    Data: a Re-ID ``--data`` spec (``market1501:/path``, ..., ``synthetic``); p
+    identities x k images per batch (PK sampler); flip_prob, pad (pad + random crop;
+    default: 10 pixels per 256 of input height),
+    erasing_prob (random erasing); test_batch_size. synthetic_ids /
+    synthetic_images_per_id: size of the embedded set (0 = its defaults).
+    Model: bnneck (BN on the embedding before the classifier; the retrieval feature
+        is taken after it); pretrained: weights to start from (an ``imagenet`` run
+        directory, a ``dnas-derive`` directory, or a ``.pt`` state dict / checkpoint);
+        the classifier (and BNNeck) of the source are dropped.
+    Loss: CE(label_smoothing) + triplet_weight * batch-hard triplet(triplet_margin;
+        soft_margin) + ib_eta * IBB (when use_ibb) + center_weight * center loss
+        (center_weight 0 = off; centers trained by SGD with center_lr).
+    Evaluation: every eval_every epochs and at the end (mAP, CMC rank-1/5/10, mINP),
+        on at most eval_max_queries queries (0 = all), eval_flip averages flipped
+        features.
+    """
+
+    p: int = 16
+    k: int = 4
+    test_batch_size: int = 128
+    flip_prob: float = 0.5
+    pad: Optional[int] = None
+    erasing_prob: float = 0.5
+    bnneck: bool = True
+    pretrained: Optional[str] = None
+    triplet_margin: float = 0.3
+    triplet_weight: float = 1.0
+    soft_margin: bool = False
+    ib_eta: float = 0.1
+    use_ibb: bool = True
+    center_weight: float = 0.0
+    center_lr: float = 0.5
+    eval_max_queries: int = 0
+    eval_flip: bool = False
+    synthetic_ids: int = 0
+    synthetic_images_per_id: int = 0
+
+    @property
+    def batch_size(self) -> int:
+        return self.p * self.k
+
+    def _checks(self) -> list[tuple[bool, str, str]]:
+        return super()._checks() + [
+            (self.p >= 2 and self.k >= 2, "p/k", "p >= 2 identities and k >= 2 images per batch (triplet)"),
+            (0 <= self.flip_prob <= 1 and 0 <= self.erasing_prob <= 1, "flip_prob/erasing_prob",
+             "probabilities in [0, 1]"),
+            (self.pad is None or self.pad >= 0, "pad", "an integer >= 0 (or null: 10 px per 256 px of height)"),
+            (self.triplet_margin >= 0 and self.triplet_weight >= 0, "triplet_margin/triplet_weight",
+             "numbers >= 0"),
+            (self.ib_eta >= 0, "ib_eta", "a number >= 0"),
+            (self.center_weight >= 0 and self.center_lr > 0, "center_weight/center_lr",
+             "center_weight >= 0 and center_lr > 0"),
+            (self.eval_max_queries >= 0, "eval_max_queries", "an integer >= 0 (0 = all)"),
+        ]
+
+
+def load_arch(arch: str, **changes) -> dict:
+    """The derived-arch dict of ``arch`` (directory or YAML) with keys replaced.
+
+    Raises:
+        SpaceError: not found, invalid, or not a derived architecture.
+    """
+    import yaml
+
+    from dnas.errors import SpaceError
+    from dnas.space import SearchSpace, resolve_space_path
+
+    path = resolve_space_path(arch)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise SpaceError(f"{path}: cannot read ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise SpaceError(f"{path}: expected a mapping at the top level")
+    data.update({k: v for k, v in changes.items() if v is not None})
+    if not SearchSpace.from_dict(data, str(path)).is_derived:
+        raise SpaceError(f"{path}: not a derived architecture (some field still lists several options); "
+                         "run dnas-derive first")
+    return data
+
+
+def suffixed(name: str, suffix: str) -> str:
+    """``name`` ending in ``suffix`` (added once)."""
+    return name if name.endswith(suffix) else name + suffix

@@ -1,0 +1,158 @@
+"""ImageNet pretraining of a derived network (paper section 4.2: "pretrained on ImageNet").
+
+Standard classification recipe: SGD (nesterov) or RMSProp per recipe, linear warm-up +
+cosine decay, label-smoothed CE, random-resized crop + flip, optional mixup, optional
+EMA of the weights; validation top-1 / top-5 every ``eval_every`` epochs. Data:
+``imagenet:/path`` (ImageFolder ``train/`` + ``val/``) or the embedded
+``synthetic-imagenet``.
+
+Run directory: ``config.yaml``, ``arch.yaml`` (classification head, no BNNeck),
+``metrics.csv``, ``tensorboard/``, ``plots/curves.png``, ``checkpoint-{last,best}.pt``
+and ``final/`` (``dnas-derive`` layout, ``summary.json`` with top-1/top-5 and MACs),
+ready for ``dnas-retrain reid --pretrained RUN``.
+
+NOTE: the paper does not give its ImageNet recipe; ``retrain/imagenet_*.yaml`` follow
+FBNetV2-style training (the values are documented in each recipe).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from dnas.config import config_to_dict
+from dnas.errors import DnasError
+from dnas.losses import cross_entropy_smooth
+from dnas.retrain.common import Trainer, export_final, fit, load_checkpoint
+from dnas.retrain.config import ImageNetConfig, load_arch, suffixed
+from dnas.runtime import Runtime, autocast, seed_everything, setup_runtime, teardown_runtime
+
+log = logging.getLogger(__name__)
+KIND = "retrain-imagenet"
+CURVES = ["loss", "train_acc", "val_loss", "top1", "top5", "lr"]
+
+
+def classification_spec(spec: str) -> str:
+    """``synthetic`` (optionally ``synthetic:/cache``) means ``synthetic-imagenet`` here."""
+    name, sep, root = spec.partition(":")
+    return f"synthetic-imagenet{sep}{root}" if name.strip().lower() == "synthetic" else spec
+
+
+def build_imagenet_data(cfg: ImageNetConfig, rt: Runtime, size: int):
+    """Shuffled training batches and the validation loader of a classification spec."""
+    from dnas.data.loaders import DataConfig, build_loaders
+    from dnas.data.synthetic import SyntheticImageFolderConfig
+
+    synth = SyntheticImageFolderConfig(num_classes=cfg.synthetic_classes,
+                                       train_per_class=cfg.synthetic_train_per_class)
+    dcfg = DataConfig(data=classification_spec(cfg.data), size=size, batch_size=cfg.batch_size,
+                      test_batch_size=cfg.test_batch_size, workers=cfg.workers, seed=cfg.seed, rank=rt.rank,
+                      world_size=rt.world_size, synthetic_imagefolder=synth)
+    data = build_loaders(dcfg)
+    if data.task != "classification":
+        raise DnasError(f"--data {cfg.data}: dnas-retrain imagenet needs an ImageFolder set "
+                        "(imagenet:/path or synthetic-imagenet); use 'dnas-retrain reid' for Re-ID data")
+    if rt.is_main:
+        log.info("data: %s", data.splits.summary())
+    return data
+
+
+class ImageNetTrainer(Trainer):
+    """Classification pretraining. See :class:`dnas.retrain.common.Trainer` for the args."""
+
+    kind = KIND
+    best_key = "top1"
+
+    def __init__(self, cfg: ImageNetConfig, rt: Runtime, data, net, progress: bool = True):
+        batch = data.train_sampler.batch_size
+        super().__init__(cfg, rt, data, net, batch * rt.world_size, progress)
+
+    def compute_loss(self, images, targets, labels):
+        logits = self.model(images).float()  # (B, K)
+        loss = cross_entropy_smooth(logits, targets, self.cfg.label_smoothing)
+        return loss, {}, (logits.argmax(1) == labels).sum()
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        model = self.deploy_model
+        was = model.training
+        model.eval()
+        n = correct1 = correct5 = 0
+        loss = 0.0
+        try:
+            for batch in self.data.val:
+                x = batch[0].to(self.rt.device, non_blocking=True)  # (B, 3, S, S)
+                y = batch[1].to(self.rt.device, non_blocking=True)
+                with autocast(self.rt.device, self.cfg.amp):
+                    logits = model(x).float()
+                loss += float(F.cross_entropy(logits, y, reduction="sum"))
+                top = logits.topk(min(5, logits.shape[1]), dim=1).indices  # (B, 5)
+                hit = top == y[:, None]
+                correct1 += int(hit[:, 0].sum())
+                correct5 += int(hit.any(dim=1).sum())
+                n += len(y)
+        finally:
+            model.train(was)
+        return {"top1": correct1 / max(n, 1), "top5": correct5 / max(n, 1), "val_loss": loss / max(n, 1)}
+
+
+def _summary_line(epochs: int):
+    def line(epoch: int, m: dict) -> str:
+        parts = [f"epoch {epoch + 1}/{epochs}", f"loss {m['loss']:.3f}", f"train acc {100 * m['train_acc']:.1f}"]
+        if "top1" in m:
+            parts.append(f"val top-1 {100 * m['top1']:.1f} top-5 {100 * m['top5']:.1f}")
+        return " | ".join(parts + [f"lr {m['lr']:.2e}", f"{m['epoch_time_s']:.1f}s"])
+
+    return line
+
+
+def run_imagenet(cfg: ImageNetConfig, run_dir: Path, resume: bool = False, progress: bool = True) -> dict:
+    """Run (or resume) ImageNet pretraining into ``run_dir`` and export ``RUN/final``.
+
+    Args:
+        cfg: the resolved recipe.
+        run_dir: the run directory (created once every input has been validated).
+        resume: continue from ``run_dir``'s last checkpoint.
+        progress: tqdm bars (only on a TTY).
+
+    Returns:
+        The final ``summary.json`` content (rank 0; ``{}`` elsewhere).
+    """
+    from dnas.export import build_model
+    from dnas.io import atomic_write_yaml
+
+    cfg.validate()
+    run_dir = Path(run_dir)
+    rt = setup_runtime(cfg.device)
+    summary: dict = {}
+    try:
+        seed_everything(cfg.seed, cfg.deterministic)
+        arch = load_arch(str(run_dir / "arch.yaml") if resume else cfg.arch)
+        size = cfg.size or arch["input_size"][1]
+        data = build_imagenet_data(cfg, rt, size)
+        if not resume:
+            use_dcs = arch.get("use_dcs", True) if cfg.use_dcs is None else cfg.use_dcs
+            arch.update(name=suffixed(arch["name"], "-imagenet"), num_classes=data.num_classes, bnneck=False,
+                        use_dcs=use_dcs, input_size=[3, size, size])
+        elif arch["num_classes"] != data.num_classes:
+            raise DnasError(f"{run_dir}: trained on {arch['num_classes']} classes, --data has {data.num_classes}")
+        seed_everything(cfg.seed, cfg.deterministic)
+        t = ImageNetTrainer(cfg, rt, data, build_model(arch), progress)
+        if resume:
+            t.load_state_dict(load_checkpoint(run_dir, KIND))
+            log.info("resumed %s at epoch %d, batch %d", run_dir, t.epoch, t.pos)
+        if rt.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_yaml(run_dir / "config.yaml", config_to_dict(cfg))
+            if not resume:
+                atomic_write_yaml(run_dir / "arch.yaml", arch)
+        fit(t, run_dir, CURVES, _summary_line(cfg.epochs))
+        if rt.is_main:
+            extra = {k: t.last_eval.get(k) for k in ("top1", "top5")}
+            summary = export_final(t, run_dir, arch, {**extra, "data": cfg.data, "epochs": cfg.epochs,
+                                                      "ema": cfg.ema})
+    finally:
+        teardown_runtime(rt)
+    return summary

@@ -1,0 +1,279 @@
+"""Re-ID finetuning of a derived network (paper section 4.2, eq. 4; FORMULAS.md 4 and 6).
+
+Loss: ``CE(label smoothing) + batch-hard triplet(0.3) + eta * IBB`` with the IB tracker
+(:mod:`dnas.ib`: F = the pre-BNNeck embedding, X = the pooled input of the first
+DCS-Attention module), optional center loss; PK batches; Adam with warm-up and step or
+cosine decay; the DCS ``pi`` layers train with the weights. Evaluation (Euclidean
+distance, Market-1501 protocol, no re-ranking): mAP, CMC rank-1/5/10, mINP, plus the
+epoch's IB loss ``I(X;F) - I(F;Y)`` and IBB.
+
+Run directory: ``config.yaml``, ``arch.yaml`` (the trained arch: classes, BNNeck,
+input size), ``pretrained.json`` (what was loaded), ``metrics.csv``, ``tensorboard/``,
+``plots/curves.png``, ``checkpoint-{last,best}.pt`` and ``final/`` (the
+``dnas-derive`` layout: ``model.pt``, ``model.onnx``, ``summary.json`` with mAP, R1,
+mINP and MACs).
+
+NOTE: with mixup, the CE uses the mixed soft targets; the triplet loss and the IB
+tracker use the label of the dominant image of each mix (the paper lists mixup among
+the augmentations without saying how it meets the metric losses).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from pathlib import Path
+
+import torch
+
+from dnas.config import config_to_dict
+from dnas.errors import DnasError
+from dnas.ib import IBTracker
+from dnas.losses import CenterLoss, batch_hard_triplet, cross_entropy_smooth
+from dnas.retrain.common import LAST, Trainer, export_final, fit, load_checkpoint, load_pretrained, read_weights
+from dnas.retrain.config import ReIDConfig, load_arch, suffixed
+from dnas.runtime import Runtime, seed_everything, setup_runtime, teardown_runtime
+
+log = logging.getLogger(__name__)
+KIND = "retrain-reid"
+CURVES = ["loss", "ce", "triplet", "ibb", "ib_loss", "mAP", "rank1", "mINP", "lr"]
+
+
+def build_reid_data(cfg: ReIDConfig, rt: Runtime, height: int, width: int):
+    """PK training loader and query/gallery loaders of a Re-ID ``--data`` spec."""
+    from dnas.data.loaders import DataConfig, build_loaders
+    from dnas.data.synthetic import SyntheticReIDConfig
+
+    synth = SyntheticReIDConfig()
+    if cfg.synthetic_ids:
+        synth = dataclasses.replace(synth, num_train_ids=cfg.synthetic_ids)
+    if cfg.synthetic_images_per_id:
+        synth = dataclasses.replace(synth, images_per_id=cfg.synthetic_images_per_id)
+    dcfg = DataConfig(data=cfg.data, height=height, width=width, p=cfg.p, k=cfg.k, workers=cfg.workers,
+                      seed=cfg.seed, rank=rt.rank, world_size=rt.world_size, test_batch_size=cfg.test_batch_size,
+                      flip_prob=cfg.flip_prob, pad=cfg.pad, erasing_prob=cfg.erasing_prob, synthetic_reid=synth)
+    data = build_loaders(dcfg)
+    if data.task != "reid":
+        raise DnasError(f"--data {cfg.data}: dnas-retrain reid needs a Re-ID data set "
+                        "(market1501:, dukemtmc:, msmt17:, cuhk03:, synthetic); use 'dnas-retrain imagenet'")
+    if rt.is_main:
+        log.info("data:\n%s", data.splits.summary())
+    return data
+
+
+class ReIDTrainer(Trainer):
+    """Re-ID finetuning (eq. 4). See :class:`dnas.retrain.common.Trainer` for the args."""
+
+    kind = KIND
+    best_key = "mAP"
+
+    def __init__(self, cfg: ReIDConfig, rt: Runtime, data, net, progress: bool = True):
+        super().__init__(cfg, rt, data, net, cfg.batch_size * rt.world_size, progress)
+        self.ib = IBTracker(data.num_classes)
+        self.center = self.center_opt = None
+        if cfg.center_weight > 0:
+            self.center = CenterLoss(data.num_classes, net.head.conv.conv.out_channels).to(rt.device)
+            self.center_opt = torch.optim.SGD(self.center.parameters(), lr=cfg.center_lr)
+
+    def compute_loss(self, images, targets, labels):
+        cfg = self.cfg
+        out = self.model(images, return_features=True)
+        logits, feat, x = out["logits"].float(), out["global_feat"].float(), out["ib_input"].float()
+        ce = cross_entropy_smooth(logits, targets, cfg.label_smoothing)
+        tri = batch_hard_triplet(feat, labels, cfg.triplet_margin, soft_margin=cfg.soft_margin)
+        if cfg.use_ibb:
+            ibb = self.ib.step(feat, x, labels)
+        else:  # the IB loss and bound are still reported
+            with torch.no_grad():
+                ibb = self.ib.step(feat.detach(), x.detach(), labels)
+        loss = ce + cfg.triplet_weight * tri + (cfg.ib_eta * ibb if cfg.use_ibb else 0.0)
+        parts = {"ce": ce, "triplet": tri, "ibb": ibb}
+        if self.center is not None:
+            parts["center"] = self.center(feat, labels)
+            loss = loss + cfg.center_weight * parts["center"]
+        return loss, parts, (logits.argmax(1) == labels).sum()
+
+    def after_backward(self) -> None:
+        if self.center is None:
+            return
+        for p in self.center.parameters():  # centers learn at center_lr whatever the weight
+            if p.grad is not None:
+                p.grad.mul_(1.0 / self.cfg.center_weight)
+                if self.rt.distributed:
+                    from dnas.runtime import all_reduce_mean
+
+                    p.grad.copy_(all_reduce_mean(p.grad, self.rt))
+        self.center_opt.step()
+        self.center_opt.zero_grad(set_to_none=True)
+
+    def extra_state(self) -> dict:
+        state = {"ib": self.ib.state_dict()}
+        if self.center is not None:
+            state["center"] = {"model": self.center.state_dict(), "opt": self.center_opt.state_dict()}
+        return state
+
+    def load_extra_state(self, state: dict) -> None:
+        self.ib.load_state_dict(state["ib"])
+        self.ib.to(self.rt.device)
+        if self.center is not None:
+            if not state.get("center"):
+                raise DnasError("the checkpoint has no center-loss state but the recipe sets center_weight > 0")
+            self.center.load_state_dict(state["center"]["model"])
+            self.center_opt.load_state_dict(state["center"]["opt"])
+
+    def end_epoch(self) -> dict:
+        m = super().end_epoch()
+        s = self.ib.end_epoch()
+        m.update(ib_loss=s["ib"], ibb_epoch=s["ibb"], i_xf=s["i_xf"], i_fy=s["i_fy"])
+        return m
+
+    def evaluate(self) -> dict:
+        from dnas.evaluation import evaluate_reid
+
+        return evaluate_reid(self.deploy_model, self.data.query, self.data.gallery, self.rt.device,
+                             max_queries=self.cfg.eval_max_queries, flip=self.cfg.eval_flip)
+
+
+def _summary_line(epochs: int):
+    def line(epoch: int, m: dict) -> str:
+        parts = [f"epoch {epoch + 1}/{epochs}", f"loss {m['loss']:.3f}", f"ce {m['ce']:.3f}",
+                 f"tri {m['triplet']:.3f}"]
+        if not math.isnan(m.get("ibb_epoch", math.nan)):
+            parts.append(f"ibb {m['ibb_epoch']:.3f} ib {m['ib_loss']:.3f}")
+        if "mAP" in m:
+            parts.append(f"mAP {100 * m['mAP']:.1f} R1 {100 * m['rank1']:.1f} mINP {100 * m['mINP']:.1f}")
+        return " | ".join(parts + [f"lr {m['lr']:.2e}", f"{m['epoch_time_s']:.1f}s"])
+
+    return line
+
+
+def prepare_reid(cfg: ReIDConfig, run_dir: Path, rt: Runtime, resume: bool, progress: bool):
+    """Everything up to the first step; validates all inputs before writing anything.
+
+    Returns:
+        ``(trainer, arch dict, pretrained report or None)``.
+    """
+    seed_everything(cfg.seed, cfg.deterministic)
+    arch = load_arch(str(run_dir / "arch.yaml") if resume else cfg.arch)
+    height, width = cfg.height or arch["input_size"][1], cfg.width or arch["input_size"][2]
+    data = build_reid_data(cfg, rt, height, width)
+    if resume:
+        if arch["num_classes"] != data.num_classes:
+            raise DnasError(f"{run_dir}: trained on {arch['num_classes']} identities, --data has {data.num_classes}")
+    else:
+        use_dcs = arch.get("use_dcs", True) if cfg.use_dcs is None else cfg.use_dcs
+        arch.update(name=suffixed(arch["name"], "-reid"), num_classes=data.num_classes, bnneck=cfg.bnneck,
+                    use_dcs=use_dcs, input_size=[3, height, width])
+    from dnas.export import build_model
+
+    seed_everything(cfg.seed, cfg.deterministic)  # the initial weights depend on the seed only
+    net = build_model(arch)
+    report = None
+    if cfg.pretrained and not resume:
+        report = load_pretrained(net, *read_weights(cfg.pretrained))
+        if rt.is_main:
+            print(f"pretrained: {len(report['loaded'])} tensors loaded from {report['source']}; "
+                  f"dropped from the source: {report['dropped'] or 'none'}; "
+                  f"freshly initialised: {report['fresh'] or 'none'}", flush=True)
+    t = ReIDTrainer(cfg, rt, data, net, progress)
+    if resume:
+        t.load_state_dict(load_checkpoint(run_dir, KIND))
+        log.info("resumed %s at epoch %d, batch %d", run_dir, t.epoch, t.pos)
+    return t, arch, report
+
+
+def run_reid(cfg: ReIDConfig, run_dir: Path, resume: bool = False, progress: bool = True) -> dict:
+    """Run (or resume) a Re-ID finetuning into ``run_dir`` and export ``RUN/final``.
+
+    Args:
+        cfg: the resolved recipe.
+        run_dir: the run directory (created once every input has been validated).
+        resume: continue from ``run_dir``'s last checkpoint.
+        progress: tqdm bars (only on a TTY).
+
+    Returns:
+        The final ``summary.json`` content (rank 0; ``{}`` elsewhere).
+    """
+    from dnas.io import atomic_write_json, atomic_write_yaml
+
+    cfg.validate()
+    run_dir = Path(run_dir)
+    rt = setup_runtime(cfg.device)
+    summary: dict = {}
+    try:
+        t, arch, report = prepare_reid(cfg, run_dir, rt, resume, progress)
+        if rt.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_yaml(run_dir / "config.yaml", config_to_dict(cfg))
+            if not resume:
+                atomic_write_yaml(run_dir / "arch.yaml", arch)
+                if report is not None:
+                    atomic_write_json(run_dir / "pretrained.json", report)
+        fit(t, run_dir, CURVES, _summary_line(cfg.epochs))
+        if rt.is_main:
+            last = _last_row(run_dir)
+            extra = {k: t.last_eval.get(k) for k in ("mAP", "rank1", "rank5", "rank10", "mINP")}
+            extra.update(ib_loss=last.get("ib_loss"), ibb=last.get("ibb_epoch"), data=cfg.data,
+                         epochs=cfg.epochs, ema=cfg.ema, use_ibb=cfg.use_ibb, pretrained=cfg.pretrained)
+            summary = export_final(t, run_dir, arch, extra)
+    finally:
+        teardown_runtime(rt)
+    return summary
+
+
+def _last_row(run_dir: Path) -> dict:
+    from dnas.runlog import read_csv_rows
+
+    rows = read_csv_rows(run_dir / "metrics.csv")
+    if not rows:
+        return {}
+    out = {}
+    for k, v in rows[-1].items():
+        try:
+            out[k] = float(v)
+        except (TypeError, ValueError):
+            out[k] = v
+    return out
+
+
+def evaluate_only(path: str | Path, cfg: ReIDConfig, which: str = "last") -> dict:
+    """Evaluate a checkpoint without training.
+
+    Args:
+        path: a ``reid`` run directory (its ``checkpoint-{which}.pt``, EMA weights when
+            present), a checkpoint file inside one, or a ``dnas-derive``-layout
+            directory (``arch.yaml`` + ``model.pt``, e.g. ``RUN/final``).
+        cfg: the recipe for data and evaluation keys (run directories: their
+            ``config.yaml`` with the CLI's overrides).
+        which: ``last`` or ``best`` for a run directory.
+
+    Returns:
+        ``{"mAP", "rank1", "rank5", "rank10", "mINP", "num_queries", "weights"}``.
+    """
+    from dnas.evaluation import evaluate_reid
+    from dnas.export import build_model, load_derived
+
+    path = Path(path)
+    run = path if path.is_dir() else path.parent
+    if (run / "config.yaml").is_file() and (path.is_file() or (run / LAST).is_file()):
+        ckpt = path if path.is_file() else run / ("checkpoint-best.pt" if which == "best" else LAST)
+        state = load_checkpoint(ckpt, KIND)
+        arch = load_arch(str(run / "arch.yaml"))
+        model = build_model(arch)
+        model.load_state_dict(state["ema"]["model"] if state.get("ema") else state["model"])
+        source = str(ckpt) + (" (EMA weights)" if state.get("ema") else "")
+    elif path.is_dir() and (path / "model.pt").is_file():
+        model, source = load_derived(path), str(path / "model.pt")
+    else:
+        raise DnasError(f"{path}: not a reid run directory, a checkpoint in one, or a directory with model.pt")
+    cfg = dataclasses.replace(cfg, arch=cfg.arch or str(path))
+    cfg.validate()
+    rt = setup_runtime(cfg.device)
+    try:
+        c, h, w = model.arch.input_size
+        data = build_reid_data(cfg, rt, h, w)
+        metrics = evaluate_reid(model.to(rt.device), data.query, data.gallery, rt.device,
+                                max_queries=cfg.eval_max_queries, flip=cfg.eval_flip)
+    finally:
+        teardown_runtime(rt)
+    return {**metrics, "weights": source, "data": cfg.data}
