@@ -123,3 +123,28 @@ def broadcast_object(obj, rt: Runtime):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def epoch_batches(loader, start: int, total: int, desc: str, progress: bool):
+    """Yield the batches of an epoch from position ``start`` until ``total`` batches are done.
+
+    The loader's sampler must already skip the first ``start`` batches (resume); a tqdm
+    bar is shown when ``progress``. Training loops of search and retrain iterate with it.
+    """
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, initial=start, desc=desc, leave=False)
+    try:
+        pos = start
+        for batch in loader:
+            yield batch
+            pos += 1
+            if bar is not None:
+                bar.update(1)
+            if pos >= total:
+                break
+    finally:
+        if bar is not None:
+            bar.close()

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from dnas.errors import CheckpointError, DnasError
 from dnas.io import atomic_torch_save, safe_torch_load
 from dnas.retrain.config import TrainConfig
-from dnas.runtime import Runtime, all_reduce_mean, autocast, rng_state, set_rng_state
+from dnas.runtime import Runtime, all_reduce_mean, autocast, epoch_batches, rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
 CHECKPOINT_VERSION = 1
@@ -333,25 +333,14 @@ class Trainer:
         if self.pos >= total:
             return
         self.net.train()
-        bar = None
-        if self.progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=total, initial=self.pos, desc=f"epoch {self.epoch}", leave=False)
-        for batch in self.loader:
+        for batch in epoch_batches(self.loader, self.pos, total, f"epoch {self.epoch}", self.progress):
             lr = self.cfg.lr_at(self.epoch + self.pos / max(total, 1), self.base_lr)
             for g in self.opt.param_groups:
                 g["lr"] = lr
             self.train_step(batch)
             self.pos += 1
             self.step += 1
-            if bar is not None:
-                bar.update(1)
             on_step()
-            if self.pos >= total:
-                break
-        if bar is not None:
-            bar.close()
 
     def end_epoch(self) -> dict:
         """The epoch's training metrics (means over its steps)."""

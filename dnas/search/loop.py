@@ -26,7 +26,8 @@ from dnas.errors import DnasError
 from dnas.ib import IBTracker
 from dnas.losses import batch_hard_triplet, cross_entropy_smooth
 from dnas.models import Supernet
-from dnas.runtime import Runtime, all_reduce_mean, autocast, rng_state, seed_everything, set_rng_state
+from dnas.runtime import (Runtime, all_reduce_mean, autocast, epoch_batches, rng_state, seed_everything,
+                          set_rng_state)
 from dnas.search.config import SearchConfig
 from dnas.space import load_space
 
@@ -225,23 +226,12 @@ class Searcher:
         if self.pos >= total:
             return
         self.net.train()
-        bar = None
-        if self.progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=total, initial=self.pos, desc=f"epoch {self.epoch} {phase}", leave=False)
-        for batch in self.loaders[phase]:
+        for batch in epoch_batches(self.loaders[phase], self.pos, total, f"epoch {self.epoch} {phase}", self.progress):
             self._set_lrs(phase, self.pos / max(total, 1))
             self.train_step(batch, phase)
             self.pos += 1
             self.step += 1
-            if bar is not None:
-                bar.update(1)
             on_step()
-            if self.pos >= total:
-                break
-        if bar is not None:
-            bar.close()
 
     def end_epoch(self) -> dict:
         """Close the IB epoch and summarise the epoch's metrics."""
