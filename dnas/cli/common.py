@@ -44,3 +44,18 @@ def setup_logging(verbose: bool = False) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+
+
+def add_run_arguments(p, out_default: str, recipe_help: str = "recipe YAML") -> None:
+    """The options every training command shares (recipe, data, run dir, resume, overrides)."""
+    p.add_argument("--recipe", help=recipe_help)
+    p.add_argument("--data", help="data set spec, e.g. synthetic or market1501:/data/market")
+    p.add_argument("--out", help=f"run directory (default {out_default})")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="start afresh in --out, deleting a run already there")
+    p.add_argument("--seed", type=int, help="random seed")
+    p.add_argument("--deterministic", action="store_true", help="deterministic kernels (bit-exact resume on CPU)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe key (repeatable)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("-v", "--verbose", action="store_true")

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from dnas.cli.common import cli_entry, setup_logging
+from dnas.cli.common import add_run_arguments, cli_entry, setup_logging
 from dnas.errors import DnasError
 
 EPILOG = r"""examples:
@@ -47,17 +47,7 @@ RECIPES = {"imagenet": "imagenet_sgd", "synthetic-imagenet": "imagenet_synthetic
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", help="derived architecture: a dnas-derive directory or an arch.yaml")
-    p.add_argument("--data", help="data set spec, e.g. synthetic or market1501:/data/market")
-    p.add_argument("--recipe", help="recipe YAML (default: the data set's recipe in retrain/)")
-    p.add_argument("--out", help="run directory (default runs/<mode>-<arch>-TIME)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="start afresh in --out, deleting a run already there")
-    p.add_argument("--seed", type=int, help="random seed")
-    p.add_argument("--deterministic", action="store_true", help="deterministic kernels (bit-exact resume on CPU)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a recipe key (repeatable)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("-v", "--verbose", action="store_true")
+    add_run_arguments(p, "runs/<mode>-<arch>-TIME", "recipe YAML (default: the data set's recipe in retrain/)")
 
 
 def build_parser() -> argparse.ArgumentParser:

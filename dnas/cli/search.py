@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from dnas.cli.common import cli_entry, setup_logging
+from dnas.cli.common import add_run_arguments, cli_entry, setup_logging
 
 EPILOG = """examples:
   dnas-search --supernet xlarge --describe                    # the space as a table
@@ -39,17 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--supernet", help="space: tiny, fbnetv2, large, xlarge, or a YAML path")
     p.add_argument("--describe", action="store_true", help="print the space and exit")
     p.add_argument("--json", action="store_true", help="with --describe: one JSON object")
-    p.add_argument("--recipe", help="recipe YAML (e.g. search/tiny_synthetic.yaml)")
-    p.add_argument("--data", help="data set spec, e.g. synthetic or market1501:/data/market")
-    p.add_argument("--out", help="run directory (default runs/search-SPACE-TIME)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="start afresh in --out, deleting a run already there")
-    p.add_argument("--seed", type=int, help="random seed")
-    p.add_argument("--deterministic", action="store_true", help="deterministic kernels (bit-exact resume on CPU)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a recipe key (repeatable)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("-v", "--verbose", action="store_true")
+    add_run_arguments(p, "runs/search-SPACE-TIME", "recipe YAML (e.g. search/tiny_synthetic.yaml)")
     return p
 
 
