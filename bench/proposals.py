@@ -1,0 +1,164 @@
+"""Prototypes of proposed performance changes, patched in for an A/B measurement only.
+
+Nothing here changes the package on disk: :func:`patched` swaps methods on the
+classes for the duration of a ``with`` block, so the benchmark can time the current
+code and the proposal side by side in one run. :func:`check_equivalent` measures how
+far a patched supernet's outputs are from the current one's.
+
+1. **Masks folded into BatchNorm** (:func:`folded_ir_forward`, :func:`fast_dcs_forward`).
+   ``bn(z) * m == batch_norm(z, weight * m, bias * m)`` for a per-channel ``m``, and
+   ``relu(bn(z)) * m == relu(batch_norm(z, weight * m, bias * m))`` because the mixture
+   masks are ``>= 0``. The current forward multiplies the full (B, C, H, W) activations by
+   the masks after ``bn2``/``act`` and after ``bn3`` (and after the DCS ``bn``): each is a
+   full-size elementwise kernel forward and backward plus one more saved activation per
+   block. Folded, the masks cost a (C,)-sized multiply. The residual of a width group
+   (weight 1.0) is added without the ``1.0 * x`` copy.
+2. **Faster DCS-Attention** (:func:`fast_dcs_forward`, :func:`logistic_channel_mask`):
+   channels padded to a multiple of 8 for the fused attention kernels; one logistic draw
+   per mask instead of two Gumbel draws (two ``exponential_`` + two ``log`` kernels).
+3. **Gumbel noise without device round trips** (:func:`batched_sample_choice`).
+   ``Supernet.sample_choice(generator=...)`` calls ``logit.detach().float().cpu()`` (a
+   device-to-host copy: a synchronisation) and ``.to(device)`` (a pageable host-to-device
+   copy: another) for every logit, ~2 x (groups + blocks) synchronisations per step. The
+   prototype draws all noise from the same CPU generator into one pinned buffer and
+   copies it once with ``non_blocking=True``.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dnas.models.supernet import ArchChoice, Supernet
+from dnas.ops.dcs import DCSAttention, gumbel_like
+from dnas.ops.super_blocks import SuperInvertedResidual, match_channels
+
+PROPOSALS = ("fold_masks", "dcs_fast", "batched_noise")
+
+
+def masked_bn(bn: nn.BatchNorm2d, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``bn(x) * mask`` computed as one batch norm with the mask folded into its affine."""
+    if bn.training and bn.track_running_stats:
+        bn.num_batches_tracked.add_(1)
+    momentum = 0.0 if bn.momentum is None else bn.momentum
+    use_batch_stats = bn.training or not bn.track_running_stats
+    return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight * mask, bn.bias * mask,
+                        use_batch_stats, momentum, bn.eps)
+
+
+def folded_ir_forward(self: SuperInvertedResidual, x: torch.Tensor, mid_mask: torch.Tensor, out_mask: torch.Tensor,
+                      residual_weight) -> torch.Tensor:
+    """:meth:`SuperInvertedResidual.forward` with the masks folded into ``bn2``/``bn3``."""
+    h = self.act(self.bn1(self.pw(x)))  # (B, M, H, W)
+    h = self.act(masked_bn(self.bn2, self.dw(h), mid_mask))  # relu(m * z) == m * relu(z), m >= 0
+    y = masked_bn(self.bn3, self.pwl(h), out_mask)  # (B, O, H/s, W/s)
+    if residual_weight is None:
+        return y
+    skip = match_channels(x, self.out_chs)
+    if isinstance(residual_weight, float) and residual_weight == 1.0:
+        return y + skip
+    return y + residual_weight * skip
+
+
+def fast_dcs_forward(self: DCSAttention, x: torch.Tensor, width_mask: torch.Tensor | None = None,
+                     eff_width=None) -> torch.Tensor:
+    """:meth:`DCSAttention.forward` with the width mask folded into ``bn`` and the
+    attention's channels zero-padded to a multiple of 8 (zero channels add nothing to
+    ``q k^T``; the padded output channels are cut), so that the fused SDPA kernels
+    (flash / memory-efficient) accept widths such as 12, 20 or 28."""
+    b, c, h, w = x.shape
+    tokens = x.flatten(2).transpose(1, 2)  # (B, N, C)
+    k = (tokens * self.channel_mask(tokens)).unsqueeze(1)  # (B, 1, N, C)
+    width = float(c) if eff_width is None else eff_width
+    if torch.is_tensor(width):
+        q, scale = k * width.rsqrt().to(k.dtype), 1.0
+    else:
+        q, scale = k, 1.0 / math.sqrt(width)
+    v = tokens.unsqueeze(1)
+    pad = -c % 8
+    if pad:
+        q, k, v = (F.pad(t, (0, pad)) for t in (q, k, v))
+    y = F.scaled_dot_product_attention(q, k, v, scale=scale)[..., :c]  # (B, 1, N, C)
+    y = y.squeeze(1).transpose(1, 2).reshape(b, c, h, w)  # (B, C, H, W)
+    out = self.bn(self.proj(y)) if width_mask is None else masked_bn(self.bn, self.proj(y), width_mask)
+    return x + out
+
+
+def logistic_channel_mask(self: DCSAttention, tokens: torch.Tensor) -> torch.Tensor:
+    """:meth:`DCSAttention.channel_mask` with one logistic draw instead of two Gumbel draws
+    (``G1 - G2 ~ Logistic(0, 1)`` for independent standard Gumbels), drawn in fp32."""
+    logits = self.pi(tokens)  # (B, N, C)
+    if not self.training:
+        return (logits > 0).to(tokens.dtype)
+    u = torch.rand(logits.shape, device=logits.device).clamp_(1e-6, 1 - 1e-6)
+    soft = torch.sigmoid((logits.float() + u.log() - (-u).log1p()) / self.tau_m)
+    hard = (soft > 0.5).to(soft.dtype)
+    return (hard + (soft - soft.detach())).to(tokens.dtype)
+
+
+def batched_sample_choice(self: Supernet, tau: float, hard: bool = False,
+                          generator: torch.Generator | None = None) -> ArchChoice:
+    """:meth:`Supernet.sample_choice` with one noise draw and at most one host-to-device copy."""
+    w, e = self._logits()
+    logits = w + e
+    sizes = [t.numel() for t in logits]
+    dev = logits[0].device
+    if generator is None:
+        noise = gumbel_like(torch.empty(sum(sizes), device=dev))
+    else:
+        cpu = gumbel_like(torch.empty(sum(sizes)), generator)
+        if dev.type == "cuda":
+            noise = cpu.pin_memory().to(dev, non_blocking=True)
+        else:
+            noise = cpu
+    out = []
+    for logit, g in zip(logits, noise.split(sizes)):
+        soft = torch.softmax((logit + g.to(logit.dtype)) / tau, dim=0)
+        if hard:
+            onehot = torch.zeros_like(soft).scatter_(0, soft.argmax().view(1), 1.0)
+            soft = onehot + (soft - soft.detach())
+        out.append(soft)
+    return ArchChoice(out[: len(w)], out[len(w):])
+
+
+_PATCHES = {
+    "fold_masks": [(SuperInvertedResidual, "forward", folded_ir_forward)],
+    "dcs_fast": [(DCSAttention, "forward", fast_dcs_forward),
+                 (DCSAttention, "channel_mask", logistic_channel_mask)],
+    "batched_noise": [(Supernet, "sample_choice", batched_sample_choice)],
+}
+
+
+@contextlib.contextmanager
+def patched(names=PROPOSALS) -> Iterator[None]:
+    """Swap in the named proposals for the duration of the block."""
+    saved = []
+    try:
+        for name in names:
+            for cls, attr, fn in _PATCHES[name]:
+                saved.append((cls, attr, cls.__dict__[attr]))
+                setattr(cls, attr, fn)
+        yield
+    finally:
+        for cls, attr, old in reversed(saved):
+            setattr(cls, attr, old)
+
+
+def check_equivalent(net: Supernet, x: torch.Tensor) -> float:
+    """Max difference, relative to the output scale, between the current supernet and the
+    patched one (eval mode, fp32, one fixed choice): ~1e-6 when they agree."""
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            choice = net.sample_choice(1.0, generator=torch.Generator().manual_seed(0))
+            ref = net(x, choice, return_features=True)["embedding"].float()
+            with patched():
+                new = net(x, choice, return_features=True)["embedding"].float()
+    finally:
+        net.train(was_training)
+    return float((new - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
