@@ -214,7 +214,6 @@ def _measure_cuda(fn: Callable[[], object], dev: torch.device, cfg: TimingConfig
             if replay_ms >= cfg.min_replay_ms or inner >= cfg.max_inner:
                 break
             inner = int(min(cfg.max_inner, math.ceil(inner * cfg.min_replay_ms / max(replay_ms, 1e-4))))
-            del graph
         n = int(min(10_000, max(1, math.ceil(cfg.target_window_ms / max(replay_ms, 1e-4)))))
         samples = [_time_replays(graph, n, dev) / inner for _ in range(cfg.windows)]
         del graph
