@@ -148,3 +148,23 @@ def epoch_batches(loader, start: int, total: int, desc: str, progress: bool):
     finally:
         if bar is not None:
             bar.close()
+
+
+def prepare_model(net: torch.nn.Module, rt: Runtime, channels_last: bool, compile_model: bool):
+    """Move ``net`` to the device (channels_last on CUDA) and wrap it for training.
+
+    Returns:
+        The module to call: ``net`` itself, or its DistributedDataParallel wrapper under
+        torchrun, compiled with ``torch.compile`` when asked.
+    """
+    net.to(rt.device)
+    if channels_last and rt.device.type == "cuda":
+        net.to(memory_format=torch.channels_last)
+    model = net
+    if rt.distributed:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        model = DDP(net, device_ids=[rt.local_rank] if rt.device.type == "cuda" else None)
+    if compile_model:
+        model = torch.compile(model)
+    return model

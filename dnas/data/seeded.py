@@ -53,3 +53,16 @@ class SeededDataset(Dataset):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return self.base[index]
+
+
+def seeded_loader(loader, sampler):
+    """A copy of ``loader`` with per-sample seeds (exact resume) and a private generator.
+
+    The private generator matters: creating an iterator must not draw from the global
+    RNG, since a resumed run creates one more iterator than the uninterrupted run.
+    """
+    from torch.utils.data import DataLoader
+
+    return DataLoader(SeededDataset(loader.dataset), batch_sampler=SeededBatchSampler(sampler),
+                      num_workers=loader.num_workers, pin_memory=loader.pin_memory,
+                      persistent_workers=loader.num_workers > 0, generator=torch.Generator())

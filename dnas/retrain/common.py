@@ -22,12 +22,13 @@ from typing import Mapping
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from dnas.errors import CheckpointError, DnasError
 from dnas.io import atomic_torch_save, safe_torch_load
 from dnas.retrain.config import TrainConfig
-from dnas.runtime import Runtime, all_reduce_mean, autocast, epoch_batches, rng_state, set_rng_state
+from dnas.data.seeded import seeded_loader
+from dnas.runtime import (Runtime, all_reduce_mean, autocast, epoch_batches, prepare_model, rng_state,
+                          set_rng_state)
 
 log = logging.getLogger(__name__)
 CHECKPOINT_VERSION = 1
@@ -183,15 +184,6 @@ def load_pretrained(model: nn.Module, state: Mapping[str, torch.Tensor], source:
 
 
 # -- the training loop --------------------------------------------------------------------
-def seeded_loader(loader: DataLoader, sampler) -> DataLoader:
-    """The loader with per-sample seeds (exact resume) and a private generator."""
-    from dnas.data.seeded import SeededBatchSampler, SeededDataset
-
-    return DataLoader(SeededDataset(loader.dataset), batch_sampler=SeededBatchSampler(sampler),
-                      num_workers=loader.num_workers, pin_memory=loader.pin_memory,
-                      persistent_workers=loader.num_workers > 0, generator=torch.Generator())
-
-
 class Trainer:
     """One retraining run; subclasses define the loss, the evaluation and extra state.
 
@@ -211,16 +203,8 @@ class Trainer:
                  progress: bool = True):
         self.cfg, self.rt, self.data = cfg, rt, data
         self.progress = progress and sys.stderr.isatty() and rt.is_main
-        self.net = net.to(rt.device)
-        if cfg.channels_last and rt.device.type == "cuda":
-            self.net.to(memory_format=torch.channels_last)
-        self.model = self.net
-        if rt.distributed:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            self.model = DDP(self.net, device_ids=[rt.local_rank] if rt.device.type == "cuda" else None)
-        if cfg.compile:
-            self.model = torch.compile(self.model)
+        self.net = net
+        self.model = prepare_model(net, rt, cfg.channels_last, cfg.compile)
         self.base_lr = cfg.base_lr(global_batch)
         self.opt = build_optimizer(cfg, self.net, self.base_lr)
         self.ema = ModelEma(self.net, cfg.ema_decay) if cfg.ema else None

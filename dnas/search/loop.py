@@ -16,18 +16,17 @@ from __future__ import annotations
 import logging
 import math
 import sys
-import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
 from dnas.errors import DnasError
 from dnas.ib import IBTracker
 from dnas.losses import batch_hard_triplet, cross_entropy_smooth
 from dnas.models import Supernet
-from dnas.runtime import (Runtime, all_reduce_mean, autocast, epoch_batches, rng_state, seed_everything,
-                          set_rng_state)
+from dnas.data.seeded import seeded_loader
+from dnas.runtime import (Runtime, all_reduce_mean, autocast, epoch_batches, prepare_model, rng_state,
+                          seed_everything, set_rng_state)
 from dnas.search.config import SearchConfig
 from dnas.space import load_space
 
@@ -67,16 +66,7 @@ class Searcher:
         seed_everything(cfg.seed, cfg.deterministic)
         self.space = load_space(cfg.supernet)
         self.net = Supernet(self.space, num_classes=data.num_classes, use_dcs=cfg.use_dcs, bnneck=cfg.bnneck)
-        self.net.to(rt.device)
-        if cfg.channels_last and rt.device.type == "cuda":
-            self.net.to(memory_format=torch.channels_last)
-        self.model = self.net
-        if rt.distributed:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            self.model = DDP(self.net, device_ids=[rt.local_rank] if rt.device.type == "cuda" else None)
-        if cfg.compile:
-            self.model = torch.compile(self.model)
+        self.model = prepare_model(self.net, rt, cfg.channels_last, cfg.compile)
         self.w_opt = torch.optim.SGD(self.net.weight_parameters(), lr=weight_lr(cfg, 0, rt.world_size),
                                      momentum=cfg.w_momentum, weight_decay=cfg.w_weight_decay, nesterov=True)
         self.a_opt = torch.optim.Adam(self.net.arch_parameters(), lr=cfg.a_lr, betas=tuple(cfg.a_betas),
@@ -91,23 +81,14 @@ class Searcher:
                       "hard": {"lam": cfg.latency_lambda, "target_ms": cfg.latency_target_ms}}[cfg.latency_loss]
             self.latency_loss = LatencyLoss(cfg.latency_loss, params)
         self.gumbel = torch.Generator().manual_seed(cfg.seed + 7919)  # same on every rank
-        self.loaders = {"weights": self._seeded_loader(data.train, data.train_sampler),
-                        "arch": self._seeded_loader(data.arch, data.arch_sampler)}
+        self.loaders = {"weights": seeded_loader(data.train, data.train_sampler),
+                        "arch": seeded_loader(data.arch, data.arch_sampler)}
         self.samplers = {"weights": data.train_sampler, "arch": data.arch_sampler}
         # position and running state (all of it goes into checkpoints)
         self.epoch, self.phase, self.pos, self.step = 0, "weights", 0, 0
         self.bad_steps, self.best_metric = 0, -math.inf
         self.acc = self._new_accumulators()
         self.last_epoch_stats: dict = {}
-
-    def _seeded_loader(self, loader: DataLoader, sampler) -> DataLoader:
-        from dnas.data.seeded import SeededBatchSampler, SeededDataset
-
-        # a private generator: creating an iterator must not draw from the global RNG
-        # (a resumed run creates one more iterator than the uninterrupted run)
-        return DataLoader(SeededDataset(loader.dataset), batch_sampler=SeededBatchSampler(sampler),
-                          num_workers=loader.num_workers, pin_memory=loader.pin_memory,
-                          persistent_workers=loader.num_workers > 0, generator=torch.Generator())
 
     @staticmethod
     def _new_accumulators() -> dict:
