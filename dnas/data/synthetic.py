@@ -107,6 +107,16 @@ class SyntheticImageFolderConfig:
             raise ConfigError("synthetic-imagenet needs >= 1 train and val image per class")
 
 
+def synthetic_reid_config(seed: int = 0, num_train_ids: int = 0, images_per_id: int = 0) -> SyntheticReIDConfig:
+    """The default synthetic Re-ID set, with the recipe keys that resize it (0 keeps a default)."""
+    cfg = SyntheticReIDConfig(seed=seed)
+    if num_train_ids:
+        cfg = dataclasses.replace(cfg, num_train_ids=num_train_ids)
+    if images_per_id:
+        cfg = dataclasses.replace(cfg, images_per_id=images_per_id)
+    return cfg
+
+
 def default_cache_dir() -> Path:
     """``$DNAS_CACHE`` if set, else ``~/.cache/dnas``."""
     return Path(os.environ.get("DNAS_CACHE") or "~/.cache/dnas").expanduser()

@@ -42,13 +42,9 @@ CURVES = ["loss", "ce", "triplet", "ibb", "ib_loss", "mAP", "rank1", "mINP", "lr
 def build_reid_data(cfg: ReIDConfig, rt: Runtime, height: int, width: int):
     """PK training loader and query/gallery loaders of a Re-ID ``--data`` spec."""
     from dnas.data.loaders import DataConfig, build_loaders
-    from dnas.data.synthetic import SyntheticReIDConfig
+    from dnas.data.synthetic import synthetic_reid_config
 
-    synth = SyntheticReIDConfig()
-    if cfg.synthetic_ids:
-        synth = dataclasses.replace(synth, num_train_ids=cfg.synthetic_ids)
-    if cfg.synthetic_images_per_id:
-        synth = dataclasses.replace(synth, images_per_id=cfg.synthetic_images_per_id)
+    synth = synthetic_reid_config(0, cfg.synthetic_ids, cfg.synthetic_images_per_id)  # same data for every seed
     dcfg = DataConfig(data=cfg.data, height=height, width=width, p=cfg.p, k=cfg.k, workers=cfg.workers,
                       seed=cfg.seed, rank=rt.rank, world_size=rt.world_size, test_batch_size=cfg.test_batch_size,
                       flip_prob=cfg.flip_prob, pad=cfg.pad, erasing_prob=cfg.erasing_prob, synthetic_reid=synth)

@@ -8,7 +8,6 @@ for ``dnas-derive RUN_DIR``.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import time
@@ -33,16 +32,12 @@ log = logging.getLogger(__name__)
 def build_search_data(cfg: SearchConfig, rt: Runtime):
     """Loaders with the weight/architecture split (by image; see ``split_weight_arch``)."""
     from dnas.data.loaders import DataConfig, build_loaders
-    from dnas.data.synthetic import SyntheticReIDConfig
+    from dnas.data.synthetic import synthetic_reid_config
 
     space = load_space(cfg.supernet)
     height = cfg.height or space.input_size[1]
     width = cfg.width or space.input_size[2]
-    synth = SyntheticReIDConfig(seed=cfg.seed)
-    if cfg.synthetic_ids:
-        synth = dataclasses.replace(synth, num_train_ids=cfg.synthetic_ids)
-    if cfg.synthetic_images_per_id:
-        synth = dataclasses.replace(synth, images_per_id=cfg.synthetic_images_per_id)
+    synth = synthetic_reid_config(cfg.seed, cfg.synthetic_ids, cfg.synthetic_images_per_id)
     dcfg = DataConfig(data=cfg.data, height=height, width=width, p=cfg.p, k=cfg.k, workers=cfg.workers,
                       seed=cfg.seed, arch_fraction=cfg.arch_fraction, rank=rt.rank, world_size=rt.world_size,
                       test_batch_size=max(cfg.batch_size, 32), synthetic_reid=synth)
