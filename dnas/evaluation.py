@@ -1,6 +1,12 @@
 """Model-level Re-ID evaluation used by search and retrain (paper section 4.1;
 FORMULAS.md section 6): embed query and gallery, Euclidean distance, the standard
-Market-1501 protocol (no re-ranking), CMC rank-1/5/10, mAP and mINP.
+Market-1501 protocol (no re-ranking), CMC rank-1/5/10, mAP and mINP, with the counts of
+queries evaluated and skipped (no true match in the gallery).
+
+The caller names the split: the test query/gallery for the reported figures, the
+validation split carved from the training identities for model selection
+(:mod:`dnas.data.protocol`); :func:`prefixed` turns the result into ``val_*`` /
+``test_*`` metric names.
 """
 from __future__ import annotations
 
@@ -31,7 +37,9 @@ def evaluate_reid(model: torch.nn.Module, query: DataLoader, gallery: DataLoader
         forward_kwargs: extra arguments of the model call (the supernet's ``choice``).
 
     Returns:
-        ``{"mAP", "rank1", "rank5", "rank10", "mINP", "num_queries"}`` (fractions in [0, 1]).
+        ``{"mAP", "rank1", "rank5", "rank10", "mINP", "num_queries", "num_valid",
+        "num_skipped"}``: rates are fractions in [0, 1] over the ``num_valid`` queries
+        that have a true match; ``num_skipped`` had none; ``num_queries`` is their sum.
     """
     def embed(x: torch.Tensor) -> torch.Tensor:
         return model(x, return_features=True, **forward_kwargs)["embedding"]
@@ -46,4 +54,10 @@ def evaluate_reid(model: torch.nn.Module, query: DataLoader, gallery: DataLoader
     r = evaluate_features(qf, gf, qp, gp, qc, gc, max_rank=10)
     cmc = r["cmc"]
     return {"mAP": float(r["mAP"]), "rank1": float(cmc[0]), "rank5": float(cmc[4]), "rank10": float(cmc[9]),
-            "mINP": float(r["mINP"]), "num_queries": int(len(qp))}
+            "mINP": float(r["mINP"]), "num_queries": int(r["num_queries"]), "num_valid": int(r["num_valid"]),
+            "num_skipped": int(r["num_skipped"])}
+
+
+def prefixed(metrics: dict, split: str) -> dict:
+    """``{"mAP": ...}`` as ``{"<split>_mAP": ...}`` (``split``: ``val`` or ``test``)."""
+    return {f"{split}_{k}": v for k, v in metrics.items()}

@@ -137,14 +137,16 @@ def make_msmt17(root: Path, v2: bool = False) -> Path:
 @pytest.mark.parametrize("v2", [False, True])
 def test_msmt17_lists_and_cameras(tmp_path, v2):
     make_msmt17(tmp_path / ("MSMT17_V2" if v2 else "MSMT17_V1"), v2)
-    sp = load_msmt17(tmp_path)
-    assert sp.name == "msmt17"
+    sp = load_msmt17(tmp_path, use_val=True)
+    assert sp.name == "msmt17" and "list_val" in sp.note
     cams = sorted(c for _, _, c in sp.train)
     assert cams == [0, 1, 4, 14]  # 01, 02 (val), 05, 15 -> 0-based
     assert sorted({p for _, p, _ in sp.train}) == [0, 1, 2]  # 0, 1, 3 relabelled
     assert [c for _, _, c in sp.query] == [2]
     assert [(p, c) for _, p, c in sp.gallery] == [(0, 3), (1, 2)]
     assert all(Path(p).is_file() for p, _, _ in sp.train + sp.query + sp.gallery)
+    default = load_msmt17(tmp_path)  # list_train only, as torchreid and fast-reid
+    assert len(default.train) == 3 and "list_train.txt only" in default.note
     assert len(load_msmt17(tmp_path, use_val=False).train) == 3
 
 

@@ -9,7 +9,10 @@ Specs: ``market1501:/path``, ``dukemtmc:/path``, ``msmt17:/path``, ``cuhk03:/pat
 :func:`build_loaders` returns the training loader (PK batches for Re-ID, shuffled
 batches for classification), optionally split 80/20 into weight and architecture
 subsets for the search (:func:`dnas.data.samplers.split_weight_arch`), and the test
-loaders (query and gallery, or val).
+loaders (query and gallery, or val). With ``val_ids_fraction > 0`` a Re-ID set also
+gets a validation query/gallery carved from its training identities
+(:func:`dnas.data.protocol.carve_validation`) for model selection; those identities
+leave the training set.
 """
 from __future__ import annotations
 
@@ -22,7 +25,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from dnas.data.imagenet import ClassificationSplits, load_imagefolder
-from dnas.data.reid_datasets import REID_LOADERS, ReIDSplits, load_market_style
+from dnas.data.protocol import carve_validation, format_split_statistics, split_statistics
+from dnas.data.reid_datasets import REID_LOADERS, ReIDSplits, load_market_style, load_msmt17
 from dnas.data.samplers import PKSampler, RandomBatchSampler, split_weight_arch
 from dnas.data.synthetic import (SyntheticImageFolderConfig, SyntheticReIDConfig,
                                  ensure_synthetic_imagefolder, ensure_synthetic_reid)
@@ -71,14 +75,16 @@ def parse_data_spec(spec: str) -> DataSpec:
 
 
 def load_splits(spec: str | DataSpec, synthetic_reid: SyntheticReIDConfig | None = None,
-                synthetic_imagefolder: SyntheticImageFolderConfig | None = None
-                ) -> ReIDSplits | ClassificationSplits:
+                synthetic_imagefolder: SyntheticImageFolderConfig | None = None,
+                msmt17_use_val: bool = False) -> ReIDSplits | ClassificationSplits:
     """Read the image lists a spec names (generating a synthetic set on first use).
 
     Args:
         spec: a ``--data`` string or a :class:`DataSpec`.
         synthetic_reid: parameters of the ``synthetic`` set.
         synthetic_imagefolder: parameters of the ``synthetic-imagenet`` set.
+        msmt17_use_val: MSMT17 only: train on ``list_train`` + ``list_val`` (default:
+            ``list_train`` only, as torchreid and fast-reid).
 
     Returns:
         :class:`ReIDSplits` for Re-ID sets, :class:`ClassificationSplits` otherwise.
@@ -92,6 +98,8 @@ def load_splits(spec: str | DataSpec, synthetic_reid: SyntheticReIDConfig | None
                                 name="synthetic-imagenet")
     if ds.name == "imagenet":
         return load_imagefolder(ds.root, name="imagenet")
+    if ds.name == "msmt17":
+        return load_msmt17(ds.root, use_val=msmt17_use_val)
     return REID_LOADERS[ds.name](ds.root)
 
 
@@ -142,7 +150,15 @@ class DataConfig:
         workers: DataLoader worker processes.
         seed: seed of batch order and of the weight/arch split.
         arch_fraction: share of training images for the architecture steps; 0 keeps
-            all for training and builds no architecture loader.
+            all for training and builds no architecture loader. The split keeps ``k``
+            images and two cameras per identity in each part where it can
+            (:func:`dnas.data.samplers.split_weight_arch`).
+        val_ids_fraction: Re-ID: share of the training identities held out as the
+            validation query/gallery (0: none).
+        val_min_ids: hold out at least this many identities (with a split).
+        val_seed: seed of the validation split (apart from ``seed``, so every
+            training seed selects on the same identities).
+        msmt17_use_val: MSMT17: add ``list_val.txt`` to the training set.
         flip_prob: horizontal-flip probability.
         pad: padding before the random crop (Re-ID); default ``None`` scales the
             usual 10 pixels at height 256 to the input height (3 at 64x32).
@@ -164,6 +180,10 @@ class DataConfig:
     workers: int = 2
     seed: int = 0
     arch_fraction: float = 0.0
+    val_ids_fraction: float = 0.0
+    val_min_ids: int = 8
+    val_seed: int = 0
+    msmt17_use_val: bool = False
     flip_prob: float = 0.5
     pad: int | None = None
     erasing_prob: float = 0.5
@@ -188,6 +208,13 @@ class DataLoaders:
         query: Re-ID query loader (``None`` for classification).
         gallery: Re-ID gallery loader (``None`` for classification).
         val: classification validation loader (``None`` for Re-ID).
+        val_query: Re-ID validation query loader (identities held out of training),
+            ``None`` without a validation split.
+        val_gallery: its gallery loader.
+        validation: the :class:`dnas.data.protocol.ValidationSplit` or ``None``.
+        arch_split_stats: ``{"weights": ..., "arch": ...}`` statistics of the
+            weight/architecture split (:func:`dnas.data.protocol.split_statistics`).
+        arch_split_summary: the same as a table for the run log.
     """
 
     task: str
@@ -200,6 +227,11 @@ class DataLoaders:
     query: DataLoader | None = None
     gallery: DataLoader | None = None
     val: DataLoader | None = None
+    val_query: DataLoader | None = None
+    val_gallery: DataLoader | None = None
+    validation: object | None = None
+    arch_split_stats: dict | None = None
+    arch_split_summary: str = ""
 
     def set_epoch(self, epoch: int) -> None:
         """Set the epoch of the training (and architecture) samplers."""
@@ -247,8 +279,14 @@ def build_loaders(cfg: DataConfig) -> DataLoaders:
         DataError: bad spec, missing or malformed data, too few identities for P.
     """
     spec = parse_data_spec(cfg.data)
-    splits = load_splits(spec, cfg.synthetic_reid, cfg.synthetic_imagefolder)
+    splits = load_splits(spec, cfg.synthetic_reid, cfg.synthetic_imagefolder, cfg.msmt17_use_val)
     reid = spec.task == "reid"
+    validation = None
+    if reid and cfg.val_ids_fraction > 0:
+        train, validation = carve_validation(splits.train, cfg.val_ids_fraction, cfg.val_min_ids, cfg.val_seed,
+                                             keep_ids=cfg.p)
+        splits = dataclasses.replace(splits, train=train, val_query=validation.query,
+                                     val_gallery=validation.gallery)
     if reid:
         train_tf = build_reid_transform(cfg.height, cfg.width, train=True, flip_prob=cfg.flip_prob,
                                         pad=cfg.pad if cfg.pad is not None else max(1, round(10 * cfg.height / 256)), erasing_prob=cfg.erasing_prob)
@@ -261,8 +299,17 @@ def build_loaders(cfg: DataConfig) -> DataLoaders:
     items = splits.train
     labels = np.asarray([it[1] for it in items])
     arch_loader = arch_sampler = None
+    split_stats, split_summary = None, ""
     if cfg.arch_fraction > 0:
-        w_idx, a_idx = split_weight_arch(labels, cfg.arch_fraction, cfg.seed)
+        cams = np.asarray([it[2] for it in items])
+        k = cfg.k if reid else 1
+        w_idx, a_idx = split_weight_arch(labels, cfg.arch_fraction, cfg.seed, camids=cams, k=k)
+        split_stats = {"weights": split_statistics(labels[w_idx], cams[w_idx], k),
+                       "arch": split_statistics(labels[a_idx], cams[a_idx], k)}
+        split_summary = format_split_statistics(
+            split_stats, k, f"weight/architecture split (by image, stratified by identity, seed {cfg.seed}, "
+                            f"arch_fraction {cfg.arch_fraction:g}; at least K images and two cameras per id "
+                            "in each part where the id has them)")
         arch_items = [items[i] for i in a_idx]
         items = [items[i] for i in w_idx]
         arch_sampler = _train_sampler(labels[a_idx], cfg, reid, offset=1)
@@ -272,12 +319,18 @@ def build_loaders(cfg: DataConfig) -> DataLoaders:
     train_sampler = _train_sampler(labels, cfg, reid, offset=0)
     out = DataLoaders(spec.task, splits, num_classes,
                       _loader(ImageListDataset(items, train_tf), cfg, train_sampler),
-                      train_sampler, arch_loader, arch_sampler)
+                      train_sampler, arch_loader, arch_sampler,
+                      validation=validation, arch_split_stats=split_stats, arch_split_summary=split_summary)
     if reid:
         out.query = _loader(ImageListDataset(splits.query, test_tf), cfg,
                             batch_size=cfg.test_batch_size, seed_offset=2)
         out.gallery = _loader(ImageListDataset(splits.gallery, test_tf), cfg,
                               batch_size=cfg.test_batch_size, seed_offset=3)
+        if validation is not None:
+            out.val_query = _loader(ImageListDataset(validation.query, test_tf), cfg,
+                                    batch_size=cfg.test_batch_size, seed_offset=4)
+            out.val_gallery = _loader(ImageListDataset(validation.gallery, test_tf), cfg,
+                                      batch_size=cfg.test_batch_size, seed_offset=5)
     else:
         out.val = _loader(ImageListDataset(splits.val, test_tf), cfg,
                           batch_size=cfg.test_batch_size, seed_offset=2)

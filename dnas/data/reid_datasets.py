@@ -49,6 +49,10 @@ class ReIDSplits:
         train: ``(path, pid, camid)``, pids relabelled to ``0..num_train_pids-1``.
         query: ``(path, pid, camid)`` with original pids.
         gallery: ``(path, pid, camid)`` with original pids.
+        val_query: the validation query carved from the training identities
+            (:func:`dnas.data.protocol.carve_validation`; empty without one).
+        val_gallery: its gallery.
+        note: how the training list was made (e.g. which MSMT17 lists), for the log.
     """
 
     name: str
@@ -56,6 +60,9 @@ class ReIDSplits:
     train: list[Item]
     query: list[Item]
     gallery: list[Item]
+    val_query: list[Item] = dataclasses.field(default_factory=list)
+    val_gallery: list[Item] = dataclasses.field(default_factory=list)
+    note: str = ""
 
     @property
     def num_train_pids(self) -> int:
@@ -66,21 +73,26 @@ class ReIDSplits:
         return len({cam for _, _, cam in self.train})
 
     def stats(self) -> dict[str, tuple[int, int, int]]:
-        """``{subset: (#ids, #images, #cameras)}`` for train, query and gallery."""
+        """``{subset: (#ids, #images, #cameras)}`` for train, query and gallery (and the
+        validation query/gallery when there is one)."""
         out = {}
-        for subset in ("train", "query", "gallery"):
+        subsets = ("train", "query", "gallery") + (("val_query", "val_gallery") if self.val_query else ())
+        for subset in subsets:
             items = getattr(self, subset)
             out[subset] = (len({p for _, p, _ in items}), len(items), len({c for _, _, c in items}))
         return out
 
     def summary(self) -> str:
         """The statistics table (ids, images, cameras per subset), torchreid style."""
-        rule = "  " + "-" * 42
-        lines = [f"=> Loaded {self.name} from {self.root}", rule,
-                 "  subset   | # ids | # images | # cameras", rule]
+        rule = "  " + "-" * 46
+        lines = [f"=> Loaded {self.name} from {self.root}" + (f" ({self.note})" if self.note else ""), rule,
+                 "  subset      | # ids | # images | # cameras", rule]
         for subset, (n_ids, n_img, n_cam) in self.stats().items():
-            lines.append(f"  {subset:<8} | {n_ids:5d} | {n_img:8d} | {n_cam:9d}")
+            lines.append(f"  {subset:<11} | {n_ids:5d} | {n_img:8d} | {n_cam:9d}")
         lines.append(rule)
+        if self.val_query:
+            lines.append("  val_query/val_gallery: training identities held out for model selection; "
+                         "query/gallery: the test split")
         return "\n".join(lines)
 
     def summary_line(self) -> str:
@@ -251,13 +263,15 @@ def _read_msmt17_list(list_path: Path, img_dir: Path, check_files: bool) -> list
     return items
 
 
-def load_msmt17(root: str | os.PathLike, use_val: bool = True,
+def load_msmt17(root: str | os.PathLike, use_val: bool = False,
                 check_files: bool = True) -> ReIDSplits:
     """MSMT17 (V1 or V2 layout, 15 cameras).
 
-    NOTE: by default the validation list is added to the training set (32,621 training
-    images), as in the published MSMT17 statistics and TransReID; torchreid keeps it
-    out unless ``combineall``. Pass ``use_val=False`` for the 30,248-image train list.
+    NOTE: by default the training set is ``list_train.txt`` only (30,248 images), as in
+    torchreid and fast-reid, which keep ``list_val.txt`` out "to fairly compare with
+    published methods on the conventional ReID setting" (their ``combineall`` adds it);
+    ``use_val=True`` (recipe key ``msmt17_use_val``) adds the 2,373 validation images of
+    the same identities (32,621 images, the published MSMT17 statistics, TransReID).
 
     Args:
         root: folder holding the list files (or a parent with ``MSMT17_V1/``,
@@ -279,7 +293,9 @@ def load_msmt17(root: str | os.PathLike, use_val: bool = True,
         train += _read_msmt17_list(base / "list_val.txt", train_dir, check_files)
     query = _read_msmt17_list(base / "list_query.txt", test_dir, check_files)
     gallery = _read_msmt17_list(base / "list_gallery.txt", test_dir, check_files)
-    return ReIDSplits("msmt17", str(base), relabel(train), query, gallery)
+    note = "training: list_train.txt + list_val.txt (msmt17_use_val=true)" if use_val else \
+        "training: list_train.txt only (msmt17_use_val=false)"
+    return ReIDSplits("msmt17", str(base), relabel(train), query, gallery, note=note)
 
 
 REID_LOADERS: dict[str, Callable[[str], ReIDSplits]] = {

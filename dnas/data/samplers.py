@@ -164,21 +164,91 @@ class RandomBatchSampler(_EpochBatchSampler):
         return [perm[i:i + self.batch_size] for i in range(0, stop, self.batch_size)]
 
 
-def split_weight_arch(labels: Sequence[int], arch_fraction: float = 0.2,
-                      seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def _arch_counts(n: np.ndarray, arch_fraction: float, k: int, max_fraction: float) -> np.ndarray:
+    """Architecture images per identity: floors of K (both parts, where the id has 2K images),
+    lowered together if they alone would pass ``max_fraction``, then ``round(t * n)`` with
+    the one ``t`` that brings the total closest to ``arch_fraction`` of the images."""
+    total = int(n.sum())
+    floor_full = np.where(n >= 2, np.minimum(k, n // 2), 0)
+    cap = max(int(round(max_fraction * total)), int((n >= 2).sum()))
+    m = max(int(k), 1)
+    while m > 1 and int(np.minimum(floor_full, m).sum()) > cap:
+        m -= 1
+    lo = np.minimum(floor_full, m)
+    hi = n - np.minimum(k, n - lo)  # the weight part keeps min(K, n - lo) images
+
+    def count(t: float) -> np.ndarray:
+        return np.clip(np.round(t * n).astype(np.int64), lo, hi)
+
+    target = arch_fraction * total
+    t_lo, t_hi = 0.0, 1.0
+    for _ in range(60):  # smallest t whose total reaches the target
+        mid = (t_lo + t_hi) / 2
+        if count(mid).sum() >= target:
+            t_hi = mid
+        else:
+            t_lo = mid
+    below, above = count(t_lo), count(t_hi)
+    return below if abs(below.sum() - target) < abs(above.sum() - target) else above
+
+
+def _pick_arch(idx: np.ndarray, cams: np.ndarray, n_arch: int, rng: np.random.Generator) -> np.ndarray:
+    """``n_arch`` of an identity's images: a second camera as soon as one is available, else
+    from the camera with the most images left; one image of every camera with two or more
+    stays for the weight part while others are left (ties: a seeded camera order)."""
+    cam_ids = rng.permutation(np.unique(cams)).tolist()
+    pools, reserved = {}, []
+    for c in cam_ids:
+        imgs = rng.permutation(idx[cams == c]).tolist()
+        if len(imgs) >= 2:
+            reserved.append(imgs.pop())
+        pools[c] = imgs
+    arch: list[int] = []
+    arch_cams: set = set()
+    for _ in range(n_arch):
+        avail = [c for c in cam_ids if pools[c]]
+        if not avail:
+            arch.append(reserved.pop(0))
+            continue
+        fresh = [c for c in avail if c not in arch_cams] if len(arch_cams) < 2 else []
+        c = max(fresh or avail, key=lambda cam: len(pools[cam]))
+        arch.append(pools[c].pop())
+        arch_cams.add(c)
+    return np.asarray(arch, dtype=np.int64)
+
+
+def split_weight_arch(labels: Sequence[int], arch_fraction: float = 0.2, seed: int = 0,
+                      camids: Sequence[int] | None = None, k: int = 1,
+                      max_fraction: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Split image indices into a weight subset and an architecture subset.
 
     The split is **by image, stratified by identity**: every identity with at least two
-    images has images in both subsets (``round(arch_fraction * n)`` clamped to
-    ``1..n-1`` go to the architecture subset), so both subsets share one label space,
-    which the architecture step's cross-entropy and triplet losses need. An identity
-    with a single image goes to the weight subset only.
+    images has images in both subsets, so both share one label space, which the
+    architecture step's cross-entropy and triplet losses need; an identity with a single
+    image goes to the weight subset only. Per identity with ``n`` images:
+
+    - at least ``min(k, n // 2)`` images in each subset (``k``: the PK sampler's K), so
+      an identity with ``2k`` images gives full, unpadded PK slots in both, and a
+      smaller one is split as evenly as it can be; if these floors alone would put more
+      than ``max_fraction`` of the images in the architecture subset (identities with
+      few images), they are lowered together until they fit;
+    - otherwise ``round(t * n)`` images, with one ``t`` for all identities chosen so the
+      architecture subset is as close to ``arch_fraction`` of the images as the floors
+      allow;
+    - the architecture images come from two cameras as soon as the identity has two, then
+      from its cameras with the most images left, and one image of every camera with
+      two or more stays in the weight subset: both subsets span two cameras wherever the
+      identity's images allow it (when only one can, the architecture subset does).
 
     Args:
         labels: the identity (class) of every training image.
-        arch_fraction: share of each identity's images for the architecture steps
+        arch_fraction: target share of the images for the architecture steps
             (0.2 in the paper).
         seed: seed of the split.
+        camids: the camera of every image (default: one camera).
+        k: images per identity of a PK batch (1: no floor beyond one image).
+        max_fraction: the largest share the floors may take (default
+            ``1.25 * arch_fraction``).
 
     Returns:
         ``(weight_indices, arch_indices)``, sorted, disjoint, covering all images.
@@ -186,12 +256,17 @@ def split_weight_arch(labels: Sequence[int], arch_fraction: float = 0.2,
     if not 0.0 < arch_fraction < 1.0:
         raise ValueError(f"arch_fraction must be in (0, 1), got {arch_fraction}")
     labels = np.asarray(labels)
+    cams = np.zeros(len(labels), dtype=np.int64) if camids is None else np.asarray(camids)
+    if len(cams) != len(labels):
+        raise ValueError(f"{len(labels)} labels but {len(cams)} camera ids")
     rng = np.random.default_rng([seed, 80_20])
-    weight, arch = [], []
-    for lab in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == lab))
-        n = len(idx)
-        n_arch = 0 if n < 2 else min(max(int(round(arch_fraction * n)), 1), n - 1)
-        arch.append(idx[:n_arch])
-        weight.append(idx[n_arch:])
-    return np.sort(np.concatenate(weight)), np.sort(np.concatenate(arch))
+    uniq, inverse = np.unique(labels, return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    counts = np.bincount(inverse, minlength=len(uniq))
+    n_arch = _arch_counts(counts, arch_fraction, max(int(k), 1),
+                          1.25 * arch_fraction if max_fraction is None else max_fraction)
+    groups = np.split(order, np.cumsum(counts)[:-1])
+    arch = [_pick_arch(idx, cams[idx], int(a), rng) for idx, a in zip(groups, n_arch)]
+    arch_idx = np.sort(np.concatenate(arch)) if arch else np.zeros(0, dtype=np.int64)
+    weight_idx = np.setdiff1d(np.arange(len(labels)), arch_idx)
+    return weight_idx, arch_idx

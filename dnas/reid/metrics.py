@@ -3,7 +3,11 @@
 For every query, the gallery is ranked by increasing distance; gallery images of the
 query's identity taken by the query's camera are removed (they are "junk": too easy);
 the remaining images of the query's identity are its true matches. A query without any
-true match is skipped (and counted). Per query:
+true match is skipped: the results count it (``num_skipped``) beside the queries the
+rates are averaged over (``num_valid``). Images with pid ``-1`` (Market-1501 "junk")
+are dropped from query and gallery before ranking, as the data loaders drop them, and
+counted (``num_junk_query`` / ``num_junk_gallery``); a pid below ``-1`` is an error.
+Per query:
 
 - CMC: ``cmc[k] = 1`` if a true match is within the first ``k + 1`` kept images;
 - AP: mean over true matches of (matches so far) / (rank among kept images);
@@ -125,19 +129,33 @@ def _per_query(num_q: int, good_r, good_rank, junk_r, junk_rank):
     return first, ap, inp, num_good
 
 
+def _junk_masks(q_pids: np.ndarray, g_pids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Keep-masks of query and gallery without pid ``-1``; a pid below ``-1`` is refused."""
+    for what, pids in (("query", q_pids), ("gallery", g_pids)):
+        if len(pids) and pids.min() < -1:
+            raise DataError(f"Re-ID evaluation: {what} pid {int(pids.min())} is invalid; expected -1 (junk, "
+                            "dropped) or >= 0")
+    q_keep, g_keep = q_pids != -1, g_pids != -1
+    if not q_keep.any() or not g_keep.any():
+        raise DataError(f"Re-ID evaluation: no {'query' if not q_keep.any() else 'gallery'} image left "
+                        "after dropping pid -1 (junk)")
+    return q_keep, g_keep
+
+
 def _summarise(first: np.ndarray, ap: np.ndarray, inp: np.ndarray, num_good: np.ndarray,
-               max_rank: int) -> dict[str, Any]:
+               max_rank: int, junk: tuple[int, int] = (0, 0)) -> dict[str, Any]:
     valid = num_good > 0
     n_valid = int(valid.sum())
     if n_valid == 0:
-        raise DataError("Re-ID evaluation: no query has a true match in the gallery "
-                        "(same identity, another camera)")
+        raise DataError(f"Re-ID evaluation: no query has a true match in the gallery "
+                        f"(same identity, another camera; {len(first)} queries skipped)")
     hist = np.bincount(np.minimum(first[valid], max_rank), minlength=max_rank + 1)
     cmc = np.cumsum(hist[:max_rank]) / n_valid
     return {"cmc": cmc, "mAP": float(ap[valid].mean()), "mINP": float(inp[valid].mean()),
             "rank1": float(cmc[0]), "rank5": float(cmc[min(4, max_rank - 1)]),
             "rank10": float(cmc[min(9, max_rank - 1)]), "num_queries": int(len(first)),
-            "num_valid": n_valid, "num_skipped": int(len(first) - n_valid)}
+            "num_valid": n_valid, "num_skipped": int(len(first) - n_valid),
+            "num_junk_query": int(junk[0]), "num_junk_gallery": int(junk[1])}
 
 
 def _labels(a) -> np.ndarray:
@@ -164,11 +182,13 @@ def evaluate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50,
 
     Returns:
         ``{"cmc": (max_rank,) float array, "mAP", "mINP", "rank1", "rank5", "rank10",
-        "num_queries", "num_valid", "num_skipped"}``; rates are fractions in [0, 1],
-        averaged over the valid (not skipped) queries.
+        "num_queries", "num_valid", "num_skipped", "num_junk_query",
+        "num_junk_gallery"}``; rates are fractions in [0, 1], averaged over the
+        ``num_valid`` queries; ``num_skipped`` queries had no true match;
+        ``num_queries`` (= valid + skipped) excludes the dropped pid ``-1`` queries.
 
     Raises:
-        DataError: no query has a true match.
+        DataError: no query has a true match, or a pid below -1.
     """
     q_pids, g_pids, q_camids, g_camids = map(_labels, (q_pids, g_pids, q_camids, g_camids))
     num_q, num_g = distmat.shape
@@ -179,12 +199,22 @@ def evaluate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50,
     on_torch = torch.is_tensor(distmat) and distmat.device.type != "cpu"
     if torch.is_tensor(distmat) and not on_torch:
         distmat = distmat.detach().numpy()
+    q_keep, g_keep = _junk_masks(q_pids, g_pids)
+    junk = (int((~q_keep).sum()), int((~g_keep).sum()))
+    if junk != (0, 0):
+        if on_torch:
+            distmat = distmat[torch.as_tensor(q_keep, device=distmat.device)][
+                :, torch.as_tensor(g_keep, device=distmat.device)]
+        else:
+            distmat = np.ascontiguousarray(np.asarray(distmat)[q_keep][:, g_keep])
+        q_pids, q_camids, g_pids, g_camids = q_pids[q_keep], q_camids[q_keep], g_pids[g_keep], g_camids[g_keep]
+        num_q = len(q_pids)
     gallery = _Gallery(g_pids, g_camids)
     step = _chunk_rows(num_g, chunk_size)
     parts = [_chunk_stats(distmat[s:s + step], q_pids[s:s + step], q_camids[s:s + step], gallery)
              for s in range(0, num_q, step)]
     first, ap, inp, num_good = (np.concatenate(x) for x in zip(*parts))
-    return _summarise(first, ap, inp, num_good, max_rank)
+    return _summarise(first, ap, inp, num_good, max_rank, junk)
 
 
 def pairwise_distance(qf: torch.Tensor, gf: torch.Tensor, metric: str = "euclidean",
@@ -239,6 +269,11 @@ def evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, metric: str = 
     if len(q_pids) != qf.shape[0] or len(g_pids) != gf.shape[0]:
         raise ValueError(f"{qf.shape[0]} query / {gf.shape[0]} gallery features but "
                          f"{len(q_pids)} / {len(g_pids)} pids")
+    q_keep, g_keep = _junk_masks(q_pids, g_pids)
+    junk = (int((~q_keep).sum()), int((~g_keep).sum()))
+    if junk != (0, 0):
+        qf, gf = qf[torch.as_tensor(q_keep, device=qf.device)], gf[torch.as_tensor(g_keep, device=gf.device)]
+        q_pids, q_camids, g_pids, g_camids = q_pids[q_keep], q_camids[q_keep], g_pids[g_keep], g_camids[g_keep]
     gallery = _Gallery(g_pids, g_camids)
     step = _chunk_rows(gf.shape[0], chunk_size)
     parts = []
@@ -250,4 +285,4 @@ def evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, metric: str = 
                 dist = dist.numpy()
             parts.append(_chunk_stats(dist, q_pids[s:s + step], q_camids[s:s + step], gallery))
     first, ap, inp, num_good = (np.concatenate(x) for x in zip(*parts))
-    return _summarise(first, ap, inp, num_good, max_rank)
+    return _summarise(first, ap, inp, num_good, max_rank, junk)
