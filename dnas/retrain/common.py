@@ -198,6 +198,7 @@ class Trainer:
 
     kind = "retrain"
     best_key = "loss"
+    best_mode: str | None = None  # "max" / "min" best_key; None: "min" for a *loss key, else "max"
 
     def __init__(self, cfg: TrainConfig, rt: Runtime, data, net: nn.Module, global_batch: int,
                  progress: bool = True):
@@ -211,7 +212,7 @@ class Trainer:
         self.sampler = data.train_sampler
         self.loader = seeded_loader(data.train, self.sampler)
         self.epoch, self.pos, self.step, self.bad_steps = 0, 0, 0, 0
-        self.best_metric, self.last_eval = -math.inf, {}
+        self.best_metric, self.best_epoch, self.last_eval = -math.inf, -1, {}
         self.acc: dict = {}
 
     # -- hooks -------------------------------------------------------------------------
@@ -221,6 +222,20 @@ class Trainer:
 
     def evaluate(self) -> dict:
         raise NotImplementedError
+
+    def evaluate_final(self, done: dict) -> dict:
+        """Extra metrics after the last epoch (``done``: what :meth:`evaluate` returned),
+        e.g. the test split of a Re-ID run."""
+        return {}
+
+    def selection_score(self, metrics: dict) -> float | None:
+        """The score checkpoint-best.pt maximises (``best_key``, negated for ``min``), or
+        ``None`` when the epoch's metrics lack it."""
+        if self.best_key not in metrics:
+            return None
+        v = float(metrics[self.best_key])
+        mode = self.best_mode or ("min" if self.best_key.endswith("loss") else "max")
+        return v if mode == "max" else -v
 
     def extra_state(self) -> dict:
         return {}
@@ -241,7 +256,8 @@ class Trainer:
         return {"model": self.net.state_dict(), "opt": self.opt.state_dict(),
                 "ema": self.ema.state_dict() if self.ema is not None else None,
                 "epoch": self.epoch, "pos": self.pos, "step": self.step, "bad_steps": self.bad_steps,
-                "best_metric": self.best_metric, "last_eval": dict(self.last_eval), "acc": dict(self.acc),
+                "best_metric": self.best_metric, "best_epoch": self.best_epoch, "last_eval": dict(self.last_eval),
+                "acc": dict(self.acc),
                 "rng": rng_state(), "sampler": self.sampler.state_dict(self.pos),
                 "num_classes": self.data.num_classes, **self.extra_state()}
 
@@ -257,6 +273,7 @@ class Trainer:
             self.ema.load_state_dict(state["ema"])
         self.epoch, self.pos, self.step = int(state["epoch"]), int(state["pos"]), int(state["step"])
         self.bad_steps, self.best_metric = int(state["bad_steps"]), float(state["best_metric"])
+        self.best_epoch = int(state.get("best_epoch", -1))
         self.last_eval, self.acc = dict(state["last_eval"]), dict(state["acc"])
         set_rng_state(state["rng"])
         self.load_extra_state(state)
@@ -364,15 +381,19 @@ def fit(t: Trainer, run_dir: Path, curve_keys: list[str], summary_line) -> None:
         t.run_epoch(on_step)
         metrics = t.end_epoch()
         if rt.is_main and ((t.epoch + 1) % cfg.eval_every == 0 or t.epoch + 1 == cfg.epochs):
-            t.last_eval = {**t.evaluate(), "epoch": t.epoch}
+            ev = t.evaluate()
+            if t.epoch + 1 == cfg.epochs:
+                ev.update(t.evaluate_final(ev))
+            t.last_eval = {**ev, "epoch": t.epoch}
             metrics.update({k: v for k, v in t.last_eval.items() if k != "epoch"})
         metrics["epoch_time_s"] = time.time() - t0
         done = t.epoch
         t.epoch, t.pos, t.acc = t.epoch + 1, 0, {}
         if rt.is_main:
-            improved = t.best_key in metrics and metrics[t.best_key] > t.best_metric
+            score = t.selection_score(metrics)
+            improved = score is not None and score > t.best_metric
             if improved:
-                t.best_metric = metrics[t.best_key]
+                t.best_metric, t.best_epoch = score, done
             logger.log_epoch(done, metrics)
             (run_dir / "plots").mkdir(exist_ok=True)
             plot_curves(logger.rows, curve_keys, run_dir / "plots" / "curves.png", f"{t.kind} {run_dir.name}")

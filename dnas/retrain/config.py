@@ -197,6 +197,8 @@ class ReIDConfig(TrainConfig):
     default: 10 pixels per 256 of input height),
     erasing_prob (random erasing); test_batch_size. synthetic_ids /
     synthetic_images_per_id: size of the embedded set (0 = its defaults).
+    msmt17_use_val: MSMT17 only, train on list_train + list_val (default false:
+    list_train only, as torchreid and fast-reid).
     Model: bnneck (BN on the embedding before the classifier; the retrieval feature
         is taken after it); pretrained: weights to start from (an ``imagenet`` run
         directory, a ``dnas-derive`` directory, or a ``.pt`` state dict / checkpoint);
@@ -207,6 +209,14 @@ class ReIDConfig(TrainConfig):
     Evaluation: every eval_every epochs and at the end (mAP, CMC rank-1/5/10, mINP),
         on at most eval_max_queries queries (0 = all), eval_flip averages flipped
         features.
+    Model selection: val_ids_fraction of the training identities (at least
+        val_min_ids; seeded by val_seed, apart from seed, so every seed of an ablation
+        selects on the same identities) are held out as a validation query/gallery;
+        the periodic evaluations use it (``val_*`` columns) and checkpoint-best.pt is
+        chosen by ``val_mAP``. The test query/gallery is evaluated after the last epoch
+        (``test_*`` columns, ``summary.json``), or at every evaluation with
+        eval_test_every_epoch (curves only, never used for selection).
+        val_ids_fraction=0 disables the split (best: the lowest training loss).
     """
 
     p: int = 16
@@ -226,6 +236,11 @@ class ReIDConfig(TrainConfig):
     center_lr: float = 0.5
     eval_max_queries: int = 0
     eval_flip: bool = False
+    val_ids_fraction: float = 0.05
+    val_min_ids: int = 8
+    val_seed: int = 0
+    eval_test_every_epoch: bool = False
+    msmt17_use_val: bool = False
     synthetic_ids: int = 0
     synthetic_images_per_id: int = 0
 
@@ -245,6 +260,8 @@ class ReIDConfig(TrainConfig):
             (self.center_weight >= 0 and self.center_lr > 0, "center_weight/center_lr",
              "center_weight >= 0 and center_lr > 0"),
             (self.eval_max_queries >= 0, "eval_max_queries", "an integer >= 0 (0 = all)"),
+            (0 <= self.val_ids_fraction < 1, "val_ids_fraction", "a number in [0, 1) (0 = no validation split)"),
+            (self.val_min_ids >= 1, "val_min_ids", "an integer >= 1"),
         ]
 
 
@@ -262,8 +279,8 @@ def load_arch(arch: str, **changes) -> dict:
     path = resolve_space_path(arch)
     try:
         data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise SpaceError(f"{path}: cannot read ({str(exc).splitlines()[0]})") from None
+    except (OSError, yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise SpaceError(f"{path}: cannot read ({str(exc).splitlines()[0][:160]})") from None
     if not isinstance(data, dict):
         raise SpaceError(f"{path}: expected a mapping at the top level")
     data.update({k: v for k, v in changes.items() if v is not None})

@@ -13,6 +13,14 @@ input size), ``pretrained.json`` (what was loaded), ``metrics.csv``, ``tensorboa
 ``dnas-derive`` layout: ``model.pt``, ``model.onnx``, ``summary.json`` with mAP, R1,
 mINP and MACs).
 
+Model selection (:mod:`dnas.data.protocol`): the periodic evaluations use a validation
+query/gallery carved from the training identities (``val_*`` metrics; those identities
+do not train) and ``checkpoint-best.pt`` is the epoch with the best ``val_mAP``; the
+test query/gallery is evaluated after the last epoch (``test_*``; the final weights and,
+once, the best checkpoint's) and is what ``summary.json`` reports as ``mAP``, ``rank1``,
+...; ``eval_test_every_epoch`` adds test curves (never used for selection).
+``--eval-only`` evaluates the test split.
+
 NOTE: with mixup, the CE uses the mixed soft targets; the triplet loss and the IB
 tracker use the label of the dominant image of each mix (the paper lists mixup among
 the augmentations without saying how it meets the metric losses).
@@ -31,29 +39,33 @@ from dnas.errors import DnasError
 from dnas.ib import IBTracker
 from dnas.losses import CenterLoss, batch_hard_triplet, cross_entropy_smooth
 from dnas.retrain.common import LAST, Trainer, export_final, fit, load_checkpoint, load_pretrained, read_weights
-from dnas.retrain.config import ReIDConfig, load_arch, suffixed
 from dnas.runtime import Runtime, seed_everything, setup_runtime, teardown_runtime
 
 log = logging.getLogger(__name__)
 KIND = "retrain-reid"
-CURVES = ["loss", "ce", "triplet", "ibb", "ib_loss", "mAP", "rank1", "mINP", "lr"]
+CURVES = ["loss", "ce", "triplet", "ibb", "ib_loss", "val_mAP", "val_rank1", "test_mAP", "test_rank1", "lr"]
+METRICS = ("mAP", "rank1", "rank5", "rank10", "mINP", "num_queries", "num_valid", "num_skipped")
 
 
-def build_reid_data(cfg: ReIDConfig, rt: Runtime, height: int, width: int):
-    """PK training loader and query/gallery loaders of a Re-ID ``--data`` spec."""
+def build_reid_data(cfg: ReIDConfig, rt: Runtime, height: int, width: int, training: bool = True):
+    """PK training loader, validation and test query/gallery loaders of a Re-ID ``--data`` spec."""
     from dnas.data.loaders import DataConfig, build_loaders
     from dnas.data.synthetic import synthetic_reid_config
 
     synth = synthetic_reid_config(0, cfg.synthetic_ids, cfg.synthetic_images_per_id)  # same data for every seed
     dcfg = DataConfig(data=cfg.data, height=height, width=width, p=cfg.p, k=cfg.k, workers=cfg.workers,
                       seed=cfg.seed, rank=rt.rank, world_size=rt.world_size, test_batch_size=cfg.test_batch_size,
-                      flip_prob=cfg.flip_prob, pad=cfg.pad, erasing_prob=cfg.erasing_prob, synthetic_reid=synth)
+                      flip_prob=cfg.flip_prob, pad=cfg.pad, erasing_prob=cfg.erasing_prob, synthetic_reid=synth,
+                      val_ids_fraction=cfg.val_ids_fraction, val_min_ids=cfg.val_min_ids, val_seed=cfg.val_seed,
+                      msmt17_use_val=cfg.msmt17_use_val)
     data = build_loaders(dcfg)
     if data.task != "reid":
         raise DnasError(f"--data {cfg.data}: dnas-retrain reid needs a Re-ID data set "
                         "(market1501:, dukemtmc:, msmt17:, cuhk03:, synthetic); use 'dnas-retrain imagenet'")
-    if rt.is_main:
+    if rt.is_main and training:
         log.info("data:\n%s", data.splits.summary())
+        log.info("%s", data.validation.summary_line() if data.validation is not None else
+                 "no validation split (val_ids_fraction=0): checkpoint-best.pt by the lowest training loss")
     return data
 
 
@@ -61,10 +73,12 @@ class ReIDTrainer(Trainer):
     """Re-ID finetuning (eq. 4). See :class:`dnas.retrain.common.Trainer` for the args."""
 
     kind = KIND
-    best_key = "mAP"
+    best_key, best_mode = "val_mAP", "max"
 
     def __init__(self, cfg: ReIDConfig, rt: Runtime, data, net, progress: bool = True):
         super().__init__(cfg, rt, data, net, cfg.batch_size * rt.world_size, progress)
+        if data.validation is None:  # never select on the test split
+            self.best_key, self.best_mode = "loss", "min"
         self.ib = IBTracker(data.num_classes)
         self.center = self.center_opt = None
         if cfg.center_weight > 0:
@@ -123,11 +137,24 @@ class ReIDTrainer(Trainer):
         m.update(ib_loss=s["ib"], ibb_epoch=s["ibb"], i_xf=s["i_xf"], i_fy=s["i_fy"])
         return m
 
-    def evaluate(self) -> dict:
-        from dnas.evaluation import evaluate_reid
+    def evaluate_split(self, split: str, model=None) -> dict:
+        """``val_*`` or ``test_*`` metrics of ``model`` (default: the deploy weights)."""
+        from dnas.evaluation import evaluate_reid, prefixed
 
-        return evaluate_reid(self.deploy_model, self.data.query, self.data.gallery, self.rt.device,
-                             max_queries=self.cfg.eval_max_queries, flip=self.cfg.eval_flip)
+        query, gallery = ((self.data.val_query, self.data.val_gallery) if split == "val"
+                          else (self.data.query, self.data.gallery))
+        return prefixed(evaluate_reid(model if model is not None else self.deploy_model, query, gallery,
+                                      self.rt.device, max_queries=self.cfg.eval_max_queries,
+                                      flip=self.cfg.eval_flip), split)
+
+    def evaluate(self) -> dict:
+        out = self.evaluate_split("val") if self.data.validation is not None else {}
+        if self.cfg.eval_test_every_epoch:
+            out.update(self.evaluate_split("test"))
+        return out
+
+    def evaluate_final(self, done: dict) -> dict:
+        return {} if "test_mAP" in done else self.evaluate_split("test")
 
 
 def _summary_line(epochs: int):
@@ -136,8 +163,11 @@ def _summary_line(epochs: int):
                  f"tri {m['triplet']:.3f}"]
         if not math.isnan(m.get("ibb_epoch", math.nan)):
             parts.append(f"ibb {m['ibb_epoch']:.3f} ib {m['ib_loss']:.3f}")
-        if "mAP" in m:
-            parts.append(f"mAP {100 * m['mAP']:.1f} R1 {100 * m['rank1']:.1f} mINP {100 * m['mINP']:.1f}")
+        for split in ("val", "test"):
+            if f"{split}_mAP" in m:
+                parts.append(f"{split} mAP {100 * m[f'{split}_mAP']:.1f} R1 {100 * m[f'{split}_rank1']:.1f} "
+                             f"mINP {100 * m[f'{split}_mINP']:.1f}"
+                             + (f" ({m[f'{split}_num_skipped']} skipped)" if m.get(f"{split}_num_skipped") else ""))
         return " | ".join(parts + [f"lr {m['lr']:.2e}", f"{m['epoch_time_s']:.1f}s"])
 
     return line
@@ -208,13 +238,53 @@ def run_reid(cfg: ReIDConfig, run_dir: Path, resume: bool = False, progress: boo
         fit(t, run_dir, CURVES, _summary_line(cfg.epochs))
         if rt.is_main:
             last = _last_row(run_dir)
-            extra = {k: t.last_eval.get(k) for k in ("mAP", "rank1", "rank5", "rank10", "mINP")}
+            extra = _protocol_summary(t, arch, run_dir)
+            best = extra["checkpoint_best"]
+            log.info("test split (final weights): mAP %.4f rank-1 %.4f over %s queries (%s skipped); "
+                     "checkpoint-best.pt: epoch %s by %s (%s), test mAP %s", extra["mAP"] or 0, extra["rank1"] or 0,
+                     extra["test"]["num_valid"], extra["test"]["num_skipped"], best["epoch"], best["selected_by"],
+                     best["split"], (best.get("test") or {}).get("mAP"))
             extra.update(ib_loss=last.get("ib_loss"), ibb=last.get("ibb_epoch"), data=cfg.data,
                          epochs=cfg.epochs, ema=cfg.ema, use_ibb=cfg.use_ibb, pretrained=cfg.pretrained)
             summary = export_final(t, run_dir, arch, extra)
     finally:
         teardown_runtime(rt)
     return summary
+
+
+def _protocol_summary(t: ReIDTrainer, arch: dict, run_dir: Path) -> dict:
+    """The ``summary.json`` figures and which split each comes from: test (final weights)
+    at the top level, the best checkpoint's validation and test figures, the split."""
+    from dnas.export import build_model
+
+    test = {k: t.last_eval.get(f"test_{k}") for k in METRICS}
+    out: dict = {**{k: test[k] for k in ("mAP", "rank1", "rank5", "rank10", "mINP")},
+                 "metrics_split": "test query/gallery, final weights (after the last epoch)",
+                 "test": {**test, "weights": "final"}}
+    best = {"epoch": t.best_epoch if t.best_epoch >= 0 else None, "selected_by": t.best_key,
+            "split": "validation (training ids held out)" if t.data.validation is not None
+            else "training loss (no validation split)"}
+    rows = {int(r["epoch"]): r for r in _read_rows(run_dir)}
+    best.update({k: int(float(v)) if "num_" in k else float(v) for k, v in rows.get(t.best_epoch, {}).items()
+                 if k.startswith("val_") and v != ""})
+    if t.best_epoch == t.last_eval.get("epoch"):
+        best["test"] = dict(test)
+    elif (run_dir / "checkpoint-best.pt").is_file():
+        state = load_checkpoint(run_dir / "checkpoint-best.pt", KIND)
+        model = build_model(arch)
+        model.load_state_dict(state["ema"]["model"] if state.get("ema") else state["model"])
+        m = t.evaluate_split("test", model.to(t.rt.device))
+        best["test"] = {k: m[f"test_{k}"] for k in METRICS}
+    out["checkpoint_best"] = best
+    out["validation"] = t.data.validation.to_dict() if t.data.validation is not None else None
+    out["data_note"] = t.data.splits.note
+    return out
+
+
+def _read_rows(run_dir: Path) -> list[dict]:
+    from dnas.runlog import read_csv_rows
+
+    return read_csv_rows(run_dir / "metrics.csv")
 
 
 def _last_row(run_dir: Path) -> dict:
@@ -244,7 +314,8 @@ def evaluate_only(path: str | Path, cfg: ReIDConfig, which: str = "last") -> dic
         which: ``last`` or ``best`` for a run directory.
 
     Returns:
-        ``{"mAP", "rank1", "rank5", "rank10", "mINP", "num_queries", "weights"}``.
+        ``{"mAP", "rank1", "rank5", "rank10", "mINP", "num_queries", "num_valid",
+        "num_skipped", "split": "test", "weights", "data"}``: the test query/gallery.
     """
     from dnas.evaluation import evaluate_reid
     from dnas.export import build_model, load_derived
@@ -262,14 +333,15 @@ def evaluate_only(path: str | Path, cfg: ReIDConfig, which: str = "last") -> dic
         model, source = load_derived(path), str(path / "model.pt")
     else:
         raise DnasError(f"{path}: not a reid run directory, a checkpoint in one, or a directory with model.pt")
-    cfg = dataclasses.replace(cfg, arch=cfg.arch or str(path))
+    cfg = dataclasses.replace(cfg, arch=cfg.arch or str(path), val_ids_fraction=0.0)  # the test split only
     cfg.validate()
     rt = setup_runtime(cfg.device)
     try:
         c, h, w = model.arch.input_size
-        data = build_reid_data(cfg, rt, h, w)
+        data = build_reid_data(cfg, rt, h, w, training=False)
+        log.info("--eval-only: %s on the test query/gallery of %s", source, cfg.data)
         metrics = evaluate_reid(model.to(rt.device), data.query, data.gallery, rt.device,
                                 max_queries=cfg.eval_max_queries, flip=cfg.eval_flip)
     finally:
         teardown_runtime(rt)
-    return {**metrics, "weights": source, "data": cfg.data}
+    return {**metrics, "split": "test", "weights": source, "data": cfg.data}

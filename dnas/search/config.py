@@ -16,8 +16,17 @@ class SearchConfig:
         supernet: space name or YAML path. data: ``--data`` spec (``synthetic``,
         ``market1501:/path``, ...). height/width: input size (default: the space's).
         p, k: identities and images per identity of a batch (batch = p * k).
-        arch_fraction: share of training images for the architecture steps (0.2).
-        workers: DataLoader workers.
+        arch_fraction: share of training images for the architecture steps (0.2; the
+        split keeps k images and two cameras per identity in each part where it can).
+        workers: DataLoader workers. msmt17_use_val: MSMT17 only, train on
+        list_train + list_val (default false: list_train only, as torchreid/fast-reid).
+    Model selection: val_ids_fraction of the training identities (at least
+        val_min_ids; seeded by val_seed, apart from seed) are held out as a validation
+        query/gallery (one image per camera as query); checkpoint-best.pt is chosen by
+        their mAP (``val_mAP``); the test query/gallery is evaluated once, after the
+        last epoch (``test_*`` columns), or after every evaluation with
+        eval_test_every_epoch (curves only, never used for selection).
+        val_ids_fraction=0 disables the split (best: the lowest arch-split loss).
     Weights (SGD): w_lr is the lr per batch of 256 (scaled linearly with the batch);
         w_schedule ``step`` (x w_gamma at w_milestones epochs) or ``cosine``.
     Architecture (Adam): a_lr, a_betas, a_weight_decay, cosine schedule;
@@ -31,7 +40,8 @@ class SearchConfig:
     System: device ``auto|cpu|cuda``, amp (bf16 autocast on CUDA), channels_last,
         compile (torch.compile), grad_clip, max_bad_steps (consecutive NaN/inf
         losses before the run stops), checkpoint_every (steps; 0 = end of epoch only),
-        eval_every (epochs), eval_max_queries (cap of the held-out mAP evaluation).
+        eval_every (epochs), eval_max_queries (cap of the queries of each
+        evaluation, validation and test).
     """
 
     supernet: str = "tiny"
@@ -42,6 +52,11 @@ class SearchConfig:
     p: int = 8
     k: int = 4
     arch_fraction: float = 0.2
+    val_ids_fraction: float = 0.05
+    val_min_ids: int = 8
+    val_seed: int = 0
+    eval_test_every_epoch: bool = False
+    msmt17_use_val: bool = False
     workers: int = 0
     seed: int = 0
     deterministic: bool = False
@@ -101,6 +116,8 @@ class SearchConfig:
             (self.epochs >= 1, "epochs", "an integer >= 1"),
             (self.p >= 2 and self.k >= 2, "p/k", "p >= 2 identities and k >= 2 images per batch (triplet)"),
             (0 < self.arch_fraction < 1, "arch_fraction", "a number in (0, 1)"),
+            (0 <= self.val_ids_fraction < 1, "val_ids_fraction", "a number in [0, 1) (0 = no validation split)"),
+            (self.val_min_ids >= 1, "val_min_ids", "an integer >= 1"),
             (self.w_lr > 0 and self.a_lr > 0, "w_lr/a_lr", "positive learning rates"),
             (self.tau0 > 0 and self.tau_decay >= 0, "tau0/tau_decay", "tau0 > 0 and tau_decay >= 0"),
             (self.max_bad_steps >= 1, "max_bad_steps", "an integer >= 1"),

@@ -4,7 +4,12 @@ held-out evaluation, metrics / TensorBoard / plots, and the final architecture.
 Run directory: ``config.yaml`` (resolved), ``metrics.csv``, ``tensorboard/``,
 ``arch_history.csv``, ``plots/arch_heatmap.png`` and ``plots/curves.png``,
 ``checkpoint-last.pt`` / ``checkpoint-best.pt``, ``final_arch.yaml`` (argmax), ready
-for ``dnas-derive RUN_DIR``.
+for ``dnas-derive RUN_DIR``, and ``summary.json`` (which split each figure comes from).
+
+Model selection: ``checkpoint-best.pt`` is the epoch with the best ``val_mAP``, on the
+validation query/gallery carved from the training identities (``val_ids_fraction``;
+:mod:`dnas.data.protocol`); the test query/gallery is evaluated after the last epoch
+(``test_*``), or at every evaluation with ``eval_test_every_epoch`` (curves only).
 """
 from __future__ import annotations
 
@@ -40,12 +45,17 @@ def build_search_data(cfg: SearchConfig, rt: Runtime):
     synth = synthetic_reid_config(cfg.seed, cfg.synthetic_ids, cfg.synthetic_images_per_id)
     dcfg = DataConfig(data=cfg.data, height=height, width=width, p=cfg.p, k=cfg.k, workers=cfg.workers,
                       seed=cfg.seed, arch_fraction=cfg.arch_fraction, rank=rt.rank, world_size=rt.world_size,
-                      test_batch_size=max(cfg.batch_size, 32), synthetic_reid=synth)
+                      test_batch_size=max(cfg.batch_size, 32), synthetic_reid=synth,
+                      val_ids_fraction=cfg.val_ids_fraction, val_min_ids=cfg.val_min_ids, val_seed=cfg.val_seed,
+                      msmt17_use_val=cfg.msmt17_use_val)
     data = build_loaders(dcfg)
     if data.task != "reid":
         raise DnasError(f"--data {cfg.data}: the search needs a Re-ID data set (identities for the triplet loss)")
     if rt.is_main:
         log.info("data:\n%s", data.splits.summary())
+        log.info("%s", data.validation.summary_line() if data.validation is not None else
+                 "no validation split (val_ids_fraction=0): checkpoint-best.pt by the lowest arch-split loss")
+        log.info("%s", data.arch_split_summary)
     return data
 
 
@@ -96,6 +106,7 @@ def run_search(cfg: SearchConfig, run_dir: Path, resume: bool = False, progress:
             _check_ranks_agree(s, run_dir, rt)
         if rt.is_main:
             _write_final_arch(s, run_dir)
+            _write_summary(s, cfg, run_dir)
     finally:
         teardown_runtime(rt)
     return run_dir
@@ -119,23 +130,25 @@ def _loop(s: Searcher, cfg: SearchConfig, run_dir: Path, rt: Runtime) -> None:
             s.run_phase("arch", on_step)
         metrics = s.end_epoch()
         if rt.is_main and ((s.epoch + 1) % cfg.eval_every == 0 or s.epoch + 1 == cfg.epochs):
-            metrics.update(_held_out(s, cfg, rt))
+            metrics.update(_held_out(s, cfg, rt, test=cfg.eval_test_every_epoch or s.epoch + 1 == cfg.epochs))
         metrics["epoch_time_s"] = time.time() - t0
         done_epoch = s.epoch
         s.epoch, s.phase, s.pos = s.epoch + 1, "weights", 0
         s.acc = s._new_accumulators()
         improved = False
         if rt.is_main:
-            key = metrics.get("mAP", -metrics["arch_loss"])
-            improved = key > s.best_metric
-            s.best_metric = max(s.best_metric, key)
+            key = _selection_score(s, cfg, metrics, done_epoch)
+            improved = key is not None and key > s.best_metric
+            if improved:
+                s.best_metric = key
             logger.log_epoch(done_epoch, metrics)
             history.append({"epoch": done_epoch, **arch_probability_row(s.net)})
             write_csv_rows(run_dir / "arch_history.csv", history)
             (run_dir / "plots").mkdir(exist_ok=True)
             plot_arch_heatmaps(history, s.net, run_dir / "plots" / "arch_heatmap.png")
             plot_curves(logger.rows, ["weights_loss", "arch_loss", "ibb_epoch", "ib_loss", "expected_latency_ms",
-                                      "mAP", "tau"], run_dir / "plots" / "curves.png", f"search {run_dir.name}")
+                                      "val_mAP", "test_mAP", "tau"], run_dir / "plots" / "curves.png",
+                        f"search {run_dir.name}")
             save_checkpoint(run_dir, s.state_dict(), best=improved)
             print(_summary_line(done_epoch, cfg.epochs, metrics), flush=True)
         if rt.distributed:
@@ -163,16 +176,66 @@ def _check_ranks_agree(s: Searcher, run_dir: Path, rt: Runtime) -> None:
         raise DnasError(f"architecture parameters differ between ranks: {[e['arch_sha256'][:12] for e in every]}")
 
 
-def _held_out(s: Searcher, cfg: SearchConfig, rt: Runtime) -> dict:
-    from dnas.evaluation import evaluate_reid
+def _selection_score(s: Searcher, cfg: SearchConfig, metrics: dict, epoch: int) -> float | None:
+    """What checkpoint-best maximises: ``val_mAP``; without a validation split, minus the
+    arch-split loss (after the warm-up); never a test figure. ``None``: not this epoch."""
+    if s.data.validation is not None:
+        return metrics.get("val_mAP")
+    return -metrics["arch_loss"] if epoch >= cfg.warmup_epochs else None
+
+
+def _held_out(s: Searcher, cfg: SearchConfig, rt: Runtime, test: bool) -> dict:
+    """``val_*`` metrics (the validation split) and, with ``test``, ``test_*`` metrics."""
+    from dnas.evaluation import evaluate_reid, prefixed
 
     # NOTE: the supernet is evaluated under its expected architecture (softmax of the logits):
     # that is the mixture its weights and BN statistics were trained on; a one-hot argmax
     # subnet needs retraining (dnas-retrain) before its accuracy means anything.
     with torch.no_grad():
         choice = s.net.probs_choice()
-    return evaluate_reid(s.net, s.data.query, s.data.gallery, rt.device, max_queries=cfg.eval_max_queries,
-                         choice=choice)
+    out: dict = {}
+    splits = [("val", s.data.val_query, s.data.val_gallery)] if s.data.validation is not None else []
+    if test:
+        splits.append(("test", s.data.query, s.data.gallery))
+    for name, query, gallery in splits:
+        out.update(prefixed(evaluate_reid(s.net, query, gallery, rt.device, max_queries=cfg.eval_max_queries,
+                                          choice=choice), name))
+    return out
+
+
+def _write_summary(s: Searcher, cfg: SearchConfig, run_dir: Path) -> None:
+    """``summary.json``: the final test figures, the selected epoch, and which split is which."""
+    from dnas.io import atomic_write_json
+
+    rows = read_csv_rows(run_dir / "metrics.csv")
+    last = rows[-1] if rows else {}
+    key = "val_mAP" if s.data.validation is not None else "arch_loss"
+    scored = [r for r in rows if r.get(key) not in (None, "")]
+    if key == "arch_loss":
+        scored = [r for r in scored if int(r["epoch"]) >= cfg.warmup_epochs]
+    best = (max(scored, key=lambda r: float(r[key])) if key == "val_mAP"
+            else min(scored, key=lambda r: float(r[key]))) if scored else {}
+    pick = {k: _num(k, v) for k, v in best.items() if (k.startswith("val_") or k == key) and v not in (None, "")}
+    atomic_write_json(run_dir / "summary.json", {
+        "data": cfg.data,
+        "data_note": s.data.splits.note,
+        "test": {k[5:]: _num(k, v) for k, v in last.items() if k.startswith("test_") and v not in (None, "")},
+        "test_note": "test query/gallery, after the last epoch; the supernet under its expected architecture "
+                     "(softmax of the logits); never used for selection",
+        "checkpoint_best": {"epoch": int(best["epoch"]) if best else None, "selected_by": key, **pick},
+        "checkpoint_best_note": ("validation split: identities held out of training, query/gallery style"
+                                 if key == "val_mAP" else "no validation split: the lowest arch-split loss"),
+        "validation": s.data.validation.to_dict() if s.data.validation is not None else None,
+        "arch_split": s.data.arch_split_stats,
+        "epochs": cfg.epochs,
+    })
+    log.info("summary.json: test split after the last epoch %s; checkpoint-best.pt: epoch %s by %s",
+             {k[5:]: last[k] for k in ("test_mAP", "test_rank1") if k in last}, best.get("epoch"), key)
+
+
+def _num(key: str, v) -> float | int:
+    """A metrics.csv cell as a number (counts as ints)."""
+    return int(float(v)) if "num_" in key else float(v)
 
 
 def _summary_line(epoch: int, epochs: int, m: dict) -> str:
@@ -182,7 +245,9 @@ def _summary_line(epoch: int, epochs: int, m: dict) -> str:
         parts.append(f"ibb {m['ibb_epoch']:.3f} ib {m['ib_loss']:.3f}")
     if "expected_latency_ms" in m:
         parts.append(f"lat {m['expected_latency_ms']:.3f} ms")
-    if "mAP" in m:
-        parts.append(f"mAP {100 * m['mAP']:.1f} R1 {100 * m['rank1']:.1f}")
+    for split in ("val", "test"):
+        if f"{split}_mAP" in m:
+            parts.append(f"{split} mAP {100 * m[f'{split}_mAP']:.1f} R1 {100 * m[f'{split}_rank1']:.1f}"
+                         + (f" ({m[f'{split}_num_skipped']} skipped)" if m.get(f"{split}_num_skipped") else ""))
     parts += [f"tau {m['tau']:.2f}", f"{m['epoch_time_s']:.1f}s"]
     return " | ".join(parts)
