@@ -261,3 +261,19 @@ def test_retrain_selects_on_validation_and_without_one_on_loss(tmp_path):
     assert summary0["checkpoint_best"]["selected_by"] == "loss" and summary0["num_classes"] == 60
     lowest = min(range(len(rows0)), key=lambda i: (float(rows0[i]["loss"]), i))
     assert summary0["checkpoint_best"]["epoch"] == lowest
+
+
+def test_runs_from_before_the_validation_split_resume_on_their_own_data(tmp_path):
+    import yaml
+
+    from dnas.data.protocol import legacy_protocol_changes
+    from dnas.retrain.config import ReIDConfig
+    from dnas.search.config import SearchConfig
+
+    old = tmp_path / "old.yaml"
+    old.write_text(yaml.safe_dump({"data": "msmt17:/data/msmt17", "epochs": 3}))
+    assert legacy_protocol_changes(old, SearchConfig()) == {"val_ids_fraction": 0.0, "msmt17_use_val": True}
+    new = tmp_path / "new.yaml"
+    new.write_text(yaml.safe_dump({"data": "msmt17:/x", "val_ids_fraction": 0.05, "msmt17_use_val": False}))
+    assert legacy_protocol_changes(new, ReIDConfig()) == {}
+    assert legacy_protocol_changes(tmp_path / "missing.yaml", ReIDConfig()) == {}

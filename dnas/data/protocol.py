@@ -13,17 +13,24 @@ the remaining training labels are re-indexed to ``0..N-1``.
 :func:`split_statistics` / :func:`format_split_statistics` describe the two parts of the
 search's weight/architecture split (identities, images per identity, identities with
 fewer than K images, identities seen by one camera only), for the run log.
+
+:func:`legacy_protocol_changes` keeps a run written before these keys existed resuming on
+the data it started with (no validation split; MSMT17 with ``list_val``).
 """
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections import defaultdict
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from dnas.data.reid_datasets import Item, relabel
 from dnas.errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -158,3 +165,30 @@ def format_split_statistics(parts: dict[str, dict], k: int, title: str) -> str:
                      f"{s['ids_one_camera']:12d}")
     lines.append(rule)
     return "\n".join(lines)
+
+
+def legacy_protocol_changes(config_yaml: str | Path, cfg) -> dict:
+    """Recipe changes that let a run resume on the data it was started with.
+
+    A ``config.yaml`` written before ``val_ids_fraction`` existed trained on every
+    training identity (and on MSMT17 ``list_train`` + ``list_val``, the old default);
+    resuming it with today's defaults would change its classes. Returns the
+    ``dataclasses.replace`` changes (``{}`` for a current run), with a warning.
+    """
+    import yaml
+
+    try:
+        old = yaml.safe_load(Path(config_yaml).read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    if not isinstance(old, dict):
+        return {}
+    changes = {}
+    if "val_ids_fraction" not in old and getattr(cfg, "val_ids_fraction", 0):
+        changes["val_ids_fraction"] = 0.0
+    if "msmt17_use_val" not in old and str(old.get("data", "")).lower().startswith("msmt17"):
+        changes["msmt17_use_val"] = True
+    if changes:
+        log.warning("%s: written before the validation split / msmt17_use_val keys; resuming with %s "
+                    "(the data the run started with)", config_yaml, changes)
+    return changes

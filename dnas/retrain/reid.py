@@ -224,6 +224,10 @@ def run_reid(cfg: ReIDConfig, run_dir: Path, resume: bool = False, progress: boo
 
     cfg.validate()
     run_dir = Path(run_dir)
+    if resume:  # a run from before the validation split resumes on its own data
+        from dnas.data.protocol import legacy_protocol_changes
+
+        cfg = dataclasses.replace(cfg, **legacy_protocol_changes(run_dir / "config.yaml", cfg))
     rt = setup_runtime(cfg.device)
     summary: dict = {}
     try:

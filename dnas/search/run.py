@@ -90,6 +90,12 @@ def run_search(cfg: SearchConfig, run_dir: Path, resume: bool = False, progress:
     """Run (or resume) a search into ``run_dir``; returns the run directory."""
     cfg.validate()
     run_dir = Path(run_dir)
+    if resume:  # a run from before the validation split resumes on its own data
+        import dataclasses
+
+        from dnas.data.protocol import legacy_protocol_changes
+
+        cfg = dataclasses.replace(cfg, **legacy_protocol_changes(run_dir / "config.yaml", cfg))
     rt = setup_runtime(cfg.device)
     try:
         if rt.is_main:
@@ -230,7 +236,7 @@ def _write_summary(s: Searcher, cfg: SearchConfig, run_dir: Path) -> None:
         "epochs": cfg.epochs,
     })
     log.info("summary.json: test split after the last epoch %s; checkpoint-best.pt: epoch %s by %s",
-             {k[5:]: last[k] for k in ("test_mAP", "test_rank1") if k in last}, best.get("epoch"), key)
+             {k[5:]: _num(k, last[k]) for k in ("test_mAP", "test_rank1") if last.get(k)}, best.get("epoch"), key)
 
 
 def _num(key: str, v) -> float | int:
