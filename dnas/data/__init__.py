@@ -7,6 +7,8 @@ The public entry points (see each module for details):
 - :func:`load_splits` and the per-set readers (:func:`load_market1501`, ...).
 - :class:`ImageListDataset`: ``(path, pid, camid)`` lists as a torch Dataset.
 - :class:`PKSampler`, :class:`RandomBatchSampler`, :func:`split_weight_arch`.
+- :func:`carve_validation` / :class:`ValidationSplit` (model selection on held-out
+  training identities), :func:`split_statistics`.
 - :func:`build_reid_transform`, :func:`build_classification_transform`,
   :func:`mixup_batch`.
 - :func:`ensure_synthetic_reid`, :func:`ensure_synthetic_imagefolder`.
@@ -15,6 +17,7 @@ from dnas.data.imagenet import ClassificationSplits, load_imagefolder
 from dnas.data.loaders import (CLASSIFICATION_NAMES, DATASET_NAMES, REID_NAMES, DataConfig,
                                DataLoaders, DataSpec, ImageListDataset, build_loaders,
                                load_splits, parse_data_spec)
+from dnas.data.protocol import ValidationSplit, carve_validation, split_statistics
 from dnas.data.reid_datasets import (ReIDSplits, load_cuhk03, load_dukemtmc, load_market1501,
                                      load_market_style, load_msmt17, relabel)
 from dnas.data.samplers import PKSampler, RandomBatchSampler, split_weight_arch
@@ -29,9 +32,9 @@ __all__ = [
     "CLASSIFICATION_NAMES", "DATASET_NAMES", "REID_NAMES", "ClassificationSplits", "DataConfig",
     "DataLoaders", "DataSpec", "IMAGENET_MEAN", "IMAGENET_STD", "ImageListDataset",
     "MixupBatch", "PKSampler", "RandomBatchSampler", "ReIDSplits",
-    "SyntheticImageFolderConfig", "SyntheticReIDConfig", "build_classification_transform",
-    "build_loaders", "build_reid_transform", "default_cache_dir", "ensure_synthetic_imagefolder",
+    "SyntheticImageFolderConfig", "SyntheticReIDConfig", "ValidationSplit", "build_classification_transform",
+    "build_loaders", "build_reid_transform", "carve_validation", "default_cache_dir", "ensure_synthetic_imagefolder",
     "ensure_synthetic_reid", "load_cuhk03", "load_dukemtmc", "load_imagefolder",
     "load_market1501", "load_market_style", "load_msmt17", "load_splits", "mixup_batch",
-    "parse_data_spec", "relabel", "split_weight_arch",
+    "parse_data_spec", "relabel", "split_statistics", "split_weight_arch",
 ]
