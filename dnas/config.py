@@ -153,6 +153,8 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Iterabl
             loaded = yaml.safe_load(path.read_text())
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not a text file (a recipe is UTF-8 YAML)") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

@@ -29,3 +29,7 @@ class CheckpointError(DnasError):
 
 class LatencyTableError(DnasError):
     """A latency table that is missing, stale (space hash differs) or lacks a key."""
+
+
+class EvaluationError(DnasError, ValueError):
+    """Features or distances that cannot be ranked (NaN or inf, e.g. from a diverged model)."""

@@ -14,7 +14,7 @@ import json
 import logging
 import warnings
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -53,6 +53,9 @@ def build_model(arch: Any, num_classes: int | None = None, use_dcs: bool | None 
         num_classes: classifier outputs (default: the arch's).
         use_dcs: build the DCS-Attention modules (default: the arch's ``use_dcs``).
     """
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
+                                    or num_classes < 1):
+        raise DnasError(f"num_classes {num_classes!r}: expected a positive integer")
     return PlainNet(_arch_space(arch), num_classes=num_classes, use_dcs=use_dcs)
 
 
@@ -211,7 +214,8 @@ def summarize(model: PlainNet, arch: dict, onnx_diff: float | None, extra: Mappi
 
 
 def export_derived(out: str | Path, arch: dict, model: PlainNet, *, onnx: bool = True, overwrite: bool = False,
-                   extra_summary: Mapping[str, Any] | None = None, extra_files: Mapping[str, Any] | None = None) -> dict:
+                   extra_summary: Mapping[str, Any] | None = None, extra_files: Mapping[str, Any] | None = None,
+                   inputs: Sequence = ()) -> dict:
     """Write a derived directory (atomically: all files or none).
 
     Args:
@@ -222,12 +226,13 @@ def export_derived(out: str | Path, arch: dict, model: PlainNet, *, onnx: bool =
         overwrite: replace an existing ``out``.
         extra_summary: more keys for ``summary.json`` (e.g. mAP of a retrain).
         extra_files: ``{name: callable(path)}`` writers of more files into the directory.
+        inputs: paths the export was made from (``out`` never replaces one).
 
     Returns:
         The summary dict.
     """
     model = model.eval()
-    with atomic_directory(out, overwrite=overwrite) as tmp:
+    with atomic_directory(out, overwrite=overwrite, kind="derived", inputs=tuple(inputs)) as tmp:
         atomic_write_yaml(tmp / "arch.yaml", arch)
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         buf_path = tmp / "model.pt"

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -113,14 +114,24 @@ def safe_torch_load(path: str | os.PathLike) -> Any:
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": noise beside the one-line error
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - re-raised as a user-facing error
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        text = str(exc).strip()
+        if "Weights only load failed" in text:
+            # NOTE: torch's message suggests weights_only=False; that would run the file's code: never pass it on
+            detail = next((ln.strip() for ln in text.splitlines() if ln.strip().startswith("Unsupported")),
+                          "unsupported content")
+            raise CheckpointError(f"{path}: refused: the file holds Python objects that are not weights "
+                                  f"({detail[:160]}); dnas reads only tensor checkpoints") from None
+        first = text.splitlines()[0][:200] if text else type(exc).__name__
         raise CheckpointError(f"{path}: not a readable checkpoint ({first})") from None
 
 
 @contextlib.contextmanager
-def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+def atomic_directory(target: str | os.PathLike, overwrite: bool = False, kind: str | None = None,
+                     inputs: tuple = ()) -> Iterator[Path]:
     """Build a directory in a temporary sibling and rename it into place on success.
 
     On an exception the temporary directory is removed and ``target`` is untouched.
@@ -129,29 +140,46 @@ def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iter
         target: the directory to create.
         overwrite: replace an existing ``target``; otherwise an existing non-empty
             target raises :class:`dnas.errors.DnasError`.
+        kind: the kind of output (see :mod:`dnas.outputs`): its marker is written into
+            the directory, and ``overwrite`` only replaces a directory of that kind.
+        inputs: paths the command reads; a target holding one is never replaced.
 
     Yields:
         The temporary directory to write into.
     """
     from dnas.errors import DnasError
+    from dnas.outputs import check_replace, check_writable_target, write_marker
 
-    target = Path(target)
-    if target.exists() and not overwrite and (not target.is_dir() or any(target.iterdir())):
+    target = check_writable_target(target)  # absolute: ``--out .`` has a name
+    if kind is not None:
+        check_replace(target, kind, overwrite, inputs)
+    elif target.exists() and not overwrite and any(target.iterdir()):
         raise DnasError(f"{target}: output directory exists and is not empty (pass --overwrite)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    except OSError as exc:
+        raise DnasError(f"{target}: cannot create the output directory ({exc.strerror})") from None
     os.chmod(tmp, 0o777 & ~_UMASK)
     try:
         yield tmp
+        if kind is not None:
+            write_marker(tmp, kind)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if target.exists():
-        old = target.with_name(f".{target.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+        try:
+            os.replace(target, old)  # an empty directory is replaced by rename
+            os.replace(tmp, target)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if old.exists() and not target.exists():
+                os.replace(old, target)
+            raise
+        finally:
+            shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, target)
     _fsync_dir(target.parent)

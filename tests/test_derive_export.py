@@ -25,7 +25,7 @@ def derived_dir(tmp_path_factory):
 
 
 def test_derive_writes_every_file(derived_dir, capsys):
-    assert {p.name for p in derived_dir.iterdir()} == FILES
+    assert {p.name for p in derived_dir.iterdir()} == FILES | {".dnas-output.json"}  # + the output marker
     summary = json.loads((derived_dir / "summary.json").read_text())
     for key in ("params", "macs", "macs_note", "input_size", "num_classes", "stage_widths", "onnx_max_abs_diff"):
         assert key in summary

@@ -54,7 +54,7 @@ def test_profile_show_and_overwrite(tmp_path, capsys):
 def test_validate_writes_report_plot_and_calibration(tiny_table_path, tmp_path, capsys):
     report_path, plot_path = tmp_path / "r" / "report.json", tmp_path / "r" / "scatter.png"
     argv = ["validate", "--supernet", "tiny", "--table", str(tiny_table_path), "--archs", "4", "--passes", "1",
-            "--out", str(report_path), "--plot", str(plot_path), "--no-progress"]
+            "--out", str(report_path), "--plot", str(plot_path), "--save-calibration", "--no-progress"]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "spearman" in out and "calibration: measured ~=" in out

@@ -75,7 +75,8 @@ def test_derive_from_run_argmax_and_top_k(run_dir, tmp_path, capsys):
     top = tmp_path / "top"
     assert derive_cli.main([str(run_dir), "--top-k", "3", "--no-onnx", "--out", str(top)]) == 0
     rows = (top / "top_k.csv").read_text().splitlines()
-    assert len(rows) == 4 and {p.name for p in top.iterdir()} == {"rank1", "rank2", "rank3", "top_k.csv"}
+    assert len(rows) == 4 and {p.name for p in top.iterdir()} == {"rank1", "rank2", "rank3", "top_k.csv",
+                                                              ".dnas-output.json"}
     probs = [float(r.split(",")[2]) for r in rows[1:]]
     assert probs == sorted(probs, reverse=True) and len({r.split(",")[1] for r in rows[1:]}) == 3
     lat = [float(r.split(",")[3]) for r in rows[1:]]

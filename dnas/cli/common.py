@@ -25,16 +25,53 @@ def cli_entry(prog: str) -> Callable[[Callable[[Sequence[str] | None], int]], Ca
             try:
                 return int(fn(argv) or 0)
             except DnasError as exc:
-                msg = " ".join(str(exc).split("\n"))
-                print(f"{prog}: error: {msg}", file=sys.stderr)
+                print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
                 return 2
+            except BrokenPipeError:  # ``... | head``: the reader left; not an error of ours
+                _silence_stdout()
+                return 0
             except KeyboardInterrupt:
                 print(f"{prog}: interrupted", file=sys.stderr)
                 return 130
+            except OSError as exc:  # a file system refusal (read-only, full disk, permissions)
+                if exc.filename is None:
+                    raise
+                where = exc.filename if exc.filename2 is None else f"{exc.filename} -> {exc.filename2}"
+                print(f"{prog}: error: {where}: {exc.strerror or exc}", file=sys.stderr)
+                return 2
 
         return main
 
     return wrap
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of ``exc`` on one line.
+
+    An error raised in a DataLoader worker comes back wrapped in the worker's traceback
+    ("Caught DataError in DataLoader worker process 0. Original Traceback ..."): only
+    the original message is kept.
+    """
+    msg = str(exc)
+    if "Original Traceback" in msg:
+        last = [ln for ln in msg.splitlines() if ln.strip()][-1].strip()
+        name = type(exc).__name__
+        for prefix in (f"{type(exc).__module__}.{name}: ", f"{name}: "):
+            if last.startswith(prefix):
+                last = last[len(prefix):]
+        msg = last
+    return " ".join(msg.split("\n"))
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not fail again."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -52,10 +89,47 @@ def add_run_arguments(p, out_default: str, recipe_help: str = "recipe YAML") -> 
     p.add_argument("--data", help="data set spec, e.g. synthetic or market1501:/data/market")
     p.add_argument("--out", help=f"run directory (default {out_default})")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="start afresh in --out, deleting a run already there")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in --out, replacing a run of the same command already there (never "
+                        "another kind of directory)")
     p.add_argument("--seed", type=int, help="random seed")
     p.add_argument("--deterministic", action="store_true", help="deterministic kernels (bit-exact resume on CPU)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe key (repeatable)")
+    p.add_argument("--verify-images", action="store_true",
+                   help="first open every image of --data once (in parallel) and stop with a list of the "
+                        "unreadable ones, if any")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("-v", "--verbose", action="store_true")
+
+
+def check_run_dir(run_dir, kind: str, args, inputs=(), started_files=("checkpoint-last.pt",)) -> bool:
+    """Check a training command's run directory before any work is done.
+
+    With ``--resume``: the directory must be a run of this command. Otherwise ``--out``
+    must be new, empty, an unfinished start of the same command, or (with
+    ``--overwrite``) a run of the same command; never a file, the working directory, a
+    directory holding an input, or a directory some other program wrote.
+
+    Returns:
+        ``True`` when an existing run is to be replaced (done once the inputs validate).
+    """
+    from pathlib import Path
+
+    from dnas.outputs import COMMANDS, check_replace, output_kind, require_kind
+
+    if args.resume:
+        path = Path(args.resume)
+        if not path.is_dir():
+            raise DnasError(f"--resume {path}: run directory not found")
+        require_kind(path, (kind,), f"{COMMANDS[kind]} --resume")
+        return False
+    run_dir = Path(run_dir)
+    if (not args.overwrite and run_dir.is_dir() and output_kind(run_dir) == kind
+            and not any((run_dir / f).exists() for f in started_files)):
+        return False  # an unfinished start of the same command: continue into it
+    if not args.overwrite and output_kind(run_dir) == kind:
+        raise DnasError(f"{run_dir}: holds a run already; continue it with --resume {run_dir}, "
+                        "pick another --out, or pass --overwrite")
+    return check_replace(run_dir, kind, args.overwrite, inputs)
+

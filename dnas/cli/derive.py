@@ -17,6 +17,8 @@ EPILOG = """examples:
   dnas-derive runs/search1 --top-k 5 --out derived/top5     # the 5 most probable archs
 
 The output directory is written atomically: on any error nothing is left behind.
+--overwrite replaces only an earlier dnas-derive output (never the working directory,
+the run it derives from, or a directory dnas did not write).
 Load the result in Python with dnas.load_derived(DIR).
 """
 
@@ -62,9 +64,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.verbose)
     if args.top_k < 1:
         raise DnasError(f"--top-k {args.top_k}: expected a positive integer")
+    from dnas.outputs import check_replace
+
+    check_replace(args.out, "derived", args.overwrite, inputs=[args.run, args.supernet])  # before any work
     if args.run:
         if args.supernet or args.sample:
             raise DnasError("give either a run directory or --supernet/--sample, not both")
+        if args.num_classes is not None:
+            raise DnasError("--num-classes applies to --supernet/--sample; a run's classifier keeps the "
+                            "identities it was searched on (retrain changes it: dnas-retrain reid)")
         from dnas.search.derive_run import derive_from_run
 
         summaries = derive_from_run(Path(args.run), Path(args.out), top_k=args.top_k, checkpoint=args.checkpoint,

@@ -4,7 +4,8 @@ Subcommands (see ``dnas-latency SUBCOMMAND --help``):
 
 - ``profile``: measure every entry a search space can produce and write a table;
 - ``validate``: measure sampled derived networks end to end, compare with the table
-  sums (Spearman rho, MAPE, within +-10%), store a linear calibration in the table;
+  sums (Spearman rho, MAPE, within +-10%); with ``--save-calibration``, store the fitted
+  linear calibration in the table (never without it);
 - ``show``: a table's provenance and a summary per kind.
 
 Errors in the input (unknown space, missing table, a table made for another space, a
@@ -76,7 +77,9 @@ def _add_validate(sub) -> None:
                        description="Sample random architectures (plus min and max), build the plain derived nets, "
                                    "measure them end to end with the table's protocol and report Spearman rho, MAPE "
                                    "and the fraction within +-10%, raw and after a fitted linear calibration "
-                                   "a + b * sum, which is stored in the table's metadata (unless --no-store).")
+                                   "a + b * sum. The table is never written unless --save-calibration is given "
+                                   "(then the calibration goes into its .meta.json, and searches apply it). A "
+                                   "table profiled on another machine is refused unless --force.")
     p.add_argument("--supernet", required=True, help="space name or YAML path (must match the table's hash)")
     p.add_argument("--table", required=True, help="table path (NAME or NAME.csv)")
     p.add_argument("--archs", type=int, default=100, help="random architectures (default 100; min and max added)")
@@ -85,7 +88,11 @@ def _add_validate(sub) -> None:
     p.add_argument("--passes", type=int, help="round-robin passes (default: the table's)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--num-classes", type=int, help="classifier size (default: the table's first)")
-    p.add_argument("--no-store", action="store_true", help="do not write the calibration into the table")
+    p.add_argument("--save-calibration", action="store_true",
+                   help="store the fitted calibration in the table's .meta.json (searches then apply it)")
+    p.add_argument("--force", action="store_true",
+                   help="measure even though this machine is not the one the table was profiled on")
+    p.add_argument("--no-store", action="store_true", help=argparse.SUPPRESS)  # the default now; kept for old scripts
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -116,12 +123,43 @@ def _resolve_device(name: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _check_file_target(path: str | Path, option: str) -> None:
+    """Refuse an output file path that is a directory or cannot be written, before any work."""
+    from dnas.outputs import check_writable_target
+
+    p = Path(path)
+    if p.is_dir():
+        raise DnasError(f"{option} {path}: is a directory; give a file name")
+    check_writable_target(p.parent if str(p.parent) else Path("."), option)
+
+
+def _check_table_target(csv_path: Path, overwrite: bool) -> None:
+    """``profile --out``: writable, and ``--overwrite`` only replaces a latency table."""
+    from dnas.latency.table import table_paths
+
+    _check_file_target(csv_path, "--out")
+    meta_path = table_paths(csv_path)[1]
+    if meta_path.is_dir():
+        raise DnasError(f"--out {meta_path}: is a directory; give another table name")
+    if overwrite and csv_path.is_file():
+        try:
+            is_table = "space_hash" in json.loads(meta_path.read_text())
+        except (OSError, ValueError, TypeError):
+            is_table = False
+        if not is_table:
+            raise DnasError(f"--out {csv_path}: exists and is not a latency table written by dnas-latency "
+                            "profile (no readable .meta.json); --overwrite only replaces a table")
+
+
 def cmd_profile(args: argparse.Namespace) -> int:
     from dnas.latency.keys import count_by_kind, space_entries
     from dnas.latency.table import table_paths
     from dnas.space import load_space
 
     space = load_space(args.supernet)
+    for n in args.num_classes or ():
+        if n < 1:
+            raise DnasError(f"--num-classes {n}: expected a positive integer")
     if args.dry_run:
         counts = count_by_kind(space_entries(space, num_classes=args.num_classes))
         print(f"space {space.name} (hash {space.structure_hash()[:12]}): {sum(counts.values())} entries")
@@ -131,11 +169,19 @@ def cmd_profile(args: argparse.Namespace) -> int:
     if not args.out:
         raise DnasError("profile: --out TABLE is required (or pass --dry-run)")
     csv_path, _ = table_paths(args.out)
-    if csv_path.exists() and not args.overwrite:
+    if csv_path.is_file() and not args.overwrite:
         raise DnasError(f"{csv_path}: table exists (pass --overwrite to replace it)")
     for name in ("passes", "windows", "batch"):
         if getattr(args, name) < 1:
             raise DnasError(f"--{name} {getattr(args, name)}: expected >= 1")
+    for name, value, least in (("threads", args.threads, 0), ("warmup", args.warmup, 0)):
+        if value < least:
+            raise DnasError(f"--{name} {value}: expected an integer >= {least}")
+    for name, value in (("window-ms", args.window_ms), ("min-replay-ms", args.min_replay_ms),
+                        ("checkpoint-every", args.checkpoint_every)):
+        if value is not None and not value > 0:
+            raise DnasError(f"--{name} {value}: expected a positive number")
+    _check_table_target(csv_path, args.overwrite)
     from dnas.latency.profile import profile_space
     from dnas.latency.timing import TimingConfig
 
@@ -150,7 +196,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from dnas.latency.table import LatencyTable
+    from dnas.latency.table import LatencyTable, table_paths
     from dnas.latency.validate import format_report, plot_report, store_calibration, validate_table
     from dnas.space import load_space
 
@@ -158,12 +204,23 @@ def cmd_validate(args: argparse.Namespace) -> int:
     table = LatencyTable.load(args.table, space)
     if args.archs < 1:
         raise DnasError(f"--archs {args.archs}: expected >= 1")
+    if args.passes is not None and args.passes < 1:
+        raise DnasError(f"--passes {args.passes}: expected >= 1")
+    if args.num_classes is not None and args.num_classes < 1:
+        raise DnasError(f"--num-classes {args.num_classes}: expected a positive integer")
+    if args.save_calibration and args.no_store:
+        raise DnasError("--save-calibration and --no-store disagree: give one of them")
+    for option, path in (("--out", args.out), ("--plot", args.plot)):
+        if path:
+            _check_file_target(path, option)  # before minutes of measuring
     report = validate_table(space, table, archs=args.archs, seed=args.seed, passes=args.passes,
-                            num_classes=args.num_classes, progress=not args.no_progress)
+                            num_classes=args.num_classes, progress=not args.no_progress, force=args.force)
     print(format_report(report))
-    if not args.no_store:
+    if args.save_calibration:
         store_calibration(table, report)
-        print(f"stored the calibration in {table.source.replace('.csv', '.meta.json')}")
+        print(f"stored the calibration in {table_paths(table.source)[1]}")
+    else:
+        print("the table was not changed (pass --save-calibration to store this calibration in it)")
     if args.out:
         from dnas.io import atomic_write_json
 
@@ -194,7 +251,14 @@ def cmd_show(args: argparse.Namespace) -> int:
     table = LatencyTable.load(args.table)
     m = table.meta
     summary = table.summary()
-    comparison = _compare(table, LatencyTable.load(args.compare)) if args.compare else None
+    comparison = None
+    if args.compare:
+        other = LatencyTable.load(args.compare)
+        if other.meta.get("space_hash") != m.get("space_hash"):
+            raise DnasError(f"--compare {args.compare}: a table of space {other.meta.get('space')!r} (hash "
+                            f"{str(other.meta.get('space_hash'))[:12]}), {table.source} covers "
+                            f"{m.get('space')!r} (hash {str(m.get('space_hash'))[:12]}); compare tables of one space")
+        comparison = _compare(table, other)
     if args.json:
         print(json.dumps({"meta": m, "summary": summary, "compare": comparison}, indent=2))
         return 0

@@ -6,13 +6,12 @@ import argparse
 import dataclasses
 import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Sequence
 
-from dnas.cli.common import add_run_arguments, cli_entry, setup_logging
+from dnas.cli.common import add_run_arguments, check_run_dir, cli_entry, setup_logging
 from dnas.errors import DnasError
 
 EPILOG = r"""examples:
@@ -97,6 +96,9 @@ def resolve_config(args: argparse.Namespace, cls, recipe_dir: Path | None = None
     elif args.resume:
         if args.recipe or {"arch", "data", "pretrained"} & set(direct):
             raise DnasError("--resume continues a run with its own config; use --set to change a key")
+        from dnas.outputs import require_kind
+
+        require_kind(args.resume, (f"{args.mode}-run",), f"dnas-retrain {args.mode} --resume")
         recipe = Path(args.resume) / "config.yaml"
         if not recipe.is_file():
             raise DnasError(f"{args.resume}: not a run directory (no config.yaml)")
@@ -119,6 +121,12 @@ def _eval_only(args: argparse.Namespace) -> int:
     if not path.exists():
         raise DnasError(f"{path}: not found")
     run = path if path.is_dir() else path.parent
+    from dnas.outputs import require_kind
+
+    kind = require_kind(run, ("reid-run", "derived"), "dnas-retrain reid --eval-only")
+    if kind == "derived" and args.checkpoint != "last":
+        raise DnasError(f"--checkpoint {args.checkpoint}: {run} is a dnas-derive output with one model.pt; "
+                        "--checkpoint picks a checkpoint of a reid run directory")
     cfg = resolve_config(args, ReIDConfig, run if (run / "config.yaml").is_file() else None, validate=False)
     m = evaluate_only(path, cfg, args.checkpoint)
     print(f"mAP {100 * m['mAP']:.2f} | rank-1 {100 * m['rank1']:.2f} | rank-5 {100 * m['rank5']:.2f} | "
@@ -139,22 +147,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run_dir = Path(args.resume or args.out or f"runs/{args.mode}-{Path(cfg.arch).stem}-{stamp}")
     is_main = int(os.environ.get("RANK", "0")) == 0
-    if not args.resume and ((run_dir / "config.yaml").exists() or (run_dir / "checkpoint-last.pt").exists()):
-        if not args.overwrite:
-            raise DnasError(f"{run_dir}: holds a run already; continue it with --resume {run_dir}, "
-                            "pick another --out, or pass --overwrite")
-        if is_main:
-            shutil.rmtree(run_dir)
+    data_root = (cfg.data or "").partition(":")[2]
+    replace = check_run_dir(run_dir, f"{args.mode}-run", args, [args.recipe, cfg.arch, data_root,
+                                                                 getattr(cfg, "pretrained", None)],
+                            started_files=("config.yaml", "checkpoint-last.pt"))
+    if args.verify_images and is_main:
+        from dnas.data.verify import verify_from_config
+
+        verify_from_config(cfg)
     t0 = time.time()
     if args.mode == "imagenet":
         from dnas.retrain.imagenet import run_imagenet
 
-        summary = run_imagenet(cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress)
+        summary = run_imagenet(cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress,
+                               overwrite=replace)
         result = f"val top-1 {100 * (summary.get('top1') or 0):.1f}, top-5 {100 * (summary.get('top5') or 0):.1f}"
     else:
         from dnas.retrain.reid import run_reid
 
-        summary = run_reid(cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress)
+        summary = run_reid(cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress,
+                           overwrite=replace)
         result = (f"mAP {100 * (summary.get('mAP') or 0):.1f}, rank-1 {100 * (summary.get('rank1') or 0):.1f}, "
                   f"mINP {100 * (summary.get('mINP') or 0):.1f}")
     if is_main:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Sequence
 
-from dnas.cli.common import add_run_arguments, cli_entry, setup_logging
+from dnas.cli.common import add_run_arguments, check_run_dir, cli_entry, setup_logging
 
 EPILOG = """examples:
   dnas-search --supernet xlarge --describe                    # the space as a table
@@ -52,6 +51,9 @@ def resolve_config(args: argparse.Namespace):
     if args.resume:
         if args.recipe or args.supernet or args.data:
             raise DnasError("--resume continues a run with its own config; use --set to change a key")
+        from dnas.outputs import require_kind
+
+        require_kind(args.resume, ("search-run",), "dnas-search --resume")
         recipe = Path(args.resume) / "config.yaml"
         if not recipe.is_file():
             raise DnasError(f"{args.resume}: not a run directory (no config.yaml)")
@@ -87,16 +89,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = resolve_config(args)
     load_space(cfg.supernet)  # fail early on a bad space
     run_dir = Path(args.resume or args.out or f"runs/search-{Path(cfg.supernet).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if not args.resume and (run_dir / "checkpoint-last.pt").exists():
-        if not args.overwrite:
-            raise DnasError(f"{run_dir}: holds a run already; continue it with --resume {run_dir}, "
-                            "pick another --out, or pass --overwrite")
-        if int(os.environ.get("RANK", "0")) == 0:
-            shutil.rmtree(run_dir)
+    replace = check_run_dir(run_dir, "search-run", args, [args.recipe, cfg.supernet, cfg.latency_table,
+                                                           cfg.data.partition(":")[2]])
+    if args.verify_images and int(os.environ.get("RANK", "0")) == 0:
+        from dnas.data.verify import verify_from_config
+
+        verify_from_config(cfg)
     from dnas.search.run import run_search
 
     t0 = time.time()
-    run_search(cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress)
+    run_search(cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress, overwrite=replace)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"search finished in {time.time() - t0:.1f}s; run directory: {run_dir.resolve()}")
         print(f"final architecture: {(run_dir / 'final_arch.yaml').resolve()}  (export: dnas-derive {run_dir})")

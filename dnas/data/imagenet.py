@@ -48,13 +48,26 @@ class ClassificationSplits:
     summary = summary_line
 
 
+def _has_images(folder: Path) -> bool:
+    return any(e.is_file() and Path(e.name).suffix.lower() in CLASSIFICATION_EXTENSIONS
+               for e in os.scandir(folder))
+
+
 def _scan_split(split_dir: Path, class_to_idx: dict[str, int] | None
                 ) -> tuple[list[str], list[Item]]:
     if not split_dir.is_dir():
         raise DataError(f"{split_dir}: folder not found; expected "
                         f"<root>/{split_dir.name}/<class>/*.JPEG")
-    classes = sorted(d.name for d in split_dir.iterdir()
+    folders = sorted(d.name for d in split_dir.iterdir()
                      if d.is_dir() and not d.name.startswith("."))
+    # NOTE: a training class folder without images is refused, as torchvision's ImageFolder does:
+    # counted as a class it would add a classifier output that never sees an example
+    classes = [c for c in folders if class_to_idx is not None or _has_images(split_dir / c)]
+    empty = [c for c in folders if c not in classes]
+    if empty:
+        raise DataError(f"{split_dir / empty[0]}: class folder without images (.JPEG/.jpg/.png)"
+                        + (f", and {len(empty) - 1} more" if len(empty) > 1 else "")
+                        + "; add its images or remove the folder")
     if not classes:
         raise DataError(f"{split_dir}: no class folders; expected {split_dir}/<class>/*.JPEG")
     if class_to_idx is None:

@@ -127,8 +127,9 @@ class ImageListDataset(Dataset):
         try:
             with Image.open(path) as im:
                 img = im.convert("RGB")
-        except (OSError, ValueError) as exc:
-            raise DataError(f"{path}: cannot read image ({exc})") from None
+        except (OSError, ValueError, SyntaxError, EOFError) as exc:  # PIL: truncated/broken files
+            why = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+            raise DataError(f"{path}: cannot read image ({why})") from None
         if self.transform is not None:
             img = self.transform(img)
         return img, label, camid

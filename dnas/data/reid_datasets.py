@@ -189,10 +189,32 @@ def load_market_style(root: str | os.PathLike, name: str, num_cams: int) -> ReID
     return ReIDSplits(name, str(root), train, query, gallery)
 
 
+_NAMING = {"market1501": (re.compile(r"^-?\d+_c\d+s\d+_\d+_\d+"), "Market-1501", "0002_c1s1_000451_03.jpg"),
+           "dukemtmc": (re.compile(r"^-?\d+_c\d+_f\d+"), "DukeMTMC-reID", "0001_c2_f0046182.jpg")}
+
+
+def _check_naming(base: Path, name: str) -> None:
+    """Refuse a folder whose file names follow the other data set's pattern (Market vs Duke).
+
+    Raises:
+        DataError: most sampled training names match the other pattern and none this one's.
+    """
+    files = _image_files(base / "bounding_box_train")[:200]
+    own, label, example = _NAMING[name]
+    for other, (pattern, other_label, other_example) in _NAMING.items():
+        if other == name:
+            continue
+        theirs = sum(bool(pattern.match(p.name)) for p in files)
+        if files and theirs > len(files) // 2 and not any(own.match(p.name) for p in files):
+            raise DataError(f"{base}: file names look like {other_label} ({files[0].name}), not {label} "
+                            f"(expected e.g. {example}); use --data {other}:{base}")
+
+
 def load_market1501(root: str | os.PathLike) -> ReIDSplits:
     """Market-1501 (6 cameras). ``root`` or ``root/Market-1501-v15.09.15`` etc."""
     base = _resolve_root(root, "bounding_box_train",
                          ("Market-1501-v15.09.15", "Market-1501", "market1501"), "Market-1501")
+    _check_naming(base, "market1501")
     return load_market_style(base, "market1501", num_cams=6)
 
 
@@ -200,6 +222,7 @@ def load_dukemtmc(root: str | os.PathLike) -> ReIDSplits:
     """DukeMTMC-reID (8 cameras). ``root`` or ``root/DukeMTMC-reID``."""
     base = _resolve_root(root, "bounding_box_train",
                          ("DukeMTMC-reID", "dukemtmc-reid", "dukemtmcreid"), "DukeMTMC-reID")
+    _check_naming(base, "dukemtmc")
     return load_market_style(base, "dukemtmc", num_cams=8)
 
 

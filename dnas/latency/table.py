@@ -217,4 +217,9 @@ def _read_csv(path: Path) -> tuple[dict[str, float], dict[str, dict]]:
                 stats[key] = st
     except OSError as exc:
         raise LatencyTableError(f"{path}: cannot read ({exc.strerror})") from None
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise LatencyTableError(f"{path}: not a latency table CSV ({type(exc).__name__}: "
+                                f"{str(exc).splitlines()[0][:120]})") from None
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise LatencyTableError(f"{path}: malformed latency table row ({str(exc).splitlines()[0][:120]})") from None
     return entries, stats

@@ -5,8 +5,10 @@ plain network (:class:`dnas.models.PlainNet`), measures it end to end with the t
 own protocol (:mod:`dnas.latency.timing`, shuffled round-robin passes) and compares
 with the table sum over its entries (:func:`dnas.latency.keys.derived_entries`):
 Spearman rho, MAPE and the fraction within +-10%, raw and after a fitted linear
-calibration ``measured ~= a + b * sum`` (a robust Theil-Sen fit). The calibration is
-stored in the table's metadata so lookups can apply it (:meth:`LatencyTable.calibrate`).
+calibration ``measured ~= a + b * sum`` (a robust Theil-Sen fit). Only when asked
+(``--save-calibration``) is the calibration stored in the table's metadata, where lookups
+apply it (:meth:`LatencyTable.calibrate`). A table profiled on another machine is refused
+unless forced: its latencies do not describe the machine that measures.
 
 NOTE: the calibrated figures are in-sample (fitted on the same architectures); with two
 parameters and ~100 architectures the optimism is small.
@@ -91,9 +93,31 @@ def sample_archs(space, n: int, seed: int = 0) -> dict[str, dict]:
     return archs
 
 
+def check_machine(table: LatencyTable, cfg: TimingConfig, force: bool = False) -> str | None:
+    """Compare the table's machine with the one measuring now.
+
+    Returns:
+        ``None`` on the same machine; with ``force``, the mismatch as a warning line.
+
+    Raises:
+        DnasError: the machines differ (device type or name) and ``force`` is not set.
+    """
+    here, there = device_info(cfg)["device_name"], table.meta.get("device_name")
+    type_here = torch.device(cfg.device).type
+    type_there = str(table.meta.get("device") or type_here).split(":")[0]
+    if here == there and type_here == type_there:
+        return None
+    what = (f"{table.source}: profiled on {there} ({table.meta.get('device')}), but this machine measures on "
+            f"{here} ({cfg.device})")
+    if not force:
+        raise DnasError(f"{what}; its latencies do not describe this machine: profile a table here "
+                        "(dnas-latency profile), or pass --force to compare anyway")
+    return f"WARNING: {what}"
+
+
 def validate_table(space, table: LatencyTable, archs: int = 100, seed: int = 0, passes: int | None = None,
                    num_classes: int | None = None, use_dcs: bool | None = None, bnneck: bool | None = None,
-                   progress: bool = True, timing: TimingConfig | None = None) -> dict:
+                   progress: bool = True, timing: TimingConfig | None = None, force: bool = False) -> dict:
     """Measure sampled architectures end to end and compare with the table sums.
 
     Args:
@@ -106,6 +130,7 @@ def validate_table(space, table: LatencyTable, archs: int = 100, seed: int = 0, 
         use_dcs, bnneck: network variant (default: the space's).
         progress: tqdm progress bar.
         timing: protocol override (default: the table's protocol).
+        force: measure even when this machine is not the table's (see :func:`check_machine`).
 
     Returns:
         The report dict (``raw``/``calibrated`` metrics, ``calibration``, per-arch rows).
@@ -117,6 +142,7 @@ def validate_table(space, table: LatencyTable, archs: int = 100, seed: int = 0, 
     proto = dict(table.meta.get("protocol", {}))
     cfg = timing or TimingConfig.from_dict(proto)
     check_device(cfg)
+    mismatch = check_machine(table, cfg, force)
     passes = int(passes or proto.get("passes", 3))
     if num_classes is None:
         num_classes = (table.meta.get("num_classes") or [space.num_classes])[0]
@@ -147,6 +173,7 @@ def validate_table(space, table: LatencyTable, archs: int = 100, seed: int = 0, 
         "table": table.source, "space": space.name, "space_hash": space.structure_hash(),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "device_name": table.meta.get("device_name"), "measured_on": device_info(cfg)["device_name"],
+        "device_mismatch": mismatch,
         "timing": cfg.to_dict(), "passes": passes, "seed": seed,
         "num_classes": num_classes, "use_dcs": use_dcs, "bnneck": bnneck, "n_archs": len(names),
         "raw": fidelity(p, m), "calibration": {"a": a, "b": b}, "calibrated": fidelity(a + b * p, m),
@@ -157,8 +184,9 @@ def validate_table(space, table: LatencyTable, archs: int = 100, seed: int = 0, 
 
 def format_report(report: dict) -> str:
     """Readable summary lines of a validate report."""
-    lines = [f"validate {report['table']} on {report['device_name']} ({report['n_archs']} archs, "
-             f"{report['timing']['method']}, batch {report['timing']['batch']}, {report['timing']['dtype']})"]
+    lines = [f"validate {report['table']}: measured on {report.get('measured_on')} ({report['n_archs']} archs, "
+             f"{report['timing']['method']}, batch {report['timing']['batch']}, {report['timing']['dtype']}); "
+             f"table profiled on {report['device_name']}"]
     for name in ("raw", "calibrated"):
         r = report[name]
         lines.append(f"  {name:<10} spearman {r['spearman']:.4f}  MAPE {r['mape_pct']:.2f}%  "
@@ -166,9 +194,8 @@ def format_report(report: dict) -> str:
                      f"sum/measured {r['ratio_sum_to_measured']:.3f}")
     cal = report["calibration"]
     lines.append(f"  calibration: measured ~= {cal['a']:.5g} + {cal['b']:.5g} * sum (ms)")
-    if report.get("measured_on") != report["device_name"]:
-        lines.append(f"  WARNING: measured on {report.get('measured_on')}, the table was profiled on "
-                     f"{report['device_name']}")
+    if report.get("measured_on") != report["device_name"] or report.get("device_mismatch"):
+        lines.append(f"  {report.get('device_mismatch') or 'WARNING: the machines differ'} (forced)")
     return "\n".join(lines)
 
 
@@ -195,7 +222,7 @@ def plot_report(report: dict, path: str | Path) -> Path:
     raw, calr = report["raw"], report["calibrated"]
     ax.set_xlabel("table sum (ms)")
     ax.set_ylabel("measured end to end (ms)")
-    ax.set_title(f"{report['space']} on {report['device_name']}\n"
+    ax.set_title(f"{report['space']} measured on {report.get('measured_on')}\n"
                  f"rho {raw['spearman']:.3f}  MAPE {raw['mape_pct']:.1f}% (cal. {calr['mape_pct']:.1f}%)", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -218,5 +245,5 @@ def store_calibration(table: LatencyTable, report: dict) -> None:
     table.save_meta()
 
 
-__all__: list[str] = ["fidelity", "fit_linear", "format_report", "plot_report", "sample_archs", "spearman",
+__all__: list[str] = ["check_machine", "fidelity", "fit_linear", "format_report", "plot_report", "sample_archs", "spearman",
                       "store_calibration", "validate_table"]

@@ -31,7 +31,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from dnas.errors import DataError
+from dnas.errors import DataError, EvaluationError
+
+_NAN_MESSAGE = ("Re-ID evaluation: the distance matrix contains NaN (features that are not finite: "
+                "a diverged model, NaN weights or NaN inputs)")
 
 _CHUNK_ELEMENTS = 1 << 23  # query x gallery entries per chunk (~0.3 GB of work arrays)
 
@@ -61,7 +64,7 @@ class _Gallery:
 def _ranks_at_numpy(dist: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """Rank of gallery ``cols[n]`` in row ``rows[n]`` when sorted by (distance, index)."""
     if np.isnan(dist).any():
-        raise ValueError("distance matrix contains NaN")
+        raise EvaluationError(_NAN_MESSAGE)
     q, g = dist.shape
     shift = max(1, int(g - 1).bit_length())
     row_bits = max(1, int(q - 1).bit_length())
@@ -87,7 +90,7 @@ def _ranks_at_numpy(dist: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.
 def _ranks_at_torch(dist: torch.Tensor, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """Torch version of :func:`_ranks_at_numpy` (ranks on ``dist.device``)."""
     if bool(torch.isnan(dist).any()):
-        raise ValueError("distance matrix contains NaN")
+        raise EvaluationError(_NAN_MESSAGE)
     dev = dist.device
     order = torch.sort(dist + 0.0, dim=1, stable=True).indices  # (Q, G)
     ranks = torch.empty_like(order)
@@ -269,6 +272,10 @@ def evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, metric: str = 
     if len(q_pids) != qf.shape[0] or len(g_pids) != gf.shape[0]:
         raise ValueError(f"{qf.shape[0]} query / {gf.shape[0]} gallery features but "
                          f"{len(q_pids)} / {len(g_pids)} pids")
+    bad_q, bad_g = (int((~torch.isfinite(f)).any(1).sum()) if f.numel() else 0 for f in (qf, gf))
+    if bad_q or bad_g:
+        raise EvaluationError(f"Re-ID evaluation: {bad_q} of {qf.shape[0]} query and {bad_g} of {gf.shape[0]} "
+                              "gallery features are NaN or inf (a diverged model, NaN weights or NaN inputs)")
     q_keep, g_keep = _junk_masks(q_pids, g_pids)
     junk = (int((~q_keep).sum()), int((~g_keep).sum()))
     if junk != (0, 0):

@@ -108,7 +108,8 @@ def _summary_line(epochs: int):
     return line
 
 
-def run_imagenet(cfg: ImageNetConfig, run_dir: Path, resume: bool = False, progress: bool = True) -> dict:
+def run_imagenet(cfg: ImageNetConfig, run_dir: Path, resume: bool = False, progress: bool = True,
+                 overwrite: bool = False) -> dict:
     """Run (or resume) ImageNet pretraining into ``run_dir`` and export ``RUN/final``.
 
     Args:
@@ -116,6 +117,7 @@ def run_imagenet(cfg: ImageNetConfig, run_dir: Path, resume: bool = False, progr
         run_dir: the run directory (created once every input has been validated).
         resume: continue from ``run_dir``'s last checkpoint.
         progress: tqdm bars (only on a TTY).
+        overwrite: replace the run of the same kind in ``run_dir`` (once the inputs validate).
 
     Returns:
         The final ``summary.json`` content (rank 0; ``{}`` elsewhere).
@@ -144,7 +146,9 @@ def run_imagenet(cfg: ImageNetConfig, run_dir: Path, resume: bool = False, progr
             t.load_state_dict(load_checkpoint(run_dir, KIND))
             log.info("resumed %s at epoch %d, batch %d", run_dir, t.epoch, t.pos)
         if rt.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
+            from dnas.outputs import claim_run_dir
+
+            claim_run_dir(run_dir, "imagenet-run", replace=overwrite and not resume)
             atomic_write_yaml(run_dir / "config.yaml", config_to_dict(cfg))
             if not resume:
                 atomic_write_yaml(run_dir / "arch.yaml", arch)

@@ -208,7 +208,8 @@ def prepare_reid(cfg: ReIDConfig, run_dir: Path, rt: Runtime, resume: bool, prog
     return t, arch, report
 
 
-def run_reid(cfg: ReIDConfig, run_dir: Path, resume: bool = False, progress: bool = True) -> dict:
+def run_reid(cfg: ReIDConfig, run_dir: Path, resume: bool = False, progress: bool = True,
+             overwrite: bool = False) -> dict:
     """Run (or resume) a Re-ID finetuning into ``run_dir`` and export ``RUN/final``.
 
     Args:
@@ -216,6 +217,7 @@ def run_reid(cfg: ReIDConfig, run_dir: Path, resume: bool = False, progress: boo
         run_dir: the run directory (created once every input has been validated).
         resume: continue from ``run_dir``'s last checkpoint.
         progress: tqdm bars (only on a TTY).
+        overwrite: replace the run of the same kind in ``run_dir`` (once the inputs validate).
 
     Returns:
         The final ``summary.json`` content (rank 0; ``{}`` elsewhere).
@@ -233,7 +235,9 @@ def run_reid(cfg: ReIDConfig, run_dir: Path, resume: bool = False, progress: boo
     try:
         t, arch, report = prepare_reid(cfg, run_dir, rt, resume, progress)
         if rt.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
+            from dnas.outputs import claim_run_dir
+
+            claim_run_dir(run_dir, "reid-run", replace=overwrite and not resume)
             atomic_write_yaml(run_dir / "config.yaml", config_to_dict(cfg))
             if not resume:
                 atomic_write_yaml(run_dir / "arch.yaml", arch)

@@ -125,6 +125,8 @@ class SearchConfig:
              "latency_target_ms", f"a target in ms with latency_loss={self.latency_loss}"),
             (self.latency_target_ms is None or self.latency_target_ms > 0, "latency_target_ms", "a positive number"),
             (0 <= self.warmup_epochs < self.epochs, "warmup_epochs", "fewer than epochs"),
+            ((self.height is None or self.height >= 16) and (self.width is None or self.width >= 8), "height/width",
+             "at least 16 x 8 pixels"),
         ]
         for ok, key, expected in checks:
             if not ok:

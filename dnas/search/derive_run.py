@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import sys
 from pathlib import Path
 
 import torch
@@ -38,6 +39,11 @@ def _load_run(run_dir: Path, checkpoint: str) -> tuple[Supernet, object]:
     from dnas.search.config import SearchConfig
     from dnas.space import load_space
 
+    from dnas.outputs import require_kind
+
+    if not run_dir.is_dir():
+        raise DnasError(f"{run_dir}: run directory not found")
+    require_kind(run_dir, ("search-run",), "dnas-derive RUN")
     if not (run_dir / "config.yaml").is_file():
         raise DnasError(f"{run_dir}: not a dnas-search run directory (no config.yaml)")
     cfg = load_config(SearchConfig, run_dir / "config.yaml")
@@ -67,9 +73,14 @@ def derive_from_run(run_dir: Path, out: Path, top_k: int = 1, checkpoint: str = 
         latency = build_latency_model(cfg, net.num_classes)
     except DnasError:
         latency = None  # the table moved or changed; export without latency figures
-    ranked = top_k_indices(net, top_k)
+    probs = net.probs_choice()
+    distinct = math.prod(len(p) for p in (*probs.width, *probs.expansion))
+    if top_k > distinct:
+        print(f"dnas-derive: --top-k {top_k}: space {net.space.name!r} has only {distinct} distinct "
+              f"architectures; exporting all {distinct}", file=sys.stderr)
+    ranked = top_k_indices(net, min(top_k, distinct))
     summaries, rows = [], []
-    with atomic_directory(out, overwrite=overwrite) as tmp:
+    with atomic_directory(out, overwrite=overwrite, kind="derived", inputs=(run_dir,)) as tmp:
         for rank, (logp, idx) in enumerate(ranked, 1):
             name = f"{net.space.name}-searched" + (f"-top{rank}" if top_k > 1 else "")
             arch, plain = derive_plain(net, idx, name=name)

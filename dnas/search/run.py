@@ -86,8 +86,15 @@ def _write_final_arch(s: Searcher, run_dir: Path) -> None:
     atomic_write_yaml(run_dir / "final_arch.yaml", arch)
 
 
-def run_search(cfg: SearchConfig, run_dir: Path, resume: bool = False, progress: bool = True) -> Path:
-    """Run (or resume) a search into ``run_dir``; returns the run directory."""
+def run_search(cfg: SearchConfig, run_dir: Path, resume: bool = False, progress: bool = True,
+               overwrite: bool = False) -> Path:
+    """Run (or resume) a search into ``run_dir``; returns the run directory.
+
+    The data and the latency table are checked before ``run_dir`` is created (or, with
+    ``overwrite``, before the old search run in it is deleted): a bad input leaves nothing.
+    """
+    from dnas.outputs import claim_run_dir
+
     cfg.validate()
     run_dir = Path(run_dir)
     if resume:  # a run from before the validation split resumes on its own data
@@ -98,11 +105,11 @@ def run_search(cfg: SearchConfig, run_dir: Path, resume: bool = False, progress:
         cfg = dataclasses.replace(cfg, **legacy_protocol_changes(run_dir / "config.yaml", cfg))
     rt = setup_runtime(cfg.device)
     try:
-        if rt.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_yaml(run_dir / "config.yaml", config_to_dict(cfg))
         data = build_search_data(cfg, rt)
         latency = build_latency_model(cfg, data.num_classes)
+        if rt.is_main:
+            claim_run_dir(run_dir, "search-run", replace=overwrite and not resume)
+            atomic_write_yaml(run_dir / "config.yaml", config_to_dict(cfg))
         s = Searcher(cfg, run_dir, rt, data, latency, progress=progress)
         if resume:
             s.load_state_dict(load_checkpoint(run_dir))

@@ -137,6 +137,8 @@ class SearchSpace:
             raise SpaceError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
         except OSError as exc:
             raise SpaceError(f"{path}: cannot read ({exc.strerror})") from None
+        except UnicodeDecodeError:
+            raise SpaceError(f"{path}: not a text file (a space YAML is UTF-8 text)") from None
         return cls.from_dict(raw, str(path))
 
     def _width_groups(self) -> tuple[list[tuple[int, ...]], list[int]]:

@@ -1,0 +1,187 @@
+"""Output directories a command owns, and what ``--overwrite`` may replace.
+
+Every directory a command creates (a ``dnas-derive`` output, a ``dnas-search`` run, a
+``dnas-retrain`` run) holds a small marker file, :data:`MARKER`, naming its kind and
+the command that wrote it. ``--overwrite`` only replaces a directory of the same kind
+(recognised by its marker, or for directories written before markers existed, by its
+files); it never replaces the working directory or one of its parents, a directory that
+holds an input of the command, a file, or a directory some other program wrote. Each
+refusal is a :class:`dnas.errors.DnasError` naming the path and what to do instead.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Iterable
+
+from dnas.errors import DnasError
+
+MARKER = ".dnas-output.json"
+COMMANDS = {"derived": "dnas-derive", "search-run": "dnas-search", "reid-run": "dnas-retrain reid",
+            "imagenet-run": "dnas-retrain imagenet"}
+DESCRIPTIONS = {"derived": "a dnas-derive output (an exported network)", "search-run": "a dnas-search run",
+                "reid-run": "a dnas-retrain reid run", "imagenet-run": "a dnas-retrain imagenet run"}
+
+
+def describe(kind: str | None) -> str:
+    """``"a dnas-search run"`` etc.; ``None``: a directory dnas did not write."""
+    return DESCRIPTIONS.get(kind or "", "a directory dnas did not write")
+
+
+def write_marker(directory: str | os.PathLike, kind: str) -> Path:
+    """Write the marker naming ``kind`` into ``directory`` (atomically)."""
+    from dnas import __version__
+    from dnas.io import atomic_write_json
+
+    return atomic_write_json(Path(directory) / MARKER, {"kind": kind, "command": COMMANDS[kind],
+                                                        "dnas_version": __version__})
+
+
+def _legacy_kind(directory: Path) -> str | None:
+    """The kind of a directory written before markers existed, from its files."""
+    if (directory / "config.yaml").is_file():
+        import yaml
+
+        try:
+            cfg = yaml.safe_load((directory / "config.yaml").read_text())
+        except (OSError, ValueError, yaml.YAMLError):
+            return None
+        if not isinstance(cfg, dict):
+            return None
+        if "supernet" in cfg and "a_lr" in cfg:
+            return "search-run"
+        if "arch" in cfg and "size" in cfg:
+            return "imagenet-run"
+        if "arch" in cfg and "p" in cfg:
+            return "reid-run"
+        return None
+    if (directory / "top_k.csv").is_file() or all((directory / f).is_file()
+                                                   for f in ("arch.yaml", "model.pt", "summary.json")):
+        return "derived"
+    return None
+
+
+def output_kind(directory: str | os.PathLike) -> str | None:
+    """The kind of an output directory (marker first, then its files), or ``None``."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return None
+    marker = directory / MARKER
+    if marker.is_file():
+        try:
+            kind = json.loads(marker.read_text()).get("kind")
+        except (OSError, ValueError, AttributeError):
+            kind = None
+        return kind if kind in COMMANDS else None
+    return _legacy_kind(directory)
+
+
+def _is_within(inner: Path, outer: Path) -> bool:
+    return inner == outer or outer in inner.parents
+
+
+def check_writable_target(target: str | os.PathLike, what: str = "--out") -> Path:
+    """Refuse a target that is a file, lies under a file, or in a directory we cannot write.
+
+    Returns:
+        The absolute target path.
+    """
+    target = Path(os.path.abspath(target))
+    if target.exists() and not target.is_dir():
+        raise DnasError(f"{what} {target}: is a file, not a directory; pick another {what}")
+    anc = target
+    while not anc.exists():
+        anc = anc.parent
+    if not anc.is_dir():
+        raise DnasError(f"{what} {target}: {anc} is a file, not a directory")
+    if not os.access(anc, os.W_OK | os.X_OK):
+        raise DnasError(f"{what} {target}: cannot write in {anc} (permission denied)")
+    return target
+
+
+def check_replace(target: str | os.PathLike, kind: str, overwrite: bool, inputs: Iterable = (),
+                  what: str = "--out") -> bool:
+    """Check that ``target`` may become (or be replaced by) a ``kind`` output.
+
+    Args:
+        target: the output directory.
+        kind: the kind the command writes (a key of :data:`COMMANDS`).
+        overwrite: ``--overwrite`` was given.
+        inputs: paths the command reads (a run, a space YAML, data roots): never replaced.
+        what: the option's name in messages.
+
+    Returns:
+        ``True`` when ``target`` exists, is not empty and will be replaced.
+
+    Raises:
+        DnasError: the target is a file, unwritable, the working directory or a parent of
+            it, holds an input, was written by something else, or exists without
+            ``overwrite``.
+    """
+    target = check_writable_target(target, what)
+    cwd = Path.cwd().resolve()
+    real = target.resolve()
+    if _is_within(cwd, real):
+        raise DnasError(f"{what} {target}: is the working directory or a parent of it; give a new "
+                        "directory name for the output")
+    if not target.is_dir() or not any(target.iterdir()):
+        return False
+    for inp in inputs:
+        if inp is None or str(inp) == "":
+            continue
+        p = Path(os.path.abspath(inp))
+        if p.exists() and _is_within(p.resolve(), real):
+            raise DnasError(f"{what} {target}: holds the input {inp}; --overwrite never replaces an input, "
+                            "pick another directory")
+    have = output_kind(target)
+    if have != kind:
+        raise DnasError(f"{what} {target}: exists and is {describe(have)}; --overwrite only replaces "
+                        f"{describe(kind)}; pick another {what} or remove it yourself")
+    if not overwrite:
+        raise DnasError(f"{what} {target}: exists ({describe(have)}); pass --overwrite to replace it")
+    return True
+
+
+def claim_run_dir(run_dir: str | os.PathLike, kind: str, replace: bool = False) -> Path:
+    """Create (or, with ``replace``, empty) a run directory and mark it as ``kind``.
+
+    Called by the training commands once every input has been validated, so a bad
+    input never costs the old run. ``replace`` re-checks the kind before deleting.
+    """
+    run_dir = Path(run_dir)
+    if replace and run_dir.is_dir():
+        have = output_kind(run_dir)
+        if have != kind:
+            raise DnasError(f"{run_dir}: is {describe(have)}, not {describe(kind)}; not replaced")
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not (run_dir / MARKER).is_file():
+        write_marker(run_dir, kind)
+    return run_dir
+
+
+def require_kind(path: str | os.PathLike, kinds: tuple[str, ...], taker: str) -> str | None:
+    """Refuse a directory of another kind than ``kinds`` with a line saying which command takes it.
+
+    Args:
+        path: the directory given to a command.
+        kinds: the kinds the command takes.
+        taker: the command and option in messages (``"dnas-derive RUN"``).
+
+    Returns:
+        The directory's kind (``None`` when not recognised; the caller reports that).
+    """
+    have = output_kind(path)
+    if have is None or have in kinds:
+        return have
+    hints = {"search-run": f"export it with dnas-derive {path} --out DIR, or continue it with "
+                           f"dnas-search --resume {path}",
+             "reid-run": f"its exported network is {Path(path) / 'final'}; evaluate it with "
+                         f"dnas-retrain reid --eval-only {path}, continue it with dnas-retrain reid --resume {path}",
+             "imagenet-run": f"finetune from it with dnas-retrain reid --pretrained {path}, continue it with "
+                             f"dnas-retrain imagenet --resume {path}",
+             "derived": f"retrain it with dnas-retrain reid --arch {path}"}
+    raise DnasError(f"{path}: is {describe(have)}, but {taker} takes {' or '.join(describe(k) for k in kinds)}; "
+                    f"{hints[have]}")

@@ -1,0 +1,239 @@
+"""``--overwrite`` replaces only what the same command wrote (issue 12, data loss):
+never the working directory, a directory holding an input, a file or a foreign
+directory; ``--out .`` and ``--out FILE`` leave nothing behind; a bad input never costs
+the old run; the README's set-up chain keeps working."""
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from cli_helpers import RETRAIN_FAST, SEARCH_FAST, cli, leftovers, one_line_error, runs  # noqa: F401 (fixture)
+from dnas.outputs import MARKER, output_kind
+
+DERIVE_MAX = ["--supernet", "tiny", "--sample", "max", "--no-onnx"]
+
+
+def _snapshot(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.stat().st_size for p in folder.rglob("*") if p.is_file()}
+
+
+def test_derive_refuses_the_working_directory(tmp_path):
+    (tmp_path / "keep.txt").write_text("mine")
+    proc = cli("dnas-derive", *DERIVE_MAX, "--out", tmp_path, "--overwrite", cwd=tmp_path)
+    one_line_error(proc, "dnas-derive", "working directory")
+    assert (tmp_path / "keep.txt").read_text() == "mine" and leftovers(tmp_path) == []
+
+
+def test_derive_out_dot_leaves_no_temporary(tmp_path):
+    work = tmp_path / "empty"
+    work.mkdir()
+    proc = cli("dnas-derive", *DERIVE_MAX, "--out", ".", "--overwrite", cwd=work)
+    one_line_error(proc, "dnas-derive", "working directory")
+    assert list(work.iterdir()) == [] and leftovers(tmp_path) == []
+
+
+def test_derive_refuses_to_replace_its_input_run(runs):
+    before = _snapshot(runs["search"])
+    proc = cli("dnas-derive", runs["search"], "--no-onnx", "--out", runs["search"], "--overwrite")
+    one_line_error(proc, "dnas-derive", "holds the input")
+    assert _snapshot(runs["search"]) == before
+
+
+def test_derive_refuses_a_parent_of_its_input(runs, tmp_path):
+    parent = tmp_path / "parent"
+    shutil.copytree(runs["search"], parent / "run")
+    proc = cli("dnas-derive", parent / "run", "--no-onnx", "--out", parent, "--overwrite")
+    one_line_error(proc, "dnas-derive", "holds the input")
+    assert (parent / "run" / "checkpoint-last.pt").is_file()
+
+
+def test_derive_refuses_a_foreign_directory(tmp_path):
+    foreign = tmp_path / "notes"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("years of work")
+    proc = cli("dnas-derive", *DERIVE_MAX, "--out", foreign, "--overwrite")
+    one_line_error(proc, "dnas-derive", str(foreign), "dnas did not write")
+    assert (foreign / "thesis.tex").read_text() == "years of work"
+
+
+def test_derive_refuses_a_search_run_as_output(runs, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(runs["search"], run)
+    proc = cli("dnas-derive", *DERIVE_MAX, "--out", run, "--overwrite")
+    one_line_error(proc, "dnas-derive", "dnas-search run")
+    assert (run / "checkpoint-last.pt").is_file()
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_derive_out_an_existing_file(tmp_path, overwrite):
+    target = tmp_path / "model.bin"
+    target.write_text("a file")
+    proc = cli("dnas-derive", *DERIVE_MAX, "--out", target, *(["--overwrite"] if overwrite else []))
+    one_line_error(proc, "dnas-derive", str(target), "is a file")
+    assert target.read_text() == "a file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.bin"]  # no .model.bin.old
+
+
+def test_derive_overwrite_replaces_its_own_output(tmp_path):
+    out = tmp_path / "d"
+    assert cli("dnas-derive", *DERIVE_MAX, "--out", out).returncode == 0
+    assert output_kind(out) == "derived" and json.loads((out / MARKER).read_text())["command"] == "dnas-derive"
+    proc = cli("dnas-derive", *DERIVE_MAX, "--out", out)
+    one_line_error(proc, "dnas-derive", "--overwrite")
+    assert cli("dnas-derive", *DERIVE_MAX, "--out", out, "--overwrite").returncode == 0
+    assert (out / "model.pt").is_file() and leftovers(tmp_path) == []
+
+
+def test_derive_overwrite_accepts_an_output_written_before_markers(tmp_path):
+    out = tmp_path / "d"
+    assert cli("dnas-derive", *DERIVE_MAX, "--out", out).returncode == 0
+    (out / MARKER).unlink()  # as written by an older dnas
+    assert output_kind(out) == "derived"
+    assert cli("dnas-derive", *DERIVE_MAX, "--out", out, "--overwrite").returncode == 0
+
+
+def test_search_overwrite_refuses_a_retrain_run(runs, tmp_path):
+    reid = tmp_path / "reid"
+    shutil.copytree(runs["reid"], reid)
+    before = _snapshot(reid)
+    proc = cli("dnas-search", *SEARCH_FAST, "--out", reid, "--overwrite")
+    one_line_error(proc, "dnas-search", "dnas-retrain reid run")
+    assert _snapshot(reid) == before
+
+
+def test_retrain_overwrite_refuses_a_search_run(runs, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(runs["search"], run)
+    before = _snapshot(run)
+    proc = cli("dnas-retrain", "reid", "--arch", runs["derived"], "--data", "synthetic", "--out", run, "--overwrite",
+               *RETRAIN_FAST)
+    one_line_error(proc, "dnas-retrain", "dnas-search run")
+    assert _snapshot(run) == before
+
+
+def test_search_refuses_a_foreign_nonempty_directory(tmp_path):
+    foreign = tmp_path / "data"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("x")
+    for extra in ([], ["--overwrite"]):
+        proc = cli("dnas-search", *SEARCH_FAST, "--out", foreign, *extra)
+        one_line_error(proc, "dnas-search", "dnas did not write")
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
+
+
+def test_search_refuses_the_working_directory(tmp_path):
+    (tmp_path / "keep.txt").write_text("x")
+    proc = cli("dnas-search", *SEARCH_FAST, "--out", ".", "--overwrite", cwd=tmp_path)
+    one_line_error(proc, "dnas-search", "working directory")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
+
+
+def test_search_overwrite_keeps_the_old_run_when_the_input_is_bad(runs, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(runs["search"], run)
+    before = _snapshot(run)
+    proc = cli("dnas-search", *SEARCH_FAST, "--data", f"market1501:{tmp_path / 'missing'}", "--out", run,
+               "--overwrite")
+    one_line_error(proc, "dnas-search", "missing")
+    assert _snapshot(run) == before
+
+
+def test_retrain_overwrite_keeps_the_old_run_when_the_input_is_bad(runs, tmp_path):
+    reid = tmp_path / "reid"
+    shutil.copytree(runs["reid"], reid)
+    before = _snapshot(reid)
+    proc = cli("dnas-retrain", "reid", "--arch", runs["derived"], "--data", f"market1501:{tmp_path / 'missing'}",
+               "--out", reid, "--overwrite", *RETRAIN_FAST)
+    one_line_error(proc, "dnas-retrain", "missing")
+    assert _snapshot(reid) == before
+
+
+def test_retrain_refuses_an_output_that_holds_its_arch(runs, tmp_path):
+    reid = tmp_path / "reid"
+    shutil.copytree(runs["reid"], reid)
+    proc = cli("dnas-retrain", "reid", "--arch", reid / "final", "--data", "synthetic", "--out", reid,
+               "--overwrite", *RETRAIN_FAST)
+    one_line_error(proc, "dnas-retrain", "holds the input")
+    assert (reid / "final" / "model.pt").is_file()
+
+
+def test_run_directories_carry_their_marker(runs):
+    assert output_kind(runs["search"]) == "search-run" and (runs["search"] / MARKER).is_file()
+    assert output_kind(runs["reid"]) == "reid-run" and (runs["reid"] / MARKER).is_file()
+    assert output_kind(runs["reid"] / "final") == "derived"  # exported with overwrite=True: still works
+    assert output_kind(runs["derived"]) == "derived"
+
+
+@pytest.mark.parametrize("prog", ["dnas-search", "dnas-retrain"])
+def test_training_out_an_existing_file(runs, tmp_path, prog):
+    target = tmp_path / "file"
+    target.write_text("x")
+    argv = [*SEARCH_FAST] if prog == "dnas-search" else ["reid", "--arch", runs["derived"], *RETRAIN_FAST]
+    proc = cli(prog, *argv, "--out", target, "--overwrite")
+    one_line_error(proc, prog, "is a file")
+    assert target.read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_profile_overwrite_refuses_a_file_that_is_no_table(tmp_path):
+    victim = tmp_path / "results.csv"
+    victim.write_text("a,b\n1,2\n")
+    proc = cli("dnas-latency", "profile", "--supernet", "tiny", "--device", "cpu", "--out", victim, "--overwrite")
+    one_line_error(proc, "dnas-latency", "not a latency table")
+    assert victim.read_text() == "a,b\n1,2\n"
+
+
+@pytest.mark.parametrize("prog", ["dnas-derive", "dnas-search", "dnas-latency"])
+def test_out_below_a_file(tmp_path, prog):
+    (tmp_path / "f").write_text("x")
+    argv = {"dnas-derive": DERIVE_MAX, "dnas-search": SEARCH_FAST,
+            "dnas-latency": ["profile", "--supernet", "tiny", "--device", "cpu"]}[prog]
+    proc = cli(prog, *argv, "--out", tmp_path / "f" / "sub")
+    one_line_error(proc, prog, "is a file")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
+@pytest.mark.parametrize("prog", ["dnas-derive", "dnas-search", "dnas-latency"])
+def test_out_in_a_read_only_directory(tmp_path, prog):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    argv = {"dnas-derive": DERIVE_MAX, "dnas-search": SEARCH_FAST,
+            "dnas-latency": ["profile", "--supernet", "tiny", "--device", "cpu"]}[prog]
+    try:
+        proc = cli(prog, *argv, "--out", ro / "x")
+        one_line_error(proc, prog, "permission denied")
+        assert list(ro.iterdir()) == []
+    finally:
+        ro.chmod(0o755)
+
+
+def test_atomic_directory_replaces_without_leftovers(tmp_path):
+    from dnas.errors import DnasError
+    from dnas.io import atomic_directory
+
+    out = tmp_path / "d"
+    for i in range(2):
+        with atomic_directory(out, overwrite=True, kind="derived") as tmp:
+            (tmp / "x").write_text(str(i))
+    assert (out / "x").read_text() == "1" and output_kind(out) == "derived" and leftovers(tmp_path) == []
+    with pytest.raises(DnasError, match="is a file"):
+        with atomic_directory(out / "x", overwrite=True):
+            pass
+    with pytest.raises(RuntimeError):
+        with atomic_directory(out, overwrite=True, kind="derived") as tmp:
+            raise RuntimeError("boom")
+    assert (out / "x").read_text() == "1" and leftovers(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_readme_setup_chain_reruns(tmp_path):
+    """search --out runs/tiny --overwrite, then derive runs/tiny --out runs/tiny/derived --overwrite, twice."""
+    for _ in range(2):
+        assert cli("dnas-search", *SEARCH_FAST, "--out", "runs/tiny", "--overwrite", cwd=tmp_path).returncode == 0
+        proc = cli("dnas-derive", "runs/tiny", "--no-onnx", "--out", "runs/tiny/derived", "--overwrite", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    assert output_kind(tmp_path / "runs/tiny") == "search-run"
+    assert output_kind(tmp_path / "runs/tiny/derived") == "derived"
+    assert leftovers(tmp_path / "runs") == [] and leftovers(tmp_path / "runs/tiny") == []
