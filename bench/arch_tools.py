@@ -17,10 +17,10 @@ from pathlib import Path
 from dnas.space import SearchSpace, data_root
 
 
-def widest_arch(space: SearchSpace, num_classes: int | None = None, use_dcs: bool | None = None,
+def widest_arch(space: SearchSpace, num_classes: int | None = None, attention: str | bool | None = None,
                 bnneck: bool | None = None) -> SearchSpace:
     """The derived arch of the widest choices (largest width and expansion everywhere)."""
-    data = space.arch_from_indices(space.sample_indices("max"), num_classes=num_classes, use_dcs=use_dcs,
+    data = space.arch_from_indices(space.sample_indices("max"), num_classes=num_classes, attention=attention,
                                    bnneck=bnneck, name=f"{space.name}-max")
     return SearchSpace.from_dict(data, f"{space.name}:max")
 
@@ -69,7 +69,7 @@ def latency_model_for(space: SearchSpace, net, device_kind: str):
 
     path = find_table(space, device_kind)
     table = LatencyTable.load(path, space) if path else stand_in_table(space)
-    model = LatencyModel(table, space, use_dcs=net.use_dcs, num_classes=0, bnneck=net.bnneck)
+    model = LatencyModel(table, space, attention=net.attention, num_classes=0, bnneck=net.bnneck)
     return model, (str(path.relative_to(data_root())) if path else table.source)
 
 

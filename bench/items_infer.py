@@ -23,7 +23,7 @@ def bench_timm(space_name: str, settings: BenchSettings) -> dict:
     """Throughput of our PlainNet vs the same arch built by timm (no DCS, no BNNeck)."""
     space = load_space(space_name)
     key, title = f"timm/{space.name}", f"{space.name} widest derived net vs timm EfficientNet builder"
-    arch = widest_arch(space, num_classes=settings.num_classes, use_dcs=False, bnneck=False)
+    arch = widest_arch(space, num_classes=settings.num_classes, attention="none", bnneck=False)
     timm_net = timm_efficientnet(arch, settings.num_classes)
     if timm_net is None:
         return result(key, title, status="skipped",

@@ -13,9 +13,10 @@ far a patched supernet's outputs are from the current one's.
    full-size elementwise kernel forward and backward plus one more saved activation per
    block. Folded, the masks cost a (C,)-sized multiply. The residual of a width group
    (weight 1.0) is added without the ``1.0 * x`` copy.
-2. **Faster DCS-Attention** (:func:`fast_dcs_forward`, :func:`logistic_channel_mask`):
-   channels padded to a multiple of 8 for the fused attention kernels; one logistic draw
-   per mask instead of two Gumbel draws (two ``exponential_`` + two ``log`` kernels).
+2. **Faster DCS-Attention** (:func:`fast_dcs_forward`): the width mask folded into the
+   module's BN as in 1; in the softmax form, channels padded to a multiple of 8 for the
+   fused attention kernels. (One logistic draw per mask instead of two Gumbel draws, the
+   earlier part of this proposal, is now the module's own sampling.)
 3. **Gumbel noise without device round trips** (:func:`batched_sample_choice`).
    ``Supernet.sample_choice(generator=...)`` calls ``logit.detach().float().cpu()`` (a
    device-to-host copy: a synchronisation) and ``.to(device)`` (a pageable host-to-device
@@ -34,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dnas.models.supernet import ArchChoice, Supernet
-from dnas.ops.dcs import DCSAttention, gumbel_like
+from dnas.ops.dcs import DCSAttention, gumbel_like, linear_affinity_output
 from dnas.ops.super_blocks import SuperInvertedResidual, match_channels
 
 PROPOSALS = ("fold_masks", "dcs_fast", "batched_noise")
@@ -66,38 +67,29 @@ def folded_ir_forward(self: SuperInvertedResidual, x: torch.Tensor, mid_mask: to
 
 def fast_dcs_forward(self: DCSAttention, x: torch.Tensor, width_mask: torch.Tensor | None = None,
                      eff_width=None) -> torch.Tensor:
-    """:meth:`DCSAttention.forward` with the width mask folded into ``bn`` and the
-    attention's channels zero-padded to a multiple of 8 (zero channels add nothing to
-    ``q k^T``; the padded output channels are cut), so that the fused SDPA kernels
-    (flash / memory-efficient) accept widths such as 12, 20 or 28."""
+    """:meth:`DCSAttention.forward` with the width mask folded into ``bn``; in the softmax
+    form the attention's channels are also zero-padded to a multiple of 8 (zero channels
+    add nothing to ``q k^T``; the padded output channels are cut), so that the fused SDPA
+    kernels (flash / memory-efficient) accept widths such as 12, 20 or 28."""
     b, c, h, w = x.shape
-    tokens = x.flatten(2).transpose(1, 2)  # (B, N, C)
-    k = (tokens * self.channel_mask(tokens)).unsqueeze(1)  # (B, 1, N, C)
-    width = float(c) if eff_width is None else eff_width
-    if torch.is_tensor(width):
-        q, scale = k * width.rsqrt().to(k.dtype), 1.0
+    k = x * self.channel_mask(x) if self.select else x  # (B, C, H, W)
+    if self.form == "linear":
+        y = linear_affinity_output(k.flatten(2), x.flatten(2)).view(b, c, h, w)
     else:
-        q, scale = k, 1.0 / math.sqrt(width)
-    v = tokens.unsqueeze(1)
-    pad = -c % 8
-    if pad:
-        q, k, v = (F.pad(t, (0, pad)) for t in (q, k, v))
-    y = F.scaled_dot_product_attention(q, k, v, scale=scale)[..., :c]  # (B, 1, N, C)
-    y = y.squeeze(1).transpose(1, 2).reshape(b, c, h, w)  # (B, C, H, W)
+        k = k.flatten(2).transpose(1, 2).unsqueeze(1)  # (B, 1, N, C)
+        width = float(c) if eff_width is None else eff_width
+        if torch.is_tensor(width):
+            q, scale = k * width.rsqrt().to(k.dtype), 1.0
+        else:
+            q, scale = k, 1.0 / math.sqrt(width)
+        v = x.flatten(2).transpose(1, 2).unsqueeze(1)
+        pad = -c % 8
+        if pad:
+            q, k, v = (F.pad(t, (0, pad)) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, scale=scale)[..., :c].squeeze(1)  # (B, N, C)
+        y = y.transpose(1, 2).reshape(b, c, h, w)
     out = self.bn(self.proj(y)) if width_mask is None else masked_bn(self.bn, self.proj(y), width_mask)
     return x + out
-
-
-def logistic_channel_mask(self: DCSAttention, tokens: torch.Tensor) -> torch.Tensor:
-    """:meth:`DCSAttention.channel_mask` with one logistic draw instead of two Gumbel draws
-    (``G1 - G2 ~ Logistic(0, 1)`` for independent standard Gumbels), drawn in fp32."""
-    logits = self.pi(tokens)  # (B, N, C)
-    if not self.training:
-        return (logits > 0).to(tokens.dtype)
-    u = torch.rand(logits.shape, device=logits.device).clamp_(1e-6, 1 - 1e-6)
-    soft = torch.sigmoid((logits.float() + u.log() - (-u).log1p()) / self.tau_m)
-    hard = (soft > 0.5).to(soft.dtype)
-    return (hard + (soft - soft.detach())).to(tokens.dtype)
 
 
 def batched_sample_choice(self: Supernet, tau: float, hard: bool = False,
@@ -127,8 +119,7 @@ def batched_sample_choice(self: Supernet, tau: float, hard: bool = False,
 
 _PATCHES = {
     "fold_masks": [(SuperInvertedResidual, "forward", folded_ir_forward)],
-    "dcs_fast": [(DCSAttention, "forward", fast_dcs_forward),
-                 (DCSAttention, "channel_mask", logistic_channel_mask)],
+    "dcs_fast": [(DCSAttention, "forward", fast_dcs_forward)],
     "batched_noise": [(Supernet, "sample_choice", batched_sample_choice)],
 }
 

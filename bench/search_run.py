@@ -97,8 +97,8 @@ def _run(args: argparse.Namespace) -> int:
                        eval_every=10_000, eval_max_queries=200, synthetic_ids=args.ids,
                        synthetic_images_per_id=args.images_per_id, w_schedule="cosine")
     # initial expected latency (logits start at zero: the uniform distribution)
-    probe = Supernet(space, num_classes=10, use_dcs=cfg.use_dcs, bnneck=cfg.bnneck)
-    lat_model = LatencyModel(table, space, use_dcs=cfg.use_dcs, num_classes=0, bnneck=cfg.bnneck)
+    probe = Supernet(space, num_classes=10, bnneck=cfg.bnneck)
+    lat_model = LatencyModel(table, space, num_classes=0, bnneck=cfg.bnneck)
     with torch.no_grad():
         before = float(lat_model.expected_ms(_uniform_choice(probe)))
     lo, hi = lat_model.bounds_ms()

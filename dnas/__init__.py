@@ -12,11 +12,15 @@ __version__ = "0.1.0"
 from dnas.space import load_space  # noqa: E402
 
 
-def build_model(arch, num_classes: int | None = None, use_dcs: bool = True):
-    """Build a fresh plain network from a derived arch (YAML path, directory or dict)."""
+def build_model(arch, num_classes: int | None = None, attention: str | bool | None = None):
+    """Build a fresh plain network from a derived arch (YAML path, directory or dict).
+
+    ``attention`` (``none``, ``self`` or ``dcs``) overrides the arch's; a bool is the
+    legacy ``use_dcs``.
+    """
     from dnas.export import build_model as _build
 
-    return _build(arch, num_classes=num_classes, use_dcs=use_dcs)
+    return _build(arch, num_classes=num_classes, attention=attention)
 
 
 def load_derived(directory):

@@ -45,18 +45,19 @@ def _arch_space(arch: Any) -> SearchSpace:
     return space
 
 
-def build_model(arch: Any, num_classes: int | None = None, use_dcs: bool | None = None) -> PlainNet:
+def build_model(arch: Any, num_classes: int | None = None, attention: str | bool | None = None) -> PlainNet:
     """A fresh plain network of a derived arch.
 
     Args:
         arch: arch YAML path, a ``dnas-derive`` directory, a dict or a SearchSpace.
         num_classes: classifier outputs (default: the arch's).
-        use_dcs: build the DCS-Attention modules (default: the arch's ``use_dcs``).
+        attention: ``none``, ``self`` or ``dcs`` (default: the arch's; a bool is the
+            legacy ``use_dcs``).
     """
     if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
                                     or num_classes < 1):
         raise DnasError(f"num_classes {num_classes!r}: expected a positive integer")
-    return PlainNet(_arch_space(arch), num_classes=num_classes, use_dcs=use_dcs)
+    return PlainNet(_arch_space(arch), num_classes=num_classes, attention=attention)
 
 
 def load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
@@ -153,7 +154,7 @@ def count_macs(model: nn.Module, input_size: list[int]) -> int:
         return int(analysis.total())
 
 
-def arch_graph(arch: SearchSpace, use_dcs: bool):
+def arch_graph(arch: SearchSpace, attention: str):
     """The derived network as a networkx DiGraph (nodes carry a ``label``)."""
     import networkx as nx
 
@@ -171,8 +172,9 @@ def arch_graph(arch: SearchSpace, use_dcs: bool):
             g.add_edge(prev, node, residual=True)
         prev = node
         last = max(x.index for x in arch.blocks if x.stage == b.stage)
-        if b.index == last and arch.stages[b.stage]["dcs_after"] and use_dcs:
-            g.add_node(f"dcs{b.stage}", label=f"DCS-Attention {b.out_options[0]}")
+        if b.index == last and arch.stages[b.stage]["dcs_after"] and attention != "none":
+            kind = "DCS-Attention" if attention == "dcs" else "Self-Attention"
+            g.add_node(f"dcs{b.stage}", label=f"{kind} ({arch.attention_form}) {b.out_options[0]}")
             g.add_edge(prev, f"dcs{b.stage}")
             prev = f"dcs{b.stage}"
     g.add_node("head", label=f"conv1x1 {arch.head['out_chs']} + avgpool")
@@ -202,7 +204,9 @@ def summarize(model: PlainNet, arch: dict, onnx_diff: float | None, extra: Mappi
         "params": params,
         "params_millions": round(params / 1e6, 4),
         "macs": count_macs(model, space.input_size),
-        "macs_note": "multiply-accumulates per image, counted by fvcore (SDPA added)",
+        "macs_note": "multiply-accumulates per image, counted by fvcore (attention matmuls included)",
+        "attention": model.attention,
+        "attention_form": space.attention_form,
         "use_dcs": model.use_dcs,
         "stage_widths": [space.stage_out_options(s)[0] for s in range(len(space.stages))],
         "stage_mid_chs": [[b["mid_chs"] for b in st["blocks"]] for st in arch["stages"]],
@@ -240,7 +244,7 @@ def export_derived(out: str | Path, arch: dict, model: PlainNet, *, onnx: bool =
         diff = export_onnx(model, model.arch.input_size, tmp / "model.onnx") if onnx else None
         summary = summarize(model, arch, diff, extra_summary)
         atomic_write_json(tmp / "summary.json", summary)
-        atomic_write_text(tmp / "arch.dot", graph_to_dot(arch_graph(model.arch, model.use_dcs)))
+        atomic_write_text(tmp / "arch.dot", graph_to_dot(arch_graph(model.arch, model.attention)))
         for name, writer in (extra_files or {}).items():
             writer(tmp / name)
     log.info("exported %s: %s params, %s MACs%s", out, summary["params"], summary["macs"],

@@ -1,29 +1,34 @@
-"""The IB loss and its variational upper bound IBB (paper section 3.3, Theorem 3.1).
+"""The IB loss and its variational upper bound IBB (paper section 3.3, Theorem 3.1;
+docs/method.md section 4).
 
-FORMULAS.md section 4. With learned features ``F_i`` (the embedding), input features
-``X_i`` (pooled) and labels ``y_i``:
+With learned features ``F_i`` (the embedding), input features ``X_i`` and labels ``y_i``:
 
-- class centroids from the previous epoch, ``C^F_a = mean{F_i : y_i = a}`` (same for X);
-- soft assignments ``phi(F_i, a) = softmax_a(-||F_i - C^F_a||^2)`` (:func:`soft_assign`);
-- the variational table ``Q(y | a) = sum_i phi(F_i, a)[y_i = y] / sum_i phi(F_i, a)``
-  (:func:`q_from_sums`, :func:`q_from_assignments`);
-- the bound, averaged over a batch (:func:`ib_bound`)::
+- ``X_i`` is a fixed representation of the input image (:func:`input_representation`:
+  average-pooled to a small grid), never a learned feature: the paper's ``X`` is the
+  input training data, and only then is ``H(P_X)`` a constant of the weights;
+- features are L2-normalised (:func:`normalize`) and softly assigned to the class
+  centroids, ``phi(f_i, a) = softmax_a(-||f_i - c_a||^2 / T)`` (:func:`soft_assign`);
+- ``Q(y | a) = sum_i phi(F_i, a)[y_i = y] / sum_i phi(F_i, a)`` (:func:`q_from_sums`);
+- the paper's bound, averaged over a batch (:func:`ib_bound`, what training optimises)::
 
       IBB = mean_i [ sum_a sum_b phi(F_i,a) phi(X_i,b) log phi(X_i,b)
                      - sum_a phi(F_i,a) log Q(y_i|a) ]
 
-- the IB loss for reporting (:func:`ib_loss`): ``I(X;F) - I(F;Y)`` from the joint
-  tables ``P(a,b) = mean_i phi(F_i,a) phi(X_i,b)`` and ``P(a,y) = mean_i phi(F_i,a)[y_i=y]``.
+- the IB loss ``I(X;F) - I(F;Y)`` from the joint tables ``P(a,b) = mean_i phi(F_i,a)
+  phi(X_i,b)`` and ``P(a,y) = mean_i phi(F_i,a)[y_i=y]``, and the bound with its
+  constants, ``IBB + H(P_X) - H(Y) >= IB`` (:func:`ib_terms`): the data-processing
+  bound ``I(A;B) <= H(B) - mean_i H(phi_X(i))`` plus the variational bound
+  ``I(A;Y) >= H(Y) + sum P(a,y) log Q(y|a)``. Reports use the bound with constants.
 
-:class:`IBTracker` keeps the centroids and Q across epochs and accumulates what the
-next epoch needs.
+:func:`evaluate_ib` measures all of it on one data set (centroids and Q from the same
+data: the Table V measurement). :class:`IBTracker` keeps centroids and Q across epochs.
 
-NOTE: two choices the paper leaves open. (1) ``Q`` gets an additive prior ``q_prior``
-per cell (so ``log Q`` is finite when no soft mass reached a cell). (2) The first Q,
-at the end of the first epoch, cannot come from soft assignments (there were no
-centroids to assign to): it is estimated by placing every sample at its class centroid,
-``Q(y|a) proportional to n_y phi(C_y, a)`` (``n_y`` images of class ``y``). From the
-second epoch on, Q follows the paper.
+NOTE: choices the paper leaves open (docs/method.md). (1) ``Q`` gets an additive prior
+``q_prior`` per cell (``log Q`` finite). (2) Normalised features with temperature
+``T = 1`` (raw features saturate ``phi`` to one-hot: IB ~ -log K and no gradient).
+(3) Centroids and Q of an epoch come from the same features: every epoch's normalised
+embeddings are kept (float16), and at its end the class means become the centroids and
+Q is computed from the assignments of those same embeddings to them.
 """
 from __future__ import annotations
 
@@ -33,19 +38,28 @@ import torch
 import torch.nn.functional as F
 
 AllReduce = Callable[[torch.Tensor], None]
+DEFAULT_TEMPERATURE = 1.0
+INPUT_GRID = (8, 4)  # (H, W) cells of the fixed input representation: 3 x 8 x 4 = 96 values
+_CHUNK = 4096
 
 
-def _as_vectors(x: torch.Tensor) -> torch.Tensor:
-    """``(B, D)`` as is; ``(B, C, H, W)`` global-average-pooled to ``(B, C)``."""
-    return x.flatten(2).mean(dim=2) if x.dim() > 2 else x
+def input_representation(images: torch.Tensor, grid: tuple[int, int] = INPUT_GRID) -> torch.Tensor:
+    """The fixed input feature ``X_i`` of images (B, 3, H, W): average-pooled to ``grid``, (B, 3*gh*gw)."""
+    return F.adaptive_avg_pool2d(images.detach().float(), grid).flatten(1)
+
+
+def normalize(feats: torch.Tensor) -> torch.Tensor:
+    """L2-normalised ``(B, D)`` float features (``(B, C, H, W)`` is average-pooled first)."""
+    f = feats.flatten(2).mean(dim=2) if feats.dim() > 2 else feats
+    return F.normalize(f if f.dtype == torch.float64 else f.float(), dim=1)
 
 
 def squared_distances(feats: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
     """``||f_i - c_a||^2`` as ``(B, K)``, finite even for extreme inputs.
 
-    Both sides are shifted by the centroids' mean (distances are translation
-    invariant; this keeps the expansion ``|f|^2 + |c|^2 - 2 f.c`` accurate), the result
-    is clamped at 0 and overflow is capped at the dtype's largest finite value.
+    Both sides are shifted by the centroids' mean (distances are translation invariant;
+    this keeps the expansion ``|f|^2 + |c|^2 - 2 f.c`` accurate), the result is clamped
+    at 0 and overflow is capped at the dtype's largest finite value.
     """
     shift = centroids.mean(dim=0, keepdim=True)
     f, c = feats - shift, centroids - shift
@@ -54,21 +68,20 @@ def squared_distances(feats: torch.Tensor, centroids: torch.Tensor) -> torch.Ten
     return torch.nan_to_num(d2.clamp_min(0.0), nan=big, posinf=big)
 
 
-def soft_assign(feats: torch.Tensor, centroids: torch.Tensor,
-                valid: torch.Tensor | None = None) -> torch.Tensor:
-    """Soft assignments ``phi(f_i, a) = softmax_a(-||f_i - c_a||^2)``.
-
-    Computed with ``log_softmax`` (a logsumexp), so far-away centroids get 0, never NaN.
+def soft_assign(feats: torch.Tensor, centroids: torch.Tensor, valid: torch.Tensor | None = None,
+                temperature: float = DEFAULT_TEMPERATURE) -> torch.Tensor:
+    """Soft assignments ``phi(f_i, a) = softmax_a(-||f_i - c_a||^2 / T)``.
 
     Args:
-        feats: ``(B, D)`` features (``(B, C, H, W)`` is average-pooled).
+        feats: ``(B, D)`` features (already normalised by the caller where wanted).
         centroids: ``(K, D)``.
         valid: ``(K,)`` bool, centroids that exist; the others get ``phi = 0``.
+        temperature: ``T``.
 
     Returns:
         ``(B, K)``, rows summing to 1 over the valid centroids.
     """
-    logits = -squared_distances(_as_vectors(feats), centroids)  # (B, K)
+    logits = -squared_distances(feats, centroids.to(feats.dtype)) / temperature  # (B, K)
     if valid is not None:
         if not bool(valid.any()):
             raise ValueError("soft_assign: no valid centroid")
@@ -77,30 +90,20 @@ def soft_assign(feats: torch.Tensor, centroids: torch.Tensor,
 
 
 def q_from_sums(s: torch.Tensor, q_prior: float = 1e-3) -> torch.Tensor:
-    """``Q(y | a)`` from ``s[a, y] = sum_i phi(F_i, a)[y_i = y]``.
-
-    Args:
-        s: ``(K, K)`` soft counts, rows indexed by centroid ``a``, columns by label ``y``.
-        q_prior: additive prior per cell (see the module NOTE).
-
-    Returns:
-        ``(K, K)`` with rows summing to 1:
-        ``Q[a, y] = (s[a, y] + prior) / (sum_y s[a, y] + K prior)``.
-    """
+    """``Q[a, y] = (s[a, y] + prior) / (sum_y s[a, y] + K prior)`` from soft counts ``s`` (K, K)."""
     s = s + q_prior
     return s / s.sum(dim=1, keepdim=True)
 
 
 def q_from_assignments(phi_f: torch.Tensor, labels: torch.Tensor, num_classes: int,
                        q_prior: float = 1e-3) -> torch.Tensor:
-    """``Q(y | a)`` from an epoch of soft assignments ``phi_f`` ``(N, K)`` and labels ``(N,)``."""
+    """``Q(y | a)`` from soft assignments ``phi_f`` ``(N, K)`` and labels ``(N,)``."""
     onehot = F.one_hot(labels.long(), num_classes).to(phi_f.dtype)  # (N, K)
     return q_from_sums(phi_f.t() @ onehot, q_prior)
 
 
-def ib_bound(phi_f: torch.Tensor, phi_x: torch.Tensor, q: torch.Tensor,
-             labels: torch.Tensor) -> torch.Tensor:
-    """The bound IBB averaged over a batch (Theorem 3.1).
+def ib_bound(phi_f: torch.Tensor, phi_x: torch.Tensor, q: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The paper's bound IBB averaged over a batch (Theorem 3.1), without its constants.
 
     Args:
         phi_f: ``(B, K)`` soft assignments of the learned features.
@@ -109,7 +112,8 @@ def ib_bound(phi_f: torch.Tensor, phi_x: torch.Tensor, q: torch.Tensor,
         labels: ``(B,)`` labels.
 
     Returns:
-        Scalar; differentiable in ``phi_f`` and ``phi_x``.
+        Scalar, differentiable in ``phi_f`` and ``phi_x``. ``IBB + H(P_X) - H(Y)`` bounds
+        the IB loss (:func:`ib_terms`).
     """
     tiny = torch.finfo(phi_x.dtype).tiny  # log(0) -> log(tiny): 0 * finite = 0, finite grads
     neg_entropy_x = (phi_x * phi_x.clamp_min(tiny).log()).sum(dim=1)  # (B,)
@@ -119,32 +123,133 @@ def ib_bound(phi_f: torch.Tensor, phi_x: torch.Tensor, q: torch.Tensor,
     return (first - second).mean()
 
 
+def entropy(p: torch.Tensor) -> torch.Tensor:
+    """Entropy in nats of a distribution (normalised here; zero cells contribute 0)."""
+    p = p / p.sum()
+    return -torch.where(p > 0, p * p.clamp_min(torch.finfo(p.dtype).tiny).log(), torch.zeros_like(p)).sum()
+
+
 def mutual_information(joint: torch.Tensor) -> torch.Tensor:
     """``I(A;B)`` in nats of a joint table (normalised here; zero cells contribute 0)."""
     p = joint / joint.sum()
     pa, pb = p.sum(dim=1, keepdim=True), p.sum(dim=0, keepdim=True)
     ratio = p / (pa * pb).clamp_min(torch.finfo(p.dtype).tiny)
-    return torch.where(p > 0, p * ratio.clamp_min(torch.finfo(p.dtype).tiny).log(),
-                       torch.zeros_like(p)).sum()
+    return torch.where(p > 0, p * ratio.clamp_min(torch.finfo(p.dtype).tiny).log(), torch.zeros_like(p)).sum()
 
 
-def ib_loss(phi_f: torch.Tensor, phi_x: torch.Tensor, labels: torch.Tensor,
-            num_classes: int) -> dict[str, torch.Tensor]:
-    """The IB loss ``I(X;F) - I(F;Y)`` (Table V) from soft assignments.
+def ib_from_sums(p_fx: torch.Tensor, s_fy: torch.Tensor, sum_phi_x: torch.Tensor, neg_entropy_x: torch.Tensor,
+                 cross: torch.Tensor, count: torch.Tensor) -> dict[str, float]:
+    """IB loss and bound from sums over ``n = count.sum()`` samples.
 
     Args:
-        phi_f: ``(N, K)`` assignments of learned features.
-        phi_x: ``(N, K)`` assignments of input features.
-        labels: ``(N,)`` labels.
-        num_classes: ``K``.
+        p_fx: ``(K, K)`` ``sum_i phi_F(i, a) phi_X(i, b)``.
+        s_fy: ``(K, K)`` ``sum_i phi_F(i, a) [y_i = y]``.
+        sum_phi_x: ``(K,)`` ``sum_i phi_X(i, b)``.
+        neg_entropy_x: ``sum_i sum_b phi_X(i,b) log phi_X(i,b)``.
+        cross: ``sum_i sum_a phi_F(i,a) log Q(y_i|a)``.
+        count: ``(K,)`` samples per label.
 
     Returns:
-        ``{"ib": I(X;F) - I(F;Y), "i_xf": I(X;F), "i_fy": I(F;Y)}`` (scalar tensors).
+        ``ib``, ``i_xf``, ``i_fy``, ``ibb`` (the bound with its constants, ``>= ib``),
+        ``ibb_paper`` (without them, what training optimises), ``h_px``, ``h_y``.
     """
-    onehot = F.one_hot(labels.long(), num_classes).to(phi_f.dtype)
-    i_xf = mutual_information(phi_f.t() @ phi_x)
-    i_fy = mutual_information(phi_f.t() @ onehot)
-    return {"ib": i_xf - i_fy, "i_xf": i_xf, "i_fy": i_fy}
+    n = float(count.sum())
+    i_xf, i_fy = float(mutual_information(p_fx)), float(mutual_information(s_fy))
+    ibb_paper = float(neg_entropy_x - cross) / n
+    h_px, h_y = float(entropy(sum_phi_x)), float(entropy(count))
+    return {"ib": i_xf - i_fy, "i_xf": i_xf, "i_fy": i_fy, "ibb": ibb_paper + h_px - h_y,
+            "ibb_paper": ibb_paper, "h_px": h_px, "h_y": h_y}
+
+
+def _batch_sums(phi_f: torch.Tensor, phi_x: torch.Tensor, q: torch.Tensor, labels: torch.Tensor,
+                k: int) -> list[torch.Tensor]:
+    """The :func:`ib_from_sums` sums of one batch (float64, detached)."""
+    pf, px = phi_f.detach().double(), phi_x.detach().double()
+    onehot = F.one_hot(labels.long(), k).double()
+    tiny = torch.finfo(torch.float64).tiny
+    log_q = q.double().clamp_min(tiny).log()[:, labels.long()].t()  # (B, K_a)
+    return [pf.t() @ px, pf.t() @ onehot, px.sum(0), (px * px.clamp_min(tiny).log()).sum(),
+            (pf * log_q).sum(), onehot.sum(0)]
+
+
+def ib_terms(phi_f: torch.Tensor, phi_x: torch.Tensor, q: torch.Tensor, labels: torch.Tensor,
+             num_classes: int) -> dict[str, float]:
+    """IB loss, its bound with constants (``>= ib``) and the paper's IBB of one sample set."""
+    return ib_from_sums(*_batch_sums(phi_f, phi_x, q, labels, num_classes))
+
+
+def class_means(feats: torch.Tensor, labels: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(means (K, D) float64, counts (K,))`` of ``feats`` per label."""
+    sums = torch.zeros(k, feats.shape[1], dtype=torch.float64, device=feats.device)
+    sums.index_add_(0, labels.long(), feats.double())
+    count = torch.bincount(labels.long(), minlength=k).double()
+    return sums / count.clamp_min(1)[:, None], count
+
+
+@torch.no_grad()
+def evaluate_ib(features: torch.Tensor, inputs: torch.Tensor, labels, num_classes: int | None = None,
+                temperature: float = DEFAULT_TEMPERATURE, q_prior: float = 1e-3) -> dict[str, float]:
+    """The IB loss and its bound of a trained network on one data set (Table V).
+
+    Centroids and Q come from the same data. ``inputs`` are images ``(N, 3, H, W)``
+    (mapped by :func:`input_representation`) or already the fixed ``(N, D)`` input
+    features. Labels are re-indexed to the classes present.
+
+    Returns:
+        ``{"ib", "ibb", "i_xf", "i_fy", "ibb_paper", "h_px", "h_y", "classes", "n"}``;
+        ``ibb >= ib`` always.
+    """
+    labels = torch.as_tensor(labels).long().cpu()
+    if not (features.shape[0] == inputs.shape[0] == labels.shape[0]):
+        raise ValueError(f"evaluate_ib: sizes differ: features {features.shape[0]}, inputs {inputs.shape[0]}, "
+                         f"labels {labels.shape[0]}")
+    classes, y = torch.unique(labels, return_inverse=True)
+    k = num_classes or len(classes)
+    x = inputs if inputs.dim() == 2 else input_representation(inputs)
+    f, x = normalize(features.cpu()).double(), normalize(x.cpu()).double()
+    cf, _ = class_means(f, y, k)
+    cx, _ = class_means(x, y, k)
+    valid = torch.bincount(y, minlength=k) > 0
+    phi_f = torch.cat([soft_assign(c, cf, valid, temperature) for c in f.split(_CHUNK)])
+    phi_x = torch.cat([soft_assign(c, cx, valid, temperature) for c in x.split(_CHUNK)])
+    q = q_from_assignments(phi_f, y, k, q_prior)
+    out = ib_terms(phi_f, phi_x, q, y, k)
+    out.update(classes=int(valid.sum()), n=int(labels.shape[0]))
+    return out
+
+
+@torch.no_grad()
+def evaluate_model_ib(model: torch.nn.Module, loader, device, temperature: float = DEFAULT_TEMPERATURE,
+                      **forward_kw) -> dict[str, float]:
+    """:func:`evaluate_ib` of a network's ``global_feat`` over a loader, in eval mode.
+
+    Args:
+        model: called as ``model(images, return_features=True, **forward_kw)``.
+        loader: yields ``(images, labels, ...)`` (the training set with test transforms:
+            Table V's measurement).
+        device: where the model runs.
+        temperature: ``T`` of the soft assignments.
+
+    Returns:
+        The :func:`evaluate_ib` dict, plus ``"split"`` naming what was measured.
+    """
+    was_training = model.training
+    model.eval()
+    feats, inputs, labels = [], [], []
+    try:
+        for batch in loader:
+            images = batch[0]
+            out = model(images.to(device, non_blocking=True), return_features=True, **forward_kw)
+            feats.append(out["global_feat"].float().cpu())
+            inputs.append(input_representation(images))
+            labels.append(torch.as_tensor(batch[1]))
+    finally:
+        model.train(was_training)
+    if not feats:
+        raise ValueError("evaluate_model_ib: the loader yielded no batch")
+    result = evaluate_ib(torch.cat(feats), torch.cat(inputs), torch.cat(labels), temperature=temperature)
+    result["split"] = "train (all training images, test transforms, eval mode)"
+    return result
 
 
 def default_all_reduce(t: torch.Tensor) -> None:
@@ -155,185 +260,17 @@ def default_all_reduce(t: torch.Tensor) -> None:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
 
 
+def reduce_tensors(tensors: list[torch.Tensor], all_reduce: AllReduce | None) -> None:
+    """Sum every tensor of ``tensors`` in place over processes with one call."""
+    if all_reduce is None or not tensors:
+        return
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    all_reduce(flat)
+    for t, chunk in zip(tensors, flat.split([t.numel() for t in tensors])):
+        t.copy_(chunk.view_as(t))
 
-_ACCUMULATORS = ("sum_f", "sum_x", "count", "s_fy", "p_fx", "n_assigned", "ibb_sum")
 
+from dnas.ib_tracker import IBTracker  # noqa: E402  (re-exported: dnas.ib.IBTracker)
 
-class IBTracker:
-    """Centroids, Q and per-epoch accumulators for the IB bound across training.
-
-    Use: every training step ``ibb = tracker.step(F, X, y)`` (adds ``eta * ibb`` to
-    the loss); after the epoch ``stats = tracker.end_epoch()``.
-
-    Before the first epoch has ended there are no centroids: :meth:`step` and
-    :meth:`bound` return 0 (a zero tensor, connected to the graph so ``backward`` still
-    works) and only the class sums are accumulated. A class absent from an epoch keeps
-    its previous centroid; a class never seen has no centroid and is masked out of the
-    soft assignments (``phi = 0``). With DDP, :meth:`end_epoch` sums the accumulators
-    over processes (``torch.distributed.all_reduce`` when initialised, or the callable
-    given), so every process gets the same centroids and Q.
-
-    Args:
-        num_classes: number of training classes ``K``.
-        q_prior: additive prior of each Q cell (module NOTE).
-    """
-
-    def __init__(self, num_classes: int, q_prior: float = 1e-3) -> None:
-        self.num_classes, self.q_prior = int(num_classes), float(q_prior)
-        self.epoch = 0
-        self.centroids_f: torch.Tensor | None = None  # (K, Df)
-        self.centroids_x: torch.Tensor | None = None  # (K, Dx)
-        self.valid: torch.Tensor | None = None  # (K,) bool
-        self.q: torch.Tensor | None = None  # (K, K), Q[a, y]
-        self.sum_f = self.sum_x = self.count = self.s_fy = self.p_fx = None
-        self.n_assigned = self.ibb_sum = None
-
-    @property
-    def ready(self) -> bool:
-        """Whether centroids and Q exist (the bound is active)."""
-        return self.q is not None
-
-    def _init_accumulators(self, f: torch.Tensor, x: torch.Tensor) -> None:
-        k, kw = self.num_classes, dict(device=f.device, dtype=torch.float64)
-        self.sum_f = torch.zeros(k, f.shape[1], **kw)
-        self.sum_x = torch.zeros(k, x.shape[1], **kw)
-        self.count = torch.zeros(k, **kw)
-        self.s_fy = torch.zeros(k, k, **kw)
-        self.p_fx = torch.zeros(k, k, **kw)
-        self.n_assigned = torch.zeros((), **kw)
-        self.ibb_sum = torch.zeros((), **kw)
-
-    def _check(self, f: torch.Tensor, x: torch.Tensor, labels: torch.Tensor):
-        f, x = _as_vectors(f), _as_vectors(x)
-        if not (f.shape[0] == x.shape[0] == labels.shape[0]):
-            raise ValueError(f"IBTracker: batch sizes differ: F {f.shape[0]}, X {x.shape[0]}, "
-                             f"labels {labels.shape[0]}")
-        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
-            raise ValueError(f"IBTracker: labels must be in 0..{self.num_classes - 1}")
-        if self.sum_f is None:
-            self._init_accumulators(f, x)
-        if self.sum_f.device != f.device:
-            self.to(f.device)
-        return f, x, labels.long()
-
-    def assign(self, f: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Soft assignments ``(phi_F, phi_X)`` to the current centroids (needs :attr:`ready`)."""
-        f, x = _as_vectors(f), _as_vectors(x)
-        phi_f = soft_assign(f, self.centroids_f.to(f.dtype), self.valid)
-        phi_x = soft_assign(x, self.centroids_x.to(x.dtype), self.valid)
-        return phi_f, phi_x
-
-    def bound(self, f: torch.Tensor, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """IBB of a batch with the current centroids and Q (0 before they exist)."""
-        if not self.ready:
-            return (_as_vectors(f).sum() + _as_vectors(x).sum()) * 0.0
-        phi_f, phi_x = self.assign(f, x)
-        return ib_bound(phi_f, phi_x, self.q.to(phi_f.dtype), labels.long())
-
-    @torch.no_grad()
-    def update(self, f: torch.Tensor, x: torch.Tensor, labels: torch.Tensor) -> None:
-        """Accumulate a batch (detached) without computing the bound."""
-        self.step(f.detach(), x.detach(), labels)
-
-    def step(self, f: torch.Tensor, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Accumulate a batch and return its IBB (differentiable in ``f`` and ``x``).
-
-        Args:
-            f: ``(B, Df)`` learned features.
-            x: ``(B, Dx)`` input features (``(B, C, H, W)`` is average-pooled).
-            labels: ``(B,)`` labels in ``0..K-1``.
-
-        Returns:
-            Scalar IBB (0 before the first :meth:`end_epoch`).
-        """
-        f, x, labels = self._check(f, x, labels)
-        with torch.no_grad():
-            self.sum_f.index_add_(0, labels, f.detach().double())
-            self.sum_x.index_add_(0, labels, x.detach().double())
-            self.count.index_add_(0, labels, torch.ones_like(labels, dtype=torch.float64))
-        if not self.ready:
-            return (f.sum() + x.sum()) * 0.0
-        phi_f, phi_x = self.assign(f, x)
-        ibb = ib_bound(phi_f, phi_x, self.q.to(phi_f.dtype), labels)
-        with torch.no_grad():
-            pf, px = phi_f.detach().double(), phi_x.detach().double()
-            self.s_fy.index_add_(1, labels, pf.t())  # s[a, y_i] += phi(F_i, a)
-            self.p_fx += pf.t() @ px
-            self.n_assigned += len(labels)
-            self.ibb_sum += ibb.detach().double() * len(labels)
-        return ibb
-
-    def end_epoch(self, all_reduce: AllReduce | None = default_all_reduce) -> dict[str, float]:
-        """Close the epoch: reduce over processes, new centroids and Q, reset the sums.
-
-        Args:
-            all_reduce: in-place sum over processes of a tensor (default:
-                ``torch.distributed.all_reduce`` if initialised); ``None`` for none.
-
-        Returns:
-            ``{"ibb", "ib", "i_xf", "i_fy"}`` of the finished epoch (NaN while the bound
-            was not active) and ``"classes"``: the classes with a centroid.
-        """
-        stats = {"ibb": float("nan"), "ib": float("nan"), "i_xf": float("nan"),
-                 "i_fy": float("nan"), "classes": 0}
-        self.epoch += 1
-        if self.sum_f is None:
-            return stats
-        acc = [getattr(self, n) for n in _ACCUMULATORS]
-        if all_reduce is not None:
-            flat = torch.cat([t.reshape(-1) for t in acc])
-            all_reduce(flat)
-            for t, chunk in zip(acc, flat.split([t.numel() for t in acc])):
-                t.copy_(chunk.view_as(t))
-        if self.ready and float(self.n_assigned) > 0:
-            i_xf, i_fy = mutual_information(self.p_fx), mutual_information(self.s_fy)
-            stats.update(ibb=float(self.ibb_sum / self.n_assigned), i_xf=float(i_xf),
-                         i_fy=float(i_fy), ib=float(i_xf - i_fy))
-            q_next = q_from_sums(self.s_fy, self.q_prior)
-        seen = self.count > 0
-        mean_f = self.sum_f / self.count.clamp_min(1)[:, None]
-        mean_x = self.sum_x / self.count.clamp_min(1)[:, None]
-        if self.centroids_f is None:
-            self.centroids_f, self.centroids_x = mean_f.float(), mean_x.float()
-            self.valid = seen.clone()
-        else:
-            self.centroids_f[seen] = mean_f[seen].float()
-            self.centroids_x[seen] = mean_x[seen].float()
-            self.valid |= seen
-        if not (self.ready and float(self.n_assigned) > 0):
-            # first Q: every sample placed at its class centroid (module NOTE)
-            c = self.centroids_f.double()
-            phi_c = soft_assign(c, c, self.valid) * self.count[:, None]  # (K_y, K_a)
-            q_next = q_from_sums(phi_c.t(), self.q_prior)
-        self.q = q_next.float()
-        stats["classes"] = int(self.valid.sum())
-        self._init_accumulators(self.centroids_f, self.centroids_x)
-        return stats
-
-    def to(self, device: torch.device | str) -> "IBTracker":
-        """Move every state tensor to ``device``."""
-        for name in ("centroids_f", "centroids_x", "valid", "q") + _ACCUMULATORS:
-            t = getattr(self, name)
-            if t is not None:
-                setattr(self, name, t.to(device))
-        return self
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """Tensors only (loadable with ``torch.load(weights_only=True)``)."""
-        state = {"epoch": torch.tensor(self.epoch), "num_classes": torch.tensor(self.num_classes)}
-        for name in ("centroids_f", "centroids_x", "valid", "q") + _ACCUMULATORS:
-            t = getattr(self, name)
-            if t is not None:
-                state[name] = t.detach().clone()
-        return state
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Restore :meth:`state_dict` (the number of classes must match)."""
-        k = int(state["num_classes"])
-        if k != self.num_classes:
-            raise ValueError(f"IBTracker state is for {k} classes, this tracker has "
-                             f"{self.num_classes}")
-        self.epoch = int(state["epoch"])
-        for name in ("centroids_f", "centroids_x", "valid", "q") + _ACCUMULATORS:
-            t = state.get(name)
-            setattr(self, name, None if t is None else t.clone())
+__all__ = ["IBTracker", "evaluate_ib", "evaluate_model_ib", "ib_bound", "ib_terms", "input_representation", "normalize",
+           "soft_assign", "q_from_sums", "q_from_assignments", "mutual_information", "entropy"]

@@ -50,8 +50,10 @@ def synthetic_ms(key: str) -> float:
         s2 = f["stride"] ** 2
         macs = f["in_chs"] * f["mid_chs"] + (9 * f["mid_chs"] + f["mid_chs"] * f["out_chs"]) / s2
         return 1e-3 * (1 + hw * macs / 1e4)
-    if kind == "dcs":
-        return 1e-3 * (1 + hw * hw * f["in_chs"] / 1e5)
+    if kind == "dcs":  # linear: O(N C^2); softmax: O(N^2 C); the pi layer of DCS adds N C^2
+        c = f["in_chs"]
+        att = hw * c * c * 2 if f["form"] == "linear" else hw * hw * c
+        return 1e-3 * (1 + (att + (hw * c * c if f["attention"] == "dcs" else 0)) / 1e5)
     if kind in ("stem", "head"):
         return 1e-3 * (1 + hw * f["in_chs"] * f["out_chs"] / 1e4)
     return 1e-3 * (1 + f["in_chs"] * f["out_chs"] / 1e4 + 0.5 * f["bnneck"])

@@ -69,13 +69,16 @@ def test_onnx_runs_with_another_batch(derived_dir):
     assert np.abs(emb - ref["embedding"].numpy()).max() <= 1e-4
 
 
-def test_macs_count_the_attention():
-    space = load_space("tiny")
+@pytest.mark.parametrize("attention, form", [("dcs", "linear"), ("self", "linear"), ("dcs", "softmax")])
+def test_macs_count_the_attention(attention, form):
+    space = load_space("tiny").with_attention(form=form)
     arch = SearchSpace.from_dict(space.arch_from_indices(space.sample_indices("max")))
-    with_dcs, without = PlainNet(arch, use_dcs=True), PlainNet(arch, use_dcs=False)
-    extra = count_macs(with_dcs, arch.input_size) - count_macs(without, arch.input_size)
+    with_att, without = PlainNet(arch, attention=attention), PlainNet(arch, attention="none")
+    extra = count_macs(with_att, arch.input_size) - count_macs(without, arch.input_size)
     expected = 0
-    # per module, tokens N, width C: pi (N C C) + QK^T and AV (2 N N C) + proj (N C C) + BN (fvcore: 2 N C)
+    # per module, tokens N, width C: pi (N C C, DCS only) + the affinity and aggregation (linear form:
+    # K^T X and K (K^T X), 2 N C C; softmax: Q K^T and A V, 2 N N C) + depthwise 3x3 (9 N C)
+    # + BN (fvcore: 2 N C)
     for s in arch.dcs_stages:
         last = max((b for b in arch.blocks if b.stage == s), key=lambda b: b.index)
         c = last.out_options[0]
@@ -83,7 +86,8 @@ def test_macs_count_the_attention():
         for b in arch.blocks[: last.index + 1]:
             h, w = (h + b.stride - 1) // b.stride, (w + b.stride - 1) // b.stride
         n = h * w
-        expected += n * c * c + 2 * n * n * c + n * c * c + 2 * n * c
+        att = 2 * n * c * c if form == "linear" else 2 * n * n * c
+        expected += (n * c * c if attention == "dcs" else 0) + att + 9 * n * c + 2 * n * c
     assert extra == expected
 
 

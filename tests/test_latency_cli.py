@@ -27,7 +27,7 @@ def _one_line_error(capsys, *fragments):
 def test_dry_run_prints_counts_per_kind(capsys):
     assert main(["profile", "--supernet", "xlarge", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "2729 entries" in out and "block       2682" in out and "dcs         30" in out
+    assert "2759 entries" in out and "block       2682" in out and "dcs         60" in out
 
 
 def test_profile_show_and_overwrite(tmp_path, capsys):

@@ -7,7 +7,7 @@ import torch
 
 from dnas.errors import ConfigError, LatencyTableError
 from dnas.latency.cost import LatencyModel
-from dnas.latency.keys import derived_entries
+from dnas.latency.keys import derived_entries, parse_key
 from dnas.latency.loss import LatencyLoss, latency_loss
 from dnas.latency.table import LatencyTable
 from dnas.models import Supernet
@@ -23,15 +23,15 @@ def _archs(space, n=6):
 
 
 @pytest.mark.parametrize("name", ["tiny", "fbnetv2"])
-@pytest.mark.parametrize("use_dcs", [True, False])
-def test_one_hot_choice_gives_the_table_sum_of_the_derived_arch(name, use_dcs):
+@pytest.mark.parametrize("attention", ["dcs", "self", "none"])
+def test_one_hot_choice_gives_the_table_sum_of_the_derived_arch(name, attention):
     space = load_space(name)
     table = synthetic_table(space)
-    model = LatencyModel(table, space, use_dcs=use_dcs)
-    net = Supernet(space, use_dcs=use_dcs)
+    model = LatencyModel(table, space, attention=attention)
+    net = Supernet(space, attention=attention)
     for idx in _archs(space):
         arch = SearchSpace.from_dict(space.arch_from_indices(idx))
-        direct = math.fsum(table.lookup(e.key) for e in derived_entries(arch, use_dcs=use_dcs))
+        direct = math.fsum(table.lookup(e.key) for e in derived_entries(arch, attention=attention))
         assert model.arch_ms(idx) == pytest.approx(direct, rel=1e-12)
         assert float(model.expected_ms(net.onehot_choice(idx))) == pytest.approx(direct, rel=1e-5)
 
@@ -116,7 +116,7 @@ def test_calibration_dcs_and_classifier_options():
     assert float(cal.expected_ms(net.onehot_choice(idx))) == pytest.approx(0.25 + 2 * raw_ms, rel=1e-5)
     assert cal.arch_ms(idx) == pytest.approx(0.25 + 2 * raw_ms)
     assert cal.arch_ms(idx, calibrated=False) == raw.arch_ms(idx) == pytest.approx(raw_ms)
-    no_dcs = LatencyModel(table, space, use_dcs=False, calibrated=False)
+    no_dcs = LatencyModel(table, space, attention="none", calibrated=False)
     assert raw_ms - no_dcs.arch_ms(idx) == pytest.approx(raw.breakdown(idx)["dcs"])
     no_cls = LatencyModel(table, space, num_classes=0, calibrated=False)
     assert raw_ms - no_cls.arch_ms(idx) == pytest.approx(raw.breakdown(idx)["classifier"])
@@ -203,3 +203,28 @@ def test_search_step_with_latency_loss_reaches_the_arch_logits():
     loss.backward()
     assert all(p.grad is not None for p in net.arch_width_logits)
     assert float(crit.penalty_only(model.expected_ms(choice).detach())) > 0
+
+
+def test_table_of_the_previous_attention_ops_is_refused():
+    """A table profiled before the DCS-Attention ops changed (old keys, old hash) is refused."""
+    import hashlib
+    import json
+
+    space = load_space("tiny")
+    table = synthetic_table(space)
+    canon = json.dumps({k: space.data[k] for k in ("input_size", "stem", "stages", "head")},
+                       sort_keys=True, separators=(",", ":"))
+    table.meta["space_hash"] = hashlib.sha256(canon.encode()).hexdigest()  # the hash before OPS_VERSION
+    with pytest.raises(LatencyTableError, match="structure hash"):
+        LatencyModel(table, space)
+    table.meta["space_hash"] = space.structure_hash()
+    old = {k: v for k, v in table.entries.items() if not k.startswith("dcs/")}
+    for k in table.entries:
+        if k.startswith("dcs/attention=dcs/"):
+            _, f = parse_key(k)
+            old[f"dcs/in_chs={f['in_chs']}/res={f['res'][0]}x{f['res'][1]}"] = 1.0  # the old key form
+    table.entries = old
+    with pytest.raises(LatencyTableError, match="attention=dcs/form=linear"):
+        LatencyModel(table, space)
+    with pytest.raises(LatencyTableError, match="form=softmax"):
+        LatencyModel(synthetic_table(space), space.with_attention(form="softmax"))

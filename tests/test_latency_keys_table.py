@@ -24,6 +24,9 @@ def test_key_format_and_round_trip():
     assert parse_key(key) == ("block", {"op": "ir", "in_chs": 16, "mid_chs": 48, "out_chs": 24, "stride": 2,
                                         "res": (128, 64)})
     assert latency_key("classifier", in_chs=64, out_chs=10, bnneck=True).endswith("bnneck=1")
+    dcs = latency_key("dcs", attention="dcs", form="linear", in_chs=24, res=(64, 32))
+    assert dcs == "dcs/attention=dcs/form=linear/in_chs=24/res=64x32"
+    assert parse_key(dcs) == ("dcs", {"attention": "dcs", "form": "linear", "in_chs": 24, "res": (64, 32)})
 
 
 @pytest.mark.parametrize("kind,fields", [
@@ -37,7 +40,7 @@ def test_key_rejects_bad_fields(kind, fields):
 
 
 def test_parse_key_rejects_garbage():
-    for bad in ("nope/in_chs=1", "dcs/in_chs=8", "dcs/in_chs8/res=4x4"):
+    for bad in ("nope/in_chs=1", "dcs/in_chs=8", "dcs/in_chs8/res=4x4", "dcs/in_chs=8/res=4x4"):
         with pytest.raises(LatencyTableError):
             parse_key(bad)
 
@@ -58,7 +61,12 @@ def test_entry_counts_follow_the_keying_rule():
     # block 0: stem(8) x mid{8} x out{4,8} = 2; block 1 (first of group 1): {4,8} x {8,16} x {8,12,16} = 12;
     # blocks 2-3 (inside group 1, same key): {8,12,16} x {16,32} = 6; block 4: {8,12,16} x {16,48} x {16,24} = 12;
     # block 5 (inside group 2): {16,24} x {24,72} = 4
-    assert counts == {"stem": 1, "block": 36, "dcs": 5, "head": 2, "classifier": 2}
+    # dcs: {8,12,16} + {16,24} widths, each for attention dcs and self = 10
+    assert counts == {"stem": 1, "block": 36, "dcs": 10, "head": 2, "classifier": 2}
+    forms = {(e.get("attention"), e.get("form")) for e in space_entries(space) if e.kind == "dcs"}
+    assert forms == {("dcs", "linear"), ("self", "linear")}
+    soft = space.with_attention(form="softmax")
+    assert {e.get("form") for e in space_entries(soft) if e.kind == "dcs"} == {"softmax"}
     inside = [e for e in space_entries(space) if e.kind == "block" and e.get("stride") == 1
               and e.get("res") == (16, 8)]
     assert all(e.get("in_chs") == e.get("out_chs") for e in inside)
@@ -66,7 +74,7 @@ def test_entry_counts_follow_the_keying_rule():
 
 def test_paper_space_entry_counts():
     counts = {n: sum(count_by_kind(space_entries(load_space(n))).values()) for n in ("fbnetv2", "large", "xlarge")}
-    assert counts == {"fbnetv2": 1579, "large": 1579, "xlarge": 2729}
+    assert counts == {"fbnetv2": 1609, "large": 1609, "xlarge": 2759}
 
 
 @pytest.mark.parametrize("name", ["tiny", "fbnetv2", "xlarge"])
@@ -76,10 +84,10 @@ def test_every_derived_arch_is_covered_by_the_profiled_entries(name):
     for seed in range(15):
         mode = ("min", "max")[seed] if seed < 2 else "random"
         arch = SearchSpace.from_dict(space.arch_from_indices(space.sample_indices(mode, seed=seed)))
-        for use_dcs in (True, False):
-            ents = derived_entries(arch, use_dcs=use_dcs)
+        for attention in ("dcs", "self", "none"):
+            ents = derived_entries(arch, attention=attention)
             assert {e.key for e in ents} <= keys
-            assert sum(e.kind == "dcs" for e in ents) == (len(space.dcs_stages) if use_dcs else 0)
+            assert sum(e.kind == "dcs" for e in ents) == (len(space.dcs_stages) if attention != "none" else 0)
 
 
 def test_entry_input_shapes_match_the_plain_network():
@@ -149,8 +157,8 @@ def test_measured_table_has_provenance():
 def test_missing_key_and_stale_space_are_clear_errors(tmp_path):
     space = load_space("tiny")
     table = synthetic_table(space)
-    with pytest.raises(LatencyTableError, match=r"no entry for key 'dcs/in_chs=999/res=1x1'"):
-        table.lookup("dcs/in_chs=999/res=1x1")
+    with pytest.raises(LatencyTableError, match=r"no entry for key 'dcs/attention=dcs/form=linear/in_chs=999/res=1x1'"):
+        table.lookup("dcs/attention=dcs/form=linear/in_chs=999/res=1x1")
     table.save(tmp_path / "t")
     with pytest.raises(LatencyTableError, match="structure hash"):
         LatencyTable.load(tmp_path / "t", load_space("fbnetv2"))

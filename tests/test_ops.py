@@ -99,7 +99,8 @@ def test_registered_names():
 PLAIN_CASES = {
     "conv_bn_relu": [(8, 16, 2, {}), (8, 8, 1, {"kernel_size": 1}), (6, 12, 1, {"act": False})],
     "ir": [(8, 8, 1, {"mid_chs": 24}), (8, 16, 2, {"mid_chs": 16}), (16, 8, 1, {"mid_chs": 8, "kernel_size": 5})],
-    "dcs": [(16, 16, 1, {}), (8, 8, 1, {"tau_m": 0.5})],
+    "dcs": [(16, 16, 1, {}), (8, 8, 1, {"tau_m": 0.5}), (8, 8, 1, {"form": "softmax"}),
+            (8, 8, 1, {"select": False})],
 }
 PLAIN_PARAMS = [(name, *case) for name, cases in PLAIN_CASES.items() for case in cases]
 
@@ -209,24 +210,30 @@ def test_gumbel_like():
 # -- DCS-Attention ----------------------------------------------------------------------------
 
 def dcs_reference(mod: DCSAttention, x: torch.Tensor) -> torch.Tensor:
-    """FORMULAS.md section 3 in inference mode, written out directly."""
+    """docs/method.md section 3 in inference mode, written out directly (N x N affinity)."""
     b, c, h, w = x.shape
     X = x.flatten(2).transpose(1, 2)  # (B, N, C)
-    pi = X @ mod.pi.weight.T + mod.pi.bias
-    M = (pi > 0).float()
-    XM = X * M
-    A = torch.softmax(XM @ XM.transpose(1, 2) / math.sqrt(c), dim=-1)  # (B, N, N)
+    if mod.select:
+        pi = X @ mod.pi.weight.T + mod.pi.bias
+        XM = X * (pi > 0).float()
+    else:
+        XM = X
+    logits = XM @ XM.transpose(1, 2)  # (B, N, N)
+    if mod.form == "linear":
+        A = logits / (h * w)  # simplified non-local block: C(x) = number of positions
+    else:
+        A = torch.softmax(logits / math.sqrt(c), dim=-1)
     Y = (A @ X).transpose(1, 2).reshape(b, c, h, w)
-    z = F.conv2d(Y, mod.proj.weight)
+    z = F.conv2d(Y, mod.proj.weight, padding=1, groups=c)  # depthwise 3x3
     bn = mod.bn
     z = (z - bn.running_mean.view(1, -1, 1, 1)) / torch.sqrt(bn.running_var.view(1, -1, 1, 1) + bn.eps)
     z = z * bn.weight.view(1, -1, 1, 1) + bn.bias.view(1, -1, 1, 1)
     return x + z
 
 
-def _dcs(c=16, seed=0, tau_m=1.0):
+def _dcs(c=16, seed=0, tau_m=1.0, **kw):
     torch.manual_seed(seed)
-    mod = DCSAttention(c, tau_m=tau_m)
+    mod = DCSAttention(c, tau_m=tau_m, **kw)
     randomize_bn(mod, torch.Generator().manual_seed(seed))
     return mod
 
@@ -248,9 +255,11 @@ def test_dcs_fresh_module_is_identity(train):
     assert torch.equal(mod(x), x)
 
 
+@pytest.mark.parametrize("form", ["linear", "softmax"])
+@pytest.mark.parametrize("select", [True, False])
 @pytest.mark.parametrize("seed, shape", [(0, (2, 16, 4, 3)), (1, (3, 8, 5, 5)), (2, (1, 16, 1, 1))])
-def test_dcs_matches_reference_eval(seed, shape):
-    mod = _dcs(shape[1], seed).eval()
+def test_dcs_matches_reference_eval(seed, shape, form, select):
+    mod = _dcs(shape[1], seed, form=form, select=select).eval()
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(seed + 10))
     with torch.no_grad():
         out = mod(x)
@@ -260,8 +269,39 @@ def test_dcs_matches_reference_eval(seed, shape):
     assert (out - x).abs().max() > 1e-3  # the attention branch contributes
 
 
-def test_dcs_eff_width_and_width_mask_arguments():
-    mod = _dcs(16, 3).eval()
+def test_self_attention_variant_has_no_selection():
+    sa, dcs = DCSAttention(16, select=False), DCSAttention(16)
+    assert sa.pi is None and sa.attention == "self" and dcs.attention == "dcs"
+    assert sum(p.numel() for p in dcs.parameters()) - sum(p.numel() for p in sa.parameters()) == 16 * 16 + 16
+    with pytest.raises(ValueError, match="form"):
+        DCSAttention(8, form="quadratic")
+
+
+def test_linear_form_never_builds_the_n_by_n_affinity():
+    """The linear form is O(N C^2): its peak intermediate is C x C, not N x N."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Shapes(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.numels = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if isinstance(out, torch.Tensor):
+                self.numels.append(out.numel())
+            return out
+
+    mod = _dcs(8, 3).eval()
+    x = torch.randn(1, 8, 32, 32)  # N = 1024 tokens
+    with torch.no_grad(), Shapes() as rec:
+        mod(x)
+    assert max(rec.numels) <= x.numel()  # an N x N matrix would hold 1024^2 elements
+
+
+@pytest.mark.parametrize("form", ["linear", "softmax"])
+def test_dcs_eff_width_and_width_mask_arguments(form):
+    mod = _dcs(16, 3, form=form).eval()
     x = torch.randn(2, 16, 3, 3)
     with torch.no_grad():
         ref = mod(x)
@@ -273,54 +313,83 @@ def test_dcs_eff_width_and_width_mask_arguments():
         out = mod(x, width_mask=half)
         assert torch.equal(out[:, 8:], x[:, 8:])
         torch.testing.assert_close(out[:, :8], ref[:, :8], rtol=1e-6, atol=1e-6)
-        assert not torch.allclose(mod(x, eff_width=4.0), ref, atol=1e-4)  # the scale enters
+        if form == "softmax":
+            assert not torch.allclose(mod(x, eff_width=4.0), ref, atol=1e-4)  # the scale enters
+        else:  # 1/N normalisation: the width does not enter
+            torch.testing.assert_close(mod(x, eff_width=4.0), ref, rtol=1e-6, atol=1e-6)
+
+
+def _mask_input(seed: int, n: int = 10, c: int = 16) -> torch.Tensor:
+    return torch.randn(2, c, n, 1, generator=torch.Generator().manual_seed(seed))  # (B, C, H, W), N = n
+
+
+def _pi_logits(mod: DCSAttention, x: torch.Tensor) -> torch.Tensor:
+    tokens = x.flatten(2).transpose(1, 2)  # (B, N, C)
+    return mod.pi(tokens).transpose(1, 2).reshape(x.shape)  # the linear layer on every token
 
 
 def test_dcs_eval_mask_is_sign_of_pi():
     mod = _dcs(16, 4).eval()
-    tokens = torch.randn(2, 10, 16)
-    m = mod.channel_mask(tokens)
-    expected = (mod.pi(tokens) > 0).float()
+    x = _mask_input(0)
+    m = mod.channel_mask(x)
+    expected = (_pi_logits(mod, x) > 0).float()
     assert torch.equal(m, expected)
     assert 0 < m.mean() < 1
-    assert torch.equal(mod.channel_mask(tokens), m)  # deterministic
+    assert torch.equal(mod.channel_mask(x), m)  # deterministic
 
 
 def test_dcs_train_mask_binary_with_straight_through_gradient():
     mod = _dcs(16, 5).train()
-    tokens = torch.randn(2, 10, 16)
+    x = _mask_input(1)
     torch.manual_seed(0)
-    m = mod.channel_mask(tokens)
-    assert m.shape == (2, 10, 16)
-    md = m.detach()
-    assert torch.allclose(md, md.round(), atol=1e-6, rtol=0)  # binary up to rounding
-    assert set(md.round().unique().tolist()) == {0.0, 1.0}
+    m = mod.channel_mask(x)
+    assert m.shape == x.shape
+    assert set(m.detach().unique().tolist()) == {0.0, 1.0}  # exactly binary
     weighted_loss(m).backward()
     assert mod.pi.weight.grad is not None and mod.pi.weight.grad.abs().sum() > 0
     assert mod.pi.bias.grad is not None and mod.pi.bias.grad.abs().sum() > 0
 
 
-def test_dcs_train_mask_exactly_binary():
-    mod = _dcs(16, 5).train()
-    tokens = torch.randn(2, 10, 16, generator=torch.Generator().manual_seed(8))
-    torch.manual_seed(0)
-    m = mod.channel_mask(tokens).detach()
-    assert set(m.unique().tolist()) == {0.0, 1.0}
+def test_dcs_straight_through_gradient_is_the_sigmoid_gradient():
+    """dM/dpi equals d sigmoid((pi + L) / tau) / dpi for the same noise L."""
+    from dnas.ops.dcs import _StraightThroughBinary
+
+    z = torch.randn(64, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(64, dtype=torch.float64)
+    (_StraightThroughBinary.apply(z, 0.7) * g).sum().backward()
+    ref = z.detach().clone().requires_grad_(True)
+    (torch.sigmoid(ref / 0.7) * g).sum().backward()
+    torch.testing.assert_close(z.grad, ref.grad)
+    assert torch.equal(_StraightThroughBinary.apply(z, 0.7), (z > 0).double())
+
+
+def test_logistic_noise_is_the_difference_of_two_gumbels():
+    from dnas.ops.dcs import logistic_like
+
+    gen = torch.Generator().manual_seed(0)
+    t = torch.empty(200_000)
+    lg = logistic_like(t, gen)
+    diff = gumbel_like(t, gen) - gumbel_like(t, gen)
+    assert torch.isfinite(lg).all()
+    for q in (0.05, 0.25, 0.5, 0.75, 0.95):  # Logistic(0, 1) quantiles log(q / (1 - q))
+        want = math.log(q / (1 - q))
+        assert torch.quantile(lg[:50_000], q).item() == pytest.approx(want, abs=0.05)
+        assert torch.quantile(diff[:50_000], q).item() == pytest.approx(want, abs=0.05)
 
 
 def test_dcs_train_mask_is_noisy_but_follows_large_logits():
     mod = _dcs(16, 6).train()
-    tokens = torch.randn(2, 50, 16)
+    x = _mask_input(2, n=50)
     torch.manual_seed(1)
-    a, b = mod.channel_mask(tokens), mod.channel_mask(tokens)
-    assert not torch.equal(a, b)  # Gumbel noise in training
+    a, b = mod.channel_mask(x), mod.channel_mask(x)
+    assert not torch.equal(a, b)  # logistic (Gumbel-difference) noise in training
     with torch.no_grad():
         mod.pi.weight.zero_()
         mod.pi.bias.fill_(100.0)
-    assert torch.equal(mod.channel_mask(tokens).detach(), torch.ones(2, 50, 16))
+    assert torch.equal(mod.channel_mask(x).detach(), torch.ones_like(x))
     with torch.no_grad():
         mod.pi.bias.fill_(-100.0)
-    assert torch.equal(mod.channel_mask(tokens).detach(), torch.zeros(2, 50, 16))
+    assert torch.equal(mod.channel_mask(x).detach(), torch.zeros_like(x))
 
 
 def test_dcs_train_forward_gradient_reaches_pi():

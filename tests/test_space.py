@@ -110,6 +110,7 @@ def test_paper_space_stem_head_input(name):
     assert sp.input_size == [3, 256, 128]
     assert sp.dcs_stages == [2, 4, 7, 9]  # after rows 3, 5, 8, 10 (1-based)
     assert sp.use_dcs is True and sp.bnneck is False
+    assert sp.attention == "dcs" and sp.attention_form == "linear"
     assert sp.tau_m == 1.0
 
 
@@ -291,6 +292,8 @@ INVALID = [
     ("input_size_strings", _set_top("input_size", ["3", "32", "16"]), ["'input_size'"]),
     ("bnneck_not_bool", _set_top("bnneck", "no"), ["'bnneck'"]),
     ("use_dcs_not_bool", _set_top("use_dcs", 1), ["'use_dcs'"]),
+    ("attention_unknown", _set_top("attention", "cross"), ["'attention'", "none, self, dcs"]),
+    ("attention_form_unknown", _set_top("attention_form", "quadratic"), ["'attention_form'", "linear, softmax"]),
     ("stages_empty", _set_top("stages", []), ["'stages'"]),
     ("stem_stride_3", _set_top("stem", {"out_chs": 8, "stride": 3}), ["stem", "'stride'"]),
     ("stem_unknown_key", _set_top("stem", {"out_chs": 8, "stride": 2, "pad": 1}), ["stem", "'pad'"]),
@@ -441,13 +444,42 @@ def test_arch_from_indices_round_trip(name):
 
 def test_arch_from_indices_overrides():
     sp = space("tiny")
-    d = sp.arch_from_indices(sp.sample_indices("min"), num_classes=751, name="x", use_dcs=False, bnneck=True)
+    d = sp.arch_from_indices(sp.sample_indices("min"), num_classes=751, name="x", attention=False, bnneck=True)
     arch = SearchSpace.from_dict(d)
     assert arch.num_classes == 751 and arch.name == "x" and arch.use_dcs is False and arch.bnneck is True
     default = SearchSpace.from_dict(sp.arch_from_indices(sp.sample_indices("min")))
     assert default.num_classes == sp.num_classes == 10
     assert default.use_dcs is True and default.bnneck is False
     assert default.name == "tiny-derived"
+    selfatt = SearchSpace.from_dict(sp.arch_from_indices(sp.sample_indices("min"), attention="self"))
+    assert selfatt.attention == "self" and selfatt.use_dcs is True
+
+
+@pytest.mark.parametrize("use_dcs, attention, expected", [
+    (True, None, "dcs"), (False, None, "none"), (None, "self", "self"), (True, "self", "self"),
+    (False, "none", "none"), (None, None, "dcs")])
+def test_attention_key_and_legacy_use_dcs(use_dcs, attention, expected):
+    data = yaml.safe_load(resolve_space_path("tiny").read_text())
+    for key, value in (("use_dcs", use_dcs), ("attention", attention)):
+        if value is not None:
+            data[key] = value
+    assert SearchSpace.from_dict(data).attention == expected
+
+
+@pytest.mark.parametrize("use_dcs, attention", [(True, "none"), (False, "dcs"), (False, "self")])
+def test_attention_and_use_dcs_that_disagree_are_refused(use_dcs, attention):
+    data = yaml.safe_load(resolve_space_path("tiny").read_text())
+    data.update(use_dcs=use_dcs, attention=attention)
+    with pytest.raises(SpaceError, match="disagree"):
+        SearchSpace.from_dict(data)
+
+
+def test_with_attention_changes_only_the_attention():
+    sp = space("tiny")
+    other = sp.with_attention("self", "softmax")
+    assert (other.attention, other.attention_form) == ("self", "softmax")
+    assert (sp.attention, sp.attention_form) == ("dcs", "linear")
+    assert other.group_options == sp.group_options and other.structure_hash() == sp.structure_hash()
 
 
 def _tiny_arch_dict() -> dict:

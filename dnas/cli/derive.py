@@ -13,6 +13,7 @@ from dnas.errors import DnasError
 EPILOG = """examples:
   dnas-derive --supernet xlarge --sample max --num-classes 751 --out derived/xlarge-max
   dnas-derive --supernet tiny --sample random --seed 3 --out derived/tiny-r3
+  dnas-derive --supernet fbnetv2 --sample max --attention self --out derived/fb-max-sa   # ablation variant
   dnas-derive runs/search1 --out derived/search1            # argmax of a search run
   dnas-derive runs/search1 --top-k 5 --out derived/top5     # the 5 most probable archs
 
@@ -32,7 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample", choices=["max", "min", "random"], help="architecture picked without search")
     p.add_argument("--seed", type=int, default=0, help="seed of --sample random (default 0)")
     p.add_argument("--num-classes", type=int, help="classifier outputs (default: the space's or the run's)")
-    p.add_argument("--no-dcs", action="store_true", help="export without DCS-Attention modules")
+    p.add_argument("--attention", choices=["none", "self", "dcs"],
+                   help="attention modules at the space's rows: none, plain self-attention, or DCS-Attention "
+                        "(default: the space's; the paper's Tables V/VI ablations)")
+    p.add_argument("--attention-form", choices=["linear", "softmax"],
+                   help="affinity of the attention modules: linear (non-local, O(N C^2), default) or softmax")
+    p.add_argument("--no-dcs", action="store_true", help="same as --attention none")
     p.add_argument("--top-k", type=int, default=1, help="with a run: export the K most probable distinct archs")
     p.add_argument("--checkpoint", default="last", choices=["last", "best"], help="which run checkpoint (default last)")
     p.add_argument("--out", required=True, help="output directory")
@@ -47,11 +53,14 @@ def derive_without_search(args: argparse.Namespace) -> dict:
     from dnas.models import Supernet, derive_plain
     from dnas.space import load_space
 
-    space = load_space(args.supernet)
+    if args.no_dcs and args.attention not in (None, "none"):
+        raise DnasError(f"--no-dcs and --attention {args.attention} disagree: give one of them")
+    attention = "none" if args.no_dcs else args.attention
+    space = load_space(args.supernet).with_attention(attention, args.attention_form)
     if args.num_classes is not None and args.num_classes < 1:
         raise DnasError(f"--num-classes {args.num_classes}: expected a positive integer")
     indices = space.sample_indices(args.sample, seed=args.seed)
-    net = Supernet(space, num_classes=args.num_classes, use_dcs=False if args.no_dcs else None).eval()
+    net = Supernet(space, num_classes=args.num_classes).eval()
     name = f"{space.name}-{args.sample}" + (f"-s{args.seed}" if args.sample == "random" else "")
     arch, plain = derive_plain(net, indices, name=name)
     return export_derived(args.out, arch, plain, onnx=not args.no_onnx, overwrite=args.overwrite,
@@ -73,6 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.num_classes is not None:
             raise DnasError("--num-classes applies to --supernet/--sample; a run's classifier keeps the "
                             "identities it was searched on (retrain changes it: dnas-retrain reid)")
+        if args.attention or args.attention_form or args.no_dcs:
+            raise DnasError("--attention/--attention-form/--no-dcs apply to --supernet/--sample; a run's "
+                            "attention is the one it searched with (see its config.yaml)")
         from dnas.search.derive_run import derive_from_run
 
         summaries = derive_from_run(Path(args.run), Path(args.out), top_k=args.top_k, checkpoint=args.checkpoint,

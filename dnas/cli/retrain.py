@@ -32,7 +32,7 @@ Without --recipe the recipe of the data set is used: retrain/reid_<dataset>.yaml
 retrain/reid_synthetic.yaml, retrain/imagenet_sgd.yaml or retrain/imagenet_synthetic.yaml.
 Override any key with --set key=value (see dnas/retrain/config.py), e.g. epochs, lr,
 optimizer, schedule, milestones, warmup_epochs, mixup_alpha, ema, ib_eta, use_ibb,
-use_dcs, center_weight, p, k, height, width, eval_every, checkpoint_every, device, amp.
+attention, attention_form, center_weight, p, k, height, width, eval_every, checkpoint_every, device, amp.
 
 --data: synthetic (embedded; synthetic-imagenet for pretraining), imagenet:ROOT,
 market1501:ROOT, dukemtmc:ROOT, msmt17:ROOT, cuhk03:ROOT (cuhk03-labeled:ROOT).

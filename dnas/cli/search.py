@@ -23,7 +23,7 @@ EPILOG = """examples:
 Recipe keys (override any with --set key=value; see dnas/search/config.py):
   supernet data epochs p k arch_fraction seed deterministic w_lr w_schedule w_milestones
   a_lr a_weight_decay warmup_epochs tau0 tau_decay label_smoothing triplet_margin ib_eta
-  use_ibb use_dcs latency_table latency_loss latency_alpha latency_beta latency_lambda
+  use_ibb attention attention_form latency_table latency_loss latency_alpha latency_beta latency_lambda
   latency_target_ms device amp channels_last compile grad_clip checkpoint_every ...
 
 --data: synthetic (embedded, generated on first use), market1501:ROOT, dukemtmc:ROOT,
@@ -87,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not (args.recipe or args.supernet or args.resume):
         raise DnasError("give --recipe, --supernet or --resume (see --help)")
     cfg = resolve_config(args)
-    load_space(cfg.supernet)  # fail early on a bad space
+    cfg.load_space()  # fail early on a bad space or attention setting
     run_dir = Path(args.resume or args.out or f"runs/search-{Path(cfg.supernet).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
     replace = check_run_dir(run_dir, "search-run", args, [args.recipe, cfg.supernet, cfg.latency_table,
                                                            cfg.data.partition(":")[2]])

@@ -213,6 +213,8 @@ class DataLoaders:
             ``None`` without a validation split.
         val_gallery: its gallery loader.
         validation: the :class:`dnas.data.protocol.ValidationSplit` or ``None``.
+        train_eval: every training image (weight and architecture parts) with the test
+            transforms, in order (the IB measurement of a trained net, Table V).
         arch_split_stats: ``{"weights": ..., "arch": ...}`` statistics of the
             weight/architecture split (:func:`dnas.data.protocol.split_statistics`).
         arch_split_summary: the same as a table for the run log.
@@ -231,6 +233,7 @@ class DataLoaders:
     val_query: DataLoader | None = None
     val_gallery: DataLoader | None = None
     validation: object | None = None
+    train_eval: DataLoader | None = None
     arch_split_stats: dict | None = None
     arch_split_summary: str = ""
 
@@ -322,6 +325,8 @@ def build_loaders(cfg: DataConfig) -> DataLoaders:
                       _loader(ImageListDataset(items, train_tf), cfg, train_sampler),
                       train_sampler, arch_loader, arch_sampler,
                       validation=validation, arch_split_stats=split_stats, arch_split_summary=split_summary)
+    out.train_eval = _loader(ImageListDataset(splits.train, test_tf), cfg, batch_size=cfg.test_batch_size,
+                             seed_offset=6)
     if reid:
         out.query = _loader(ImageListDataset(splits.query, test_tf), cfg,
                             batch_size=cfg.test_batch_size, seed_offset=2)

@@ -28,6 +28,7 @@ import torch
 from dnas.errors import LatencyTableError
 from dnas.latency.keys import Entry, derived_entries, module_slots
 from dnas.latency.table import LatencyTable
+from dnas.space.schema import resolve_attention
 
 
 def _lookup(table: LatencyTable, nested) -> torch.Tensor:
@@ -44,19 +45,19 @@ class LatencyModel:
         table: a :class:`LatencyTable` profiled for ``space`` (the hash is checked; a
             missing entry raises :class:`dnas.errors.LatencyTableError` here, not later).
         space: the :class:`dnas.space.SearchSpace` of the supernet.
-        use_dcs: count DCS-Attention modules (default: the space's; pass the
-            supernet's ``use_dcs``).
+        attention: ``none``, ``self`` or ``dcs`` modules (default: the space's; pass
+            the supernet's ``attention``; a bool is the legacy ``use_dcs``).
         num_classes: classifier size (default: the space's); ``0`` leaves the
             classifier out (a Re-ID net at inference keeps only the embedding).
         bnneck: BNNeck before the classifier (default: the space's).
         calibrated: apply the table's linear calibration ``a + b * sum`` when it has one.
     """
 
-    def __init__(self, table: LatencyTable, space, use_dcs: bool | None = None, num_classes: int | None = None,
+    def __init__(self, table: LatencyTable, space, attention: str | bool | None = None, num_classes: int | None = None,
                  bnneck: bool | None = None, calibrated: bool = True):
         table.check_space(space)
         self.table, self.space = table, space
-        self.use_dcs = space.use_dcs if use_dcs is None else bool(use_dcs)
+        self.attention = resolve_attention(space.attention, attention)
         self.num_classes = space.num_classes if num_classes is None else int(num_classes)
         self.bnneck = space.bnneck if bnneck is None else bool(bnneck)
         self.calibrated = calibrated
@@ -64,7 +65,7 @@ class LatencyModel:
         group_vec = [torch.zeros(len(o), dtype=torch.float64) for o in space.group_options]
         same: dict[tuple[int, int], list[tuple[int, torch.Tensor]]] = {}
         self._cross: list[tuple[int | None, int, int, torch.Tensor]] = []
-        for slot in module_slots(space, self.use_dcs, self.num_classes, self.bnneck):
+        for slot in module_slots(space, self.attention, self.num_classes, self.bnneck):
             try:
                 lat = _lookup(table, slot.entries)
             except LatencyTableError as exc:
@@ -92,9 +93,9 @@ class LatencyModel:
     @classmethod
     def for_supernet(cls, table: LatencyTable, supernet, calibrated: bool = True,
                      num_classes: int | None = None) -> "LatencyModel":
-        """The model matching a :class:`dnas.models.Supernet` (its space, ``use_dcs``,
+        """The model matching a :class:`dnas.models.Supernet` (its space, ``attention``,
         ``bnneck`` and, unless given, ``num_classes``)."""
-        return cls(table, supernet.space, use_dcs=supernet.use_dcs, bnneck=supernet.bnneck, calibrated=calibrated,
+        return cls(table, supernet.space, attention=supernet.attention, bnneck=supernet.bnneck, calibrated=calibrated,
                    num_classes=supernet.num_classes if num_classes is None else num_classes)
 
     def _tensors(self, device: torch.device, dtype: torch.dtype) -> dict:
@@ -139,7 +140,7 @@ class LatencyModel:
         from dnas.space import SearchSpace
 
         arch = SearchSpace.from_dict(self.space.arch_from_indices(indices), f"{self.space.name}:derived")
-        return derived_entries(arch, self.use_dcs, self.num_classes, self.bnneck)
+        return derived_entries(arch, self.attention, self.num_classes, self.bnneck)
 
     def arch_ms(self, indices: dict, calibrated: bool | None = None) -> float:
         """Table sum (ms) of the derived architecture ``{"width": [...], "expansion": [...]}``.

@@ -10,7 +10,7 @@ input resolution ``res`` (``HxW``)::
 
     stem/in_chs=3/out_chs=16/stride=2/kernel_size=3/res=256x128
     block/op=ir/in_chs=16/mid_chs=48/out_chs=24/stride=2/res=128x64
-    dcs/in_chs=24/res=64x32
+    dcs/attention=dcs/form=linear/in_chs=24/res=64x32   # or attention=self; form=softmax
     head/in_chs=216/out_chs=1984/res=8x4          # conv1x1 + BN + ReLU + global pool
     classifier/in_chs=1984/out_chs=751/bnneck=0   # optional BNNeck + Linear
 
@@ -28,15 +28,17 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from dnas.errors import LatencyTableError
+from dnas.space.schema import resolve_attention
 
 KINDS = ("stem", "block", "dcs", "head", "classifier")
 KIND_FIELDS: dict[str, tuple[str, ...]] = {
     "stem": ("in_chs", "out_chs", "stride", "kernel_size", "res"),
     "block": ("op", "in_chs", "mid_chs", "out_chs", "stride", "res"),
-    "dcs": ("in_chs", "res"),
+    "dcs": ("attention", "form", "in_chs", "res"),
     "head": ("in_chs", "out_chs", "res"),
     "classifier": ("in_chs", "out_chs", "bnneck"),
 }
+STRING_FIELDS = ("op", "attention", "form")
 BLOCK_KERNEL = 3  # depthwise kernel of every bottleneck (Tables III/IV)
 
 
@@ -87,7 +89,7 @@ def parse_key(key: str) -> tuple[str, dict[str, object]]:
         if name == "res":
             h, _, w = text.partition("x")
             fields[name] = (int(h), int(w))
-        elif name == "op":
+        elif name in STRING_FIELDS:
             fields[name] = text
         else:
             fields[name] = int(text)
@@ -165,13 +167,14 @@ def _block_slot(b, res: tuple[int, int], stem_chs: int) -> ModuleSlot:
     return ModuleSlot("block", f"blocks.{b.index}", axes, grid3)
 
 
-def module_slots(space, use_dcs: bool | None = None, num_classes: int | None = None,
+def module_slots(space, attention: str | bool | None = None, num_classes: int | None = None,
                  bnneck: bool | None = None) -> list[ModuleSlot]:
     """Every module of the network built from ``space`` with the entries it may take.
 
     Args:
         space: a :class:`dnas.space.SearchSpace` (a search space or a derived arch).
-        use_dcs: count DCS-Attention modules (default: the space's ``use_dcs``).
+        attention: ``none``, ``self`` or ``dcs`` (default: the space's; a bool is the
+            legacy ``use_dcs``).
         num_classes: classifier outputs (default: the space's); ``0`` leaves the
             classifier out.
         bnneck: BNNeck before the classifier (default: the space's).
@@ -180,7 +183,7 @@ def module_slots(space, use_dcs: bool | None = None, num_classes: int | None = N
         Slots in forward order: stem, blocks (with DCS modules after their rows), head,
         classifier. An axis ``("fixed", 0)`` has a single option (the stem width).
     """
-    use_dcs = space.use_dcs if use_dcs is None else use_dcs
+    attention = resolve_attention(space.attention, attention)
     num_classes = space.num_classes if num_classes is None else num_classes
     bnneck = space.bnneck if bnneck is None else bnneck
     c, h, w = space.input_size
@@ -194,8 +197,9 @@ def module_slots(space, use_dcs: bool | None = None, num_classes: int | None = N
     for b in space.blocks:
         slots.append(_block_slot(b, (h, w), st["out_chs"]))
         h, w = conv_out(h, BLOCK_KERNEL, b.stride), conv_out(w, BLOCK_KERNEL, b.stride)
-        if use_dcs and b.index in dcs_after:
-            grid = [make_entry("dcs", (k, h, w), in_chs=k, res=(h, w)) for k in b.out_options]
+        if attention != "none" and b.index in dcs_after:
+            grid = [make_entry("dcs", (k, h, w), attention=attention, form=space.attention_form, in_chs=k, res=(h, w))
+                    for k in b.out_options]
             slots.append(ModuleSlot("dcs", f"dcs.{dcs_after[b.index]}", (("width", b.out_group),), grid))
     last_b = space.blocks[-1]
     head_out = space.head["out_chs"]
@@ -217,40 +221,42 @@ def flatten_entries(nested: object) -> Iterable[Entry]:
 
 
 def space_entries(space, num_classes: Sequence[int] | None = None,
-                  bnneck: Sequence[bool] = (False, True), use_dcs: bool = True) -> list[Entry]:
+                  bnneck: Sequence[bool] = (False, True),
+                  attentions: Sequence[str] = ("dcs", "self")) -> list[Entry]:
     """Every distinct entry a space can produce (what ``dnas-latency profile`` measures).
 
     Args:
         space: a :class:`dnas.space.SearchSpace`.
         num_classes: classifier sizes to cover (default: the space's ``num_classes``).
         bnneck: BNNeck settings to cover for the classifier.
-        use_dcs: include the DCS-Attention modules (a table with them serves both).
+        attentions: attention kinds to cover (a table with ``dcs`` and ``self``
+            serves every ablation variant: ``none`` needs no entry).
 
     Returns:
         Entries, first occurrence order, no duplicate keys.
     """
     sizes = list(num_classes) if num_classes else [space.num_classes]
     seen: dict[str, Entry] = {}
-    for n, neck in itertools.product(sizes, bnneck):
-        for slot in module_slots(space, use_dcs=use_dcs, num_classes=n, bnneck=neck):
+    for n, neck, att in itertools.product(sizes, bnneck, list(attentions) or ["none"]):
+        for slot in module_slots(space, attention=att, num_classes=n, bnneck=neck):
             for e in flatten_entries(slot.entries):
                 seen.setdefault(e.key, e)
     return list(seen.values())
 
 
-def derived_entries(arch, use_dcs: bool | None = None, num_classes: int | None = None,
+def derived_entries(arch, attention: str | bool | None = None, num_classes: int | None = None,
                     bnneck: bool | None = None) -> list[Entry]:
     """The entries of a derived architecture, one per module (repeats included).
 
     Args:
         arch: a derived :class:`dnas.space.SearchSpace` (``arch.is_derived``).
-        use_dcs, num_classes, bnneck: as in :func:`module_slots`.
+        attention, num_classes, bnneck: as in :func:`module_slots`.
 
     Returns:
         Entries in forward order; the table sum over them predicts the net's latency.
     """
     out = []
-    for slot in module_slots(arch, use_dcs, num_classes, bnneck):
+    for slot in module_slots(arch, attention, num_classes, bnneck):
         found = list(flatten_entries(slot.entries))
         if len(found) != 1:
             raise LatencyTableError(f"{arch.source}: module {slot.name} has {len(found)} options; "

@@ -73,7 +73,7 @@ def build_entry_module(entry: Entry, tau_m: float = 1.0) -> nn.Module:
     if entry.kind == "block":
         return PLAIN_OPS.build(f["op"], f["in_chs"], f["out_chs"], f["stride"], mid_chs=f["mid_chs"])
     if entry.kind == "dcs":
-        return DCSAttention(f["in_chs"], tau_m=tau_m)
+        return DCSAttention(f["in_chs"], tau_m=tau_m, form=f["form"], select=f["attention"] == "dcs")
     if entry.kind == "head":
         return HeadPart(ClassifierHead(f["in_chs"], f["out_chs"], 1))
     if entry.kind == "classifier":

@@ -116,7 +116,7 @@ def check_machine(table: LatencyTable, cfg: TimingConfig, force: bool = False) -
 
 
 def validate_table(space, table: LatencyTable, archs: int = 100, seed: int = 0, passes: int | None = None,
-                   num_classes: int | None = None, use_dcs: bool | None = None, bnneck: bool | None = None,
+                   num_classes: int | None = None, attention: str | bool | None = None, bnneck: bool | None = None,
                    progress: bool = True, timing: TimingConfig | None = None, force: bool = False) -> dict:
     """Measure sampled architectures end to end and compare with the table sums.
 
@@ -127,7 +127,7 @@ def validate_table(space, table: LatencyTable, archs: int = 100, seed: int = 0, 
         seed: sampling and shuffling seed.
         passes: round-robin passes (default: the table's).
         num_classes: classifier size (default: the first the table covers).
-        use_dcs, bnneck: network variant (default: the space's).
+        attention, bnneck: network variant (default: the space's).
         progress: tqdm progress bar.
         timing: protocol override (default: the table's protocol).
         force: measure even when this machine is not the table's (see :func:`check_machine`).
@@ -147,17 +147,19 @@ def validate_table(space, table: LatencyTable, archs: int = 100, seed: int = 0, 
     if num_classes is None:
         num_classes = (table.meta.get("num_classes") or [space.num_classes])[0]
     num_classes = int(num_classes)
-    use_dcs = space.use_dcs if use_dcs is None else use_dcs
+    from dnas.space.schema import resolve_attention
+
+    attention = resolve_attention(space.attention, attention)
     bnneck = space.bnneck if bnneck is None else bnneck
     chosen = sample_archs(space, archs, seed)
     arch_spaces = {name: SearchSpace.from_dict(space.arch_from_indices(idx), f"{space.name}:{name}")
                    for name, idx in chosen.items()}
-    pred = {name: table.total(e.key for e in derived_entries(a, use_dcs, num_classes, bnneck))
+    pred = {name: table.total(e.key for e in derived_entries(a, attention, num_classes, bnneck))
             for name, a in arch_spaces.items()}
 
     def measure(name: str) -> float:
         with torch.device(cfg.device):
-            net = PlainNet(arch_spaces[name], num_classes=num_classes, use_dcs=use_dcs, bnneck=bnneck)
+            net = PlainNet(arch_spaces[name], num_classes=num_classes, attention=attention, bnneck=bnneck)
         try:
             return measure_module(net, space.input_size, cfg)
         except RuntimeError as exc:
@@ -175,7 +177,7 @@ def validate_table(space, table: LatencyTable, archs: int = 100, seed: int = 0, 
         "device_name": table.meta.get("device_name"), "measured_on": device_info(cfg)["device_name"],
         "device_mismatch": mismatch,
         "timing": cfg.to_dict(), "passes": passes, "seed": seed,
-        "num_classes": num_classes, "use_dcs": use_dcs, "bnneck": bnneck, "n_archs": len(names),
+        "num_classes": num_classes, "attention": attention, "bnneck": bnneck, "n_archs": len(names),
         "raw": fidelity(p, m), "calibration": {"a": a, "b": b}, "calibrated": fidelity(a + b * p, m),
         "archs": [{"name": n, "predicted_ms": pred[n], "measured_ms": meas[n][0], "spread": meas[n][1],
                    "indices": chosen[n]} for n in names],

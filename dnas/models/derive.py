@@ -36,7 +36,7 @@ def derive_arch(supernet: Supernet, indices: dict | None = None, name: str | Non
     """The derived-arch dict for ``indices`` (default: argmax of the logits)."""
     indices = supernet.argmax_indices() if indices is None else indices
     return supernet.space.arch_from_indices(indices, num_classes=supernet.num_classes, name=name,
-                                            use_dcs=supernet.use_dcs, bnneck=supernet.bnneck)
+                                            attention=supernet.attention, bnneck=supernet.bnneck)
 
 
 def derive_plain(supernet: Supernet, indices: dict | None = None, name: str | None = None) -> tuple[dict, PlainNet]:

@@ -11,11 +11,13 @@ import torch
 from torch import nn
 
 from dnas.errors import SpaceError
+from dnas.ib import input_representation
 from dnas.models.head import ClassifierHead
 from dnas.ops.blocks import ConvBNReLU
 from dnas.ops.dcs import DCSAttention
 from dnas.ops.registry import PLAIN_OPS
 from dnas.space import SearchSpace
+from dnas.space.schema import resolve_attention
 
 
 def stage_ends(space: SearchSpace) -> dict[int, int]:
@@ -29,18 +31,18 @@ class PlainNet(nn.Module):
     Args:
         arch: a derived :class:`SearchSpace` (``arch.is_derived``).
         num_classes: classifier outputs (default: the arch's ``num_classes``).
-        use_dcs: insert the DCS-Attention modules the arch marks (default: the arch's
-            ``use_dcs``).
+        attention: ``none``, ``self`` or ``dcs`` modules at the rows the arch marks
+            (default: the arch's ``attention``; a bool is the legacy ``use_dcs``).
         bnneck: BN on the embedding before the classifier (default: the arch's).
     """
 
-    def __init__(self, arch: SearchSpace, num_classes: int | None = None, use_dcs: bool | None = None,
+    def __init__(self, arch: SearchSpace, num_classes: int | None = None, attention: str | bool | None = None,
                  bnneck: bool | None = None):
         super().__init__()
         if not arch.is_derived:
             raise SpaceError(f"{arch.source}: not a derived architecture (some field still lists several options)")
         self.arch = arch
-        self.use_dcs = arch.use_dcs if use_dcs is None else use_dcs
+        self.attention = resolve_attention(arch.attention, attention)
         self.num_classes = int(num_classes or arch.num_classes)
         stem = arch.stem
         self.stem = ConvBNReLU(3, stem["out_chs"], stem["stride"], kernel_size=stem["kernel_size"])
@@ -50,29 +52,34 @@ class PlainNet(nn.Module):
         )
         self._ends = stage_ends(arch)
         self.dcs = nn.ModuleDict({
-            str(s): DCSAttention(arch.stage_out_options(s)[0], tau_m=arch.tau_m) for s in arch.dcs_stages
+            str(s): DCSAttention(arch.stage_out_options(s)[0], tau_m=arch.tau_m, form=arch.attention_form,
+                                 select=self.attention == "dcs") for s in arch.dcs_stages
         }) if self.use_dcs else nn.ModuleDict()
         self.head = ClassifierHead(arch.stage_out_options(len(arch.stages) - 1)[0], arch.head["out_chs"],
                                    self.num_classes, arch.bnneck if bnneck is None else bnneck)
+
+    @property
+    def use_dcs(self) -> bool:
+        """Whether attention modules (``self`` or ``dcs``) are built."""
+        return self.attention != "none"
 
     def forward(self, x: torch.Tensor, return_features: bool = False):
         """Args:
             x: (B, 3, H, W) images.
             return_features: return the feature dict (``logits``, ``embedding``,
-                ``global_feat``, ``ib_input``) instead of the logits.
+                ``global_feat``, ``ib_input``: the fixed input feature of the IB
+                bound, :func:`dnas.ib.input_representation`) instead of the logits.
         """
+        images = x  # (B, 3, H, W)
         x = self.stem(x)
-        ib_input = None
         for i, block in enumerate(self.blocks):
             x = block(x)
             s = self._ends.get(i)
             if s is not None and self.arch.stages[s]["dcs_after"]:
-                if return_features and ib_input is None:
-                    ib_input = x.mean((2, 3))  # (B, C) pooled input of the first DCS module
                 if self.use_dcs:
                     x = self.dcs[str(s)](x)
         out = self.head(x)
         if not return_features:
             return out["logits"]
-        out["ib_input"] = ib_input if ib_input is not None else out["global_feat"]
+        out["ib_input"] = input_representation(images)  # the fixed input feature X of the IB bound
         return out

@@ -19,6 +19,7 @@ from typing import Iterator, NamedTuple
 import torch
 from torch import nn
 
+from dnas.ib import input_representation
 from dnas.models.head import ClassifierHead
 from dnas.models.plain import stage_ends
 from dnas.ops.blocks import ConvBNReLU
@@ -26,6 +27,7 @@ from dnas.ops.dcs import DCSAttention, gumbel_like
 from dnas.ops.registry import SUPER_OPS
 from dnas.ops.super_blocks import option_masks
 from dnas.space import SearchSpace
+from dnas.space.schema import resolve_attention
 
 
 class ArchChoice(NamedTuple):
@@ -42,16 +44,16 @@ class Supernet(nn.Module):
     """Args:
         space: a :class:`SearchSpace`.
         num_classes: classifier outputs (default: the space's).
-        use_dcs: insert DCS-Attention modules (off for the paper's ablations; default:
-            the space's ``use_dcs``).
+        attention: ``none``, ``self`` or ``dcs`` modules at the space's ``dcs_after``
+            rows (default: the space's ``attention``; a bool is the legacy ``use_dcs``).
         bnneck: BN on the embedding before the classifier (default: the space's).
     """
 
-    def __init__(self, space: SearchSpace, num_classes: int | None = None, use_dcs: bool | None = None,
+    def __init__(self, space: SearchSpace, num_classes: int | None = None, attention: str | bool | None = None,
                  bnneck: bool | None = None):
         super().__init__()
         self.space = space
-        self.use_dcs = space.use_dcs if use_dcs is None else use_dcs
+        self.attention = resolve_attention(space.attention, attention)
         self.num_classes = int(num_classes or space.num_classes)
         self.bnneck = space.bnneck if bnneck is None else bnneck
         self.arch_width_logits = nn.ParameterList(nn.Parameter(torch.zeros(len(o))) for o in space.group_options)
@@ -71,10 +73,16 @@ class Supernet(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self._ends = stage_ends(space)
         self.dcs = nn.ModuleDict({
-            str(s): DCSAttention(self.group_max[space.stage_group[s]], tau_m=space.tau_m) for s in space.dcs_stages
+            str(s): DCSAttention(self.group_max[space.stage_group[s]], tau_m=space.tau_m, form=space.attention_form,
+                                 select=self.attention == "dcs") for s in space.dcs_stages
         }) if self.use_dcs else nn.ModuleDict()
         last_group = space.stage_group[len(space.stages) - 1]
         self.head = ClassifierHead(self.group_max[last_group], space.head["out_chs"], self.num_classes, self.bnneck)
+
+    @property
+    def use_dcs(self) -> bool:
+        """Whether attention modules (``self`` or ``dcs``) are built."""
+        return self.attention != "none"
 
     def _residual_rule(self, b) -> str | torch.Tensor | None:
         if b.stride != 1:
@@ -151,20 +159,19 @@ class Supernet(nn.Module):
             x: (B, 3, H, W).
             choice: option weights (default: one-hot argmax of the logits).
             return_features: return the feature dict (``logits``, ``embedding``,
-                ``global_feat``, ``ib_input``) instead of the logits.
+                ``global_feat``, ``ib_input``: the fixed input feature of the IB
+                bound, :func:`dnas.ib.input_representation`) instead of the logits.
         """
         if choice is None:
             choice = self.onehot_choice(self.argmax_indices())
         masks = [choice.width[g] @ getattr(self, f"_width_mask{g}") for g in range(len(self.group_max))]
+        images = x  # (B, 3, H, W)
         x = self.stem(x)  # (B, stem, H/2, W/2)
-        ib_input = None
         for spec, block in zip(self.space.blocks, self.blocks):
             mid_mask = choice.expansion[spec.index] @ getattr(self, f"_mid_mask{spec.index}")
             x = block(x, mid_mask, masks[spec.out_group], self._residual_weight(spec, choice))
             s = self._ends.get(spec.index)
             if s is not None and self.space.stages[s]["dcs_after"]:
-                if return_features and ib_input is None:
-                    ib_input = x.mean((2, 3))  # (B, C_max) pooled input of the first DCS module
                 if self.use_dcs:
                     g = spec.out_group
                     eff_width = choice.width[g] @ getattr(self, f"_width_value{g}")
@@ -172,7 +179,7 @@ class Supernet(nn.Module):
         out = self.head(x)
         if not return_features:
             return out["logits"]
-        out["ib_input"] = ib_input if ib_input is not None else out["global_feat"]
+        out["ib_input"] = input_representation(images)  # the fixed input feature X of the IB bound
         return out
 
     def _residual_weight(self, spec, choice: ArchChoice) -> torch.Tensor | float | None:

@@ -1,17 +1,30 @@
 """DCS-Attention: differentiable channel selection for the attention weights
-(paper section 3.2; FORMULAS.md section 3).
+(paper sections 3.1-3.2; docs/method.md section 3).
 
 For tokens ``X`` (N x C) of a feature map: sampling logits ``pi = X W_pi + b_pi``;
 in training a binary mask ``M = [sigmoid((pi + G1 - G2) / tau_m) > 0.5]`` with a
-straight-through gradient, in inference ``M = [pi > 0]``; affinity
-``A = softmax((X*M)(X*M)^T / sqrt(C))``; output ``x + BN(Conv1x1(A X))``.
+straight-through gradient, in inference ``M = [pi > 0]``. ``G1 - G2`` is drawn as one
+logistic variable (the same distribution, one draw). Only the selected channels
+enter the affinity; every channel is aggregated. Two forms of the affinity:
 
-The same module serves the supernet (with a width mask and the expected width, so that
-a one-hot width choice equals the derived module exactly) and the derived network.
+- ``linear`` (default, the simplified non-local block of section 3.1 with
+  ``C(x) = N``): ``A = (X*M)(X*M)^T / N``, ``Y = A X`` computed as
+  ``(X*M) ((X*M)^T X) / N`` in O(N C^2), never forming the N x N matrix;
+- ``softmax`` (transformer attention): ``A = softmax((X*M)(X*M)^T / sqrt(C))``,
+  ``Y = A X`` with the fused attention kernel, O(N^2 C).
 
-NOTE: the residual projection ``BN(Conv1x1(.))`` with BN weight 0 at init (the module
-starts as the identity) and the ``1/sqrt(C)`` scale are our choices (non-local block
-conventions); the paper does not give them. ``tau_m`` defaults to 1.0.
+The module output is ``x + BN(DW3x3(Y))``, BN weight 0 at init (a new module is the
+identity). ``select=False`` gives plain self-attention at the same position (``M = 1``,
+no ``pi`` layer): the "(Self-Attention)" rows of the paper's Tables V/VI.
+
+The same module serves the supernet (with a width mask, and the expected width for the
+softmax scale, so that a one-hot width choice equals the derived module exactly) and the
+derived network.
+
+NOTE: the output transform (a depthwise 3x3 conv + BN) and the softmax form's
+``1/sqrt(C)`` scale are our choices; the paper gives neither. The depthwise transform
+keeps the added MACs near the paper's deltas where a 1x1 conv would not
+(docs/method.md, "DCS-Attention cost"). ``tau_m`` defaults to 1.0.
 """
 from __future__ import annotations
 
@@ -22,12 +35,53 @@ import torch.nn.functional as F
 from torch import nn
 
 from dnas.ops.registry import PLAIN_OPS
+from dnas.space.schema import ATTENTION_FORMS, ATTENTIONS  # noqa: F401 - re-exported
 
 
 def gumbel_like(t: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Gumbel(0, 1) noise shaped like ``t``: ``-log(E)`` with ``E ~ Exp(1)``."""
     e = torch.empty_like(t).exponential_(generator=generator)
     return -e.clamp_min(torch.finfo(t.dtype).tiny).log()
+
+
+def logistic_like(t: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Logistic(0, 1) noise shaped like ``t``: ``log(U) - log(1 - U)``, distributed as the
+    difference ``G1 - G2`` of two independent Gumbel(0, 1) draws (one draw instead of two)."""
+    u = torch.empty_like(t).uniform_(generator=generator)
+    tiny = torch.finfo(t.dtype).tiny
+    return u.clamp_min(tiny).log() - (1.0 - u).clamp_min(tiny).log()
+
+
+class _StraightThroughBinary(torch.autograd.Function):
+    """Forward ``[z > 0]`` (exactly 0/1), backward the gradient of ``sigmoid(z / tau)``:
+    the straight-through estimator ``dM/dM_soft = 1`` in one fused step."""
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor, tau: float) -> torch.Tensor:  # noqa: D102
+        ctx.save_for_backward(z)
+        ctx.tau = tau
+        return (z > 0).to(z.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # noqa: D102
+        (z,) = ctx.saved_tensors
+        soft = torch.sigmoid(z / ctx.tau)
+        return grad * soft * (1.0 - soft) / ctx.tau, None
+
+
+def linear_affinity_output(k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``A X`` with ``A = K K^T / N`` in O(N C^2), channels-first.
+
+    Args:
+        k: (B, C, N) selected channels ``(X*M)^T``.
+        v: (B, C, N) all channels ``X^T``.
+
+    Returns:
+        (B, C, N): ``(K (K^T X) / N)^T = (K^T X / N)^T K^T``.
+    """
+    n = k.shape[-1]
+    kv = torch.bmm(k, v.transpose(1, 2)) / n  # (B, C, C) = K^T X / N
+    return torch.bmm(kv.transpose(1, 2), k)  # (B, C, N)
 
 
 @PLAIN_OPS.register("dcs")
@@ -37,46 +91,69 @@ class DCSAttention(nn.Module):
     Args:
         in_chs, out_chs, stride: registry signature (must be C, C, 1).
         tau_m: temperature of the binary Gumbel-sigmoid mask.
+        form: ``linear`` (non-local, O(N C^2)) or ``softmax`` (O(N^2 C)).
+        select: channel selection (DCS); ``False`` is plain self-attention.
     """
 
-    def __init__(self, in_chs: int, out_chs: int | None = None, stride: int = 1, tau_m: float = 1.0):
+    def __init__(self, in_chs: int, out_chs: int | None = None, stride: int = 1, tau_m: float = 1.0,
+                 form: str = "linear", select: bool = True):
         super().__init__()
         out_chs = in_chs if out_chs is None else out_chs
         if out_chs != in_chs or stride != 1:
             raise ValueError("DCSAttention keeps its shape: in_chs == out_chs and stride == 1")
-        self.chs, self.tau_m = in_chs, tau_m
-        self.pi = nn.Linear(in_chs, in_chs)  # sampling logits, arch parameters in the search
-        self.proj = nn.Conv2d(in_chs, in_chs, 1, bias=False)
+        if form not in ATTENTION_FORMS:
+            raise ValueError(f"attention form {form!r}: expected one of {', '.join(ATTENTION_FORMS)}")
+        self.chs, self.tau_m, self.form, self.select = in_chs, tau_m, form, bool(select)
+        # sampling logits, arch parameters in the search; absent for plain self-attention
+        self.pi = nn.Linear(in_chs, in_chs) if self.select else None
+        self.proj = nn.Conv2d(in_chs, in_chs, 3, padding=1, groups=in_chs, bias=False)
         self.bn = nn.BatchNorm2d(in_chs)
         nn.init.zeros_(self.bn.weight)
 
-    def channel_mask(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Binary channel-selection mask M (B, N, C); straight-through in training."""
-        logits = self.pi(tokens)  # (B, N, C)
+    @property
+    def attention(self) -> str:
+        """``dcs`` or ``self``."""
+        return "dcs" if self.select else "self"
+
+    def channel_mask(self, x: torch.Tensor) -> torch.Tensor:
+        """Binary channel-selection mask M (B, C, H, W) of a map x (B, C, H, W).
+
+        ``pi`` is the linear layer applied to every token (a 1x1 convolution); in
+        training ``M = [sigmoid((pi + G1 - G2) / tau_m) > 0.5] = [pi + L > 0]`` with
+        ``L = G1 - G2`` logistic noise, straight-through; in inference ``M = [pi > 0]``.
+        """
+        logits = F.conv2d(x, self.pi.weight[:, :, None, None], self.pi.bias)  # (B, C, H, W)
         if not self.training:
-            return (logits > 0).to(tokens.dtype)
-        soft = torch.sigmoid((logits + gumbel_like(logits) - gumbel_like(logits)) / self.tau_m)
-        hard = (soft > 0.5).to(soft.dtype)
-        return hard + (soft - soft.detach())  # exactly binary forward, identity gradient
+            return (logits > 0).to(x.dtype)
+        return _StraightThroughBinary.apply(logits + logistic_like(logits), self.tau_m)
 
     def forward(self, x: torch.Tensor, width_mask: torch.Tensor | None = None,
                 eff_width: torch.Tensor | float | None = None) -> torch.Tensor:
         """Args:
             x: (B, C, H, W).
             width_mask: (C,) supernet width mask applied to the residual branch.
-            eff_width: expected number of active channels for the 1/sqrt(C) scale.
+            eff_width: expected number of active channels for the softmax form's
+                ``1/sqrt(C)`` scale (the linear form's ``1/N`` needs none).
         """
         b, c, h, w = x.shape
-        tokens = x.flatten(2).transpose(1, 2)  # (B, N, C)
-        k = (tokens * self.channel_mask(tokens)).unsqueeze(1)  # (B, 1, N, C) selected channels only
-        width = float(c) if eff_width is None else eff_width
-        if torch.is_tensor(width):  # supernet: expected width is a function of the arch logits
-            q, scale = k * width.rsqrt().to(k.dtype), 1.0
+        k = x * self.channel_mask(x) if self.select else x  # (B, C, H, W) selected channels only
+        if self.form == "linear":
+            y = linear_affinity_output(k.flatten(2), x.flatten(2)).view(b, c, h, w)  # A X
         else:
-            q, scale = k, 1.0 / math.sqrt(width)
-        y = F.scaled_dot_product_attention(q, k, tokens.unsqueeze(1), scale=scale)
-        y = y.squeeze(1).transpose(1, 2).reshape(b, c, h, w)  # (B, C, H, W) = A X
+            y = self._softmax_output(k.flatten(2).transpose(1, 2), x.flatten(2).transpose(1, 2),
+                                     c if eff_width is None else eff_width)  # (B, N, C)
+            y = y.transpose(1, 2).reshape(b, c, h, w)
         out = self.bn(self.proj(y))
         if width_mask is not None:
             out = out * width_mask.view(1, -1, 1, 1).to(out.dtype)
         return x + out
+
+    @staticmethod
+    def _softmax_output(k: torch.Tensor, v: torch.Tensor, width: torch.Tensor | float) -> torch.Tensor:
+        """``softmax(k k^T / sqrt(width)) v`` with the fused kernel; (B, N, C)."""
+        k = k.unsqueeze(1)  # (B, 1, N, C)
+        if torch.is_tensor(width):  # supernet: expected width is a function of the arch logits
+            q, scale = k * width.rsqrt().to(k.dtype), 1.0
+        else:
+            q, scale = k, 1.0 / math.sqrt(float(width))
+        return F.scaled_dot_product_attention(q, k, v.unsqueeze(1), scale=scale).squeeze(1)

@@ -22,9 +22,10 @@ class TrainConfig:
     Model and data:
         arch: the derived network (a ``dnas-derive`` directory or an ``arch.yaml``).
         data: ``--data`` spec. height/width: input size (default: the arch's
-        ``input_size``). workers: DataLoader workers. use_dcs: build the DCS-Attention
-        modules (default: the arch's ``use_dcs``); the ``pi`` layers train with the
-        weights.
+        ``input_size``). workers: DataLoader workers. attention: ``none``, ``self`` or
+        ``dcs`` modules (default: the arch's); the ``pi`` layers train with the weights.
+        attention_form: ``linear`` or ``softmax`` (default: the arch's). use_dcs: the
+        legacy boolean (false = attention none).
     Optimizer: ``sgd`` (momentum, nesterov), ``rmsprop`` (rmsprop_alpha, rmsprop_eps,
         momentum), ``adam`` / ``adamw`` (adam_betas). lr is the learning rate of a
         global batch of ``lr_reference_batch`` images, scaled linearly to the actual
@@ -48,6 +49,8 @@ class TrainConfig:
     data: str = "synthetic"
     height: Optional[int] = None
     width: Optional[int] = None
+    attention: Optional[Literal["none", "self", "dcs"]] = None
+    attention_form: Optional[Literal["linear", "softmax"]] = None
     use_dcs: Optional[bool] = None
     epochs: int = 120
     workers: int = 4
@@ -204,7 +207,8 @@ class ReIDConfig(TrainConfig):
         directory, a ``dnas-derive`` directory, or a ``.pt`` state dict / checkpoint);
         the classifier (and BNNeck) of the source are dropped.
     Loss: CE(label_smoothing) + triplet_weight * batch-hard triplet(triplet_margin;
-        soft_margin) + ib_eta * IBB (when use_ibb) + center_weight * center loss
+        soft_margin) + ib_eta * IBB (when use_ibb; soft
+        assignments of L2-normalised features at temperature ib_temperature) + center_weight * center loss
         (center_weight 0 = off; centers trained by SGD with center_lr).
     Evaluation: every eval_every epochs and at the end (mAP, CMC rank-1/5/10, mINP),
         on at most eval_max_queries queries (0 = all), eval_flip averages flipped
@@ -231,6 +235,7 @@ class ReIDConfig(TrainConfig):
     triplet_weight: float = 1.0
     soft_margin: bool = False
     ib_eta: float = 0.1
+    ib_temperature: float = 1.0
     use_ibb: bool = True
     center_weight: float = 0.0
     center_lr: float = 0.5
@@ -257,6 +262,7 @@ class ReIDConfig(TrainConfig):
             (self.triplet_margin >= 0 and self.triplet_weight >= 0, "triplet_margin/triplet_weight",
              "numbers >= 0"),
             (self.ib_eta >= 0, "ib_eta", "a number >= 0"),
+            (self.ib_temperature > 0, "ib_temperature", "a positive number"),
             (self.center_weight >= 0 and self.center_lr > 0, "center_weight/center_lr",
              "center_weight >= 0 and center_lr > 0"),
             (self.eval_max_queries >= 0, "eval_max_queries", "an integer >= 0 (0 = all)"),
@@ -293,3 +299,17 @@ def load_arch(arch: str, **changes) -> dict:
 def suffixed(name: str, suffix: str) -> str:
     """``name`` ending in ``suffix`` (added once)."""
     return name if name.endswith(suffix) else name + suffix
+
+
+def apply_attention(arch: dict, cfg: TrainConfig) -> None:
+    """Set the arch dict's ``attention``/``attention_form`` from the recipe, in place.
+
+    The arch's own setting (``attention``, or the legacy ``use_dcs``) stays unless the
+    recipe names one; the legacy key is dropped so the two cannot disagree.
+    """
+    from dnas.space.schema import attention_from_keys
+
+    own = attention_from_keys(arch.pop("attention", None), arch.pop("use_dcs", None), "arch") or "dcs"
+    arch["attention"] = attention_from_keys(cfg.attention, cfg.use_dcs, "retrain recipe") or own
+    if cfg.attention_form:
+        arch["attention_form"] = cfg.attention_form

@@ -26,7 +26,7 @@ from dnas.config import config_to_dict
 from dnas.errors import DnasError
 from dnas.losses import cross_entropy_smooth
 from dnas.retrain.common import Trainer, export_final, fit, load_checkpoint
-from dnas.retrain.config import ImageNetConfig, load_arch, suffixed
+from dnas.retrain.config import ImageNetConfig, apply_attention, load_arch, suffixed
 from dnas.runtime import Runtime, autocast, seed_everything, setup_runtime, teardown_runtime
 
 log = logging.getLogger(__name__)
@@ -135,9 +135,9 @@ def run_imagenet(cfg: ImageNetConfig, run_dir: Path, resume: bool = False, progr
         size = cfg.size or arch["input_size"][1]
         data = build_imagenet_data(cfg, rt, size)
         if not resume:
-            use_dcs = arch.get("use_dcs", True) if cfg.use_dcs is None else cfg.use_dcs
+            apply_attention(arch, cfg)
             arch.update(name=suffixed(arch["name"], "-imagenet"), num_classes=data.num_classes, bnneck=False,
-                        use_dcs=use_dcs, input_size=[3, size, size])
+                        input_size=[3, size, size])
         elif arch["num_classes"] != data.num_classes:
             raise DnasError(f"{run_dir}: trained on {arch['num_classes']} classes, --data has {data.num_classes}")
         seed_everything(cfg.seed, cfg.deterministic)

@@ -36,9 +36,10 @@ import torch
 
 from dnas.config import config_to_dict
 from dnas.errors import DnasError
-from dnas.ib import IBTracker
+from dnas.ib import IBTracker, evaluate_model_ib
 from dnas.losses import CenterLoss, batch_hard_triplet, cross_entropy_smooth
 from dnas.retrain.common import LAST, Trainer, export_final, fit, load_checkpoint, load_pretrained, read_weights
+from dnas.retrain.config import ReIDConfig, apply_attention, load_arch, suffixed
 from dnas.runtime import Runtime, seed_everything, setup_runtime, teardown_runtime
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ class ReIDTrainer(Trainer):
         super().__init__(cfg, rt, data, net, cfg.batch_size * rt.world_size, progress)
         if data.validation is None:  # never select on the test split
             self.best_key, self.best_mode = "loss", "min"
-        self.ib = IBTracker(data.num_classes)
+        self.ib = IBTracker(data.num_classes, temperature=cfg.ib_temperature)
         self.center = self.center_opt = None
         if cfg.center_weight > 0:
             self.center = CenterLoss(data.num_classes, net.head.conv.conv.out_channels).to(rt.device)
@@ -187,9 +188,9 @@ def prepare_reid(cfg: ReIDConfig, run_dir: Path, rt: Runtime, resume: bool, prog
         if arch["num_classes"] != data.num_classes:
             raise DnasError(f"{run_dir}: trained on {arch['num_classes']} identities, --data has {data.num_classes}")
     else:
-        use_dcs = arch.get("use_dcs", True) if cfg.use_dcs is None else cfg.use_dcs
+        apply_attention(arch, cfg)
         arch.update(name=suffixed(arch["name"], "-reid"), num_classes=data.num_classes, bnneck=cfg.bnneck,
-                    use_dcs=use_dcs, input_size=[3, height, width])
+                    input_size=[3, height, width])
     from dnas.export import build_model
 
     seed_everything(cfg.seed, cfg.deterministic)  # the initial weights depend on the seed only
@@ -252,7 +253,13 @@ def run_reid(cfg: ReIDConfig, run_dir: Path, resume: bool = False, progress: boo
                      "checkpoint-best.pt: epoch %s by %s (%s), test mAP %s", extra["mAP"] or 0, extra["rank1"] or 0,
                      extra["test"]["num_valid"], extra["test"]["num_skipped"], best["epoch"], best["selected_by"],
                      best["split"], (best.get("test") or {}).get("mAP"))
-            extra.update(ib_loss=last.get("ib_loss"), ibb=last.get("ibb_epoch"), data=cfg.data,
+            ib = evaluate_model_ib(t.deploy_model, t.data.train_eval, rt.device, cfg.ib_temperature)
+            log.info("IB of the final network on the %s: IB loss %.4f, IBB (bound) %.4f", ib["split"], ib["ib"],
+                     ib["ibb"])
+            extra.update(ib_loss=ib["ib"], ibb=ib["ibb"], ib_final=ib,
+                         ib_running={"ib_loss": last.get("ib_loss"), "ibb": last.get("ibb_epoch"),
+                                     "note": "last epoch, running figures of the training batches"})
+            extra.update(data=cfg.data,
                          epochs=cfg.epochs, ema=cfg.ema, use_ibb=cfg.use_ibb, pretrained=cfg.pretrained)
             summary = export_final(t, run_dir, arch, extra)
     finally:

@@ -33,7 +33,12 @@ class SearchConfig:
         warmup_epochs of weight-only training before the first architecture steps.
     Gumbel: tau0, multiplied by exp(-tau_decay) after every epoch.
     Loss: CE with label_smoothing + triplet_weight * batch-hard triplet(triplet_margin)
-        + ib_eta * IBB (when use_ibb); use_dcs=false searches without DCS-Attention.
+        + ib_eta * IBB (when use_ibb; soft
+        assignments of L2-normalised features at temperature ib_temperature).
+    Attention: ``attention`` none | self | dcs modules at the space's rows (default: the
+        space's; ``self`` is plain self-attention, the paper's ablation), and
+        ``attention_form`` linear | softmax (default: the space's); ``use_dcs`` is the
+        legacy boolean (false = attention none).
     Latency: latency_table (CSV; ``none`` disables the cost), latency_loss
         ``multiplicative`` (L * alpha * log(LAT)^beta), ``additive``
         (L + lambda * LAT / target) or ``hard`` (penalty above latency_target_ms).
@@ -81,8 +86,11 @@ class SearchConfig:
     triplet_margin: float = 0.3
     triplet_weight: float = 1.0
     ib_eta: float = 0.1
+    ib_temperature: float = 1.0
     use_ibb: bool = True
-    use_dcs: bool = True
+    attention: Optional[Literal["none", "self", "dcs"]] = None
+    attention_form: Optional[Literal["linear", "softmax"]] = None
+    use_dcs: Optional[bool] = None
     bnneck: bool = True
     # latency
     latency_table: Optional[str] = None
@@ -108,6 +116,14 @@ class SearchConfig:
     def batch_size(self) -> int:
         return self.p * self.k
 
+    def load_space(self):
+        """The supernet's space with this recipe's attention settings applied."""
+        from dnas.space import load_space
+        from dnas.space.schema import attention_from_keys
+
+        attention = attention_from_keys(self.attention, self.use_dcs, "search recipe")
+        return load_space(self.supernet).with_attention(attention, self.attention_form)
+
     def validate(self) -> None:
         """Cross-field checks that the type system cannot express."""
         from dnas.errors import ConfigError
@@ -121,6 +137,8 @@ class SearchConfig:
             (self.w_lr > 0 and self.a_lr > 0, "w_lr/a_lr", "positive learning rates"),
             (self.tau0 > 0 and self.tau_decay >= 0, "tau0/tau_decay", "tau0 > 0 and tau_decay >= 0"),
             (self.max_bad_steps >= 1, "max_bad_steps", "an integer >= 1"),
+            (self.ib_eta >= 0 and self.ib_temperature > 0, "ib_eta/ib_temperature",
+             "ib_eta >= 0 and ib_temperature > 0"),
             (self.latency_loss == "multiplicative" or self.latency_table is None or self.latency_target_ms,
              "latency_target_ms", f"a target in ms with latency_loss={self.latency_loss}"),
             (self.latency_target_ms is None or self.latency_target_ms > 0, "latency_target_ms", "a positive number"),

@@ -37,7 +37,6 @@ def _load_run(run_dir: Path, checkpoint: str) -> tuple[Supernet, object]:
     from dnas.config import load_config
     from dnas.search.checkpoint import load_checkpoint
     from dnas.search.config import SearchConfig
-    from dnas.space import load_space
 
     from dnas.outputs import require_kind
 
@@ -48,8 +47,7 @@ def _load_run(run_dir: Path, checkpoint: str) -> tuple[Supernet, object]:
         raise DnasError(f"{run_dir}: not a dnas-search run directory (no config.yaml)")
     cfg = load_config(SearchConfig, run_dir / "config.yaml")
     state = load_checkpoint(run_dir, checkpoint)
-    net = Supernet(load_space(cfg.supernet), num_classes=int(state["num_classes"]), use_dcs=cfg.use_dcs,
-                   bnneck=cfg.bnneck)
+    net = Supernet(cfg.load_space(), num_classes=int(state["num_classes"]), bnneck=cfg.bnneck)
     try:
         net.load_state_dict(state["model"])
     except RuntimeError as exc:

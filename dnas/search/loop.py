@@ -28,7 +28,6 @@ from dnas.data.seeded import seeded_loader
 from dnas.runtime import (Runtime, all_reduce_mean, autocast, epoch_batches, prepare_model, rng_state,
                           seed_everything, set_rng_state)
 from dnas.search.config import SearchConfig
-from dnas.space import load_space
 
 log = logging.getLogger(__name__)
 PHASES = ("weights", "arch")
@@ -64,14 +63,14 @@ class Searcher:
         self.cfg, self.run_dir, self.rt, self.data, self.latency = cfg, Path(run_dir), rt, data, latency
         self.progress = progress and sys.stderr.isatty() and rt.is_main
         seed_everything(cfg.seed, cfg.deterministic)
-        self.space = load_space(cfg.supernet)
-        self.net = Supernet(self.space, num_classes=data.num_classes, use_dcs=cfg.use_dcs, bnneck=cfg.bnneck)
+        self.space = cfg.load_space()
+        self.net = Supernet(self.space, num_classes=data.num_classes, bnneck=cfg.bnneck)
         self.model = prepare_model(self.net, rt, cfg.channels_last, cfg.compile)
         self.w_opt = torch.optim.SGD(self.net.weight_parameters(), lr=weight_lr(cfg, 0, rt.world_size),
                                      momentum=cfg.w_momentum, weight_decay=cfg.w_weight_decay, nesterov=True)
         self.a_opt = torch.optim.Adam(self.net.arch_parameters(), lr=cfg.a_lr, betas=tuple(cfg.a_betas),
                                       weight_decay=cfg.a_weight_decay)
-        self.ib = IBTracker(data.num_classes)
+        self.ib = IBTracker(data.num_classes, temperature=cfg.ib_temperature)
         self.latency_loss = None
         if latency is not None:
             from dnas.latency.loss import LatencyLoss

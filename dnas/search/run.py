@@ -22,6 +22,7 @@ import torch
 
 from dnas.config import config_to_dict
 from dnas.errors import DnasError
+from dnas.ib import evaluate_model_ib
 from dnas.io import atomic_write_yaml
 from dnas.runlog import RunLogger, plot_curves, read_csv_rows, write_csv_rows
 from dnas.runtime import Runtime, setup_runtime, teardown_runtime
@@ -29,7 +30,7 @@ from dnas.search.checkpoint import load_checkpoint, save_checkpoint
 from dnas.search.config import SearchConfig
 from dnas.search.history import arch_probability_row, plot_arch_heatmaps
 from dnas.search.loop import Searcher
-from dnas.space import data_root, load_space
+from dnas.space import data_root
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ def build_search_data(cfg: SearchConfig, rt: Runtime):
     from dnas.data.loaders import DataConfig, build_loaders
     from dnas.data.synthetic import synthetic_reid_config
 
-    space = load_space(cfg.supernet)
+    space = cfg.load_space()
     height = cfg.height or space.input_size[1]
     width = cfg.width or space.input_size[2]
     synth = synthetic_reid_config(cfg.seed, cfg.synthetic_ids, cfg.synthetic_images_per_id)
@@ -69,14 +70,14 @@ def build_latency_model(cfg: SearchConfig, num_classes: int):
     path = Path(cfg.latency_table)
     if not path.is_absolute() and not path.exists():
         path = data_root() / path
-    space = load_space(cfg.supernet)
+    space = cfg.load_space()
     if not path.exists() and not path.with_suffix(".csv").exists():
         raise DnasError(f"latency table {cfg.latency_table} not found: profile one for your GPU with "
                         f"'dnas-latency profile --supernet {cfg.supernet} --device cuda --batch 64 --dtype bf16 "
                         f"--out {cfg.latency_table}', or search without a latency cost: --set latency_table=none")
     table = LatencyTable.load(path, space=space)
     # NOTE: the classifier is left out of the cost: a deployed Re-ID net stops at the embedding
-    return LatencyModel(table, space, use_dcs=cfg.use_dcs, num_classes=0, bnneck=cfg.bnneck)
+    return LatencyModel(table, space, num_classes=0, bnneck=cfg.bnneck)
 
 
 def _write_final_arch(s: Searcher, run_dir: Path) -> None:
@@ -229,7 +230,11 @@ def _write_summary(s: Searcher, cfg: SearchConfig, run_dir: Path) -> None:
     best = (max(scored, key=lambda r: float(r[key])) if key == "val_mAP"
             else min(scored, key=lambda r: float(r[key]))) if scored else {}
     pick = {k: _num(k, v) for k, v in best.items() if (k.startswith("val_") or k == key) and v not in (None, "")}
+    ib = evaluate_model_ib(s.net, s.data.train_eval, s.rt.device, cfg.ib_temperature, choice=s.net.probs_choice())
+    log.info("IB of the supernet (expected architecture) on the %s: IB loss %.4f, IBB (bound) %.4f",
+             ib["split"], ib["ib"], ib["ibb"])
     atomic_write_json(run_dir / "summary.json", {
+        "ib_loss": ib["ib"], "ibb": ib["ibb"], "ib_final": ib,
         "data": cfg.data,
         "data_note": s.data.splits.note,
         "test": {k[5:]: _num(k, v) for k, v in last.items() if k.startswith("test_") and v not in (None, "")},

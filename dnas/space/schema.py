@@ -21,7 +21,9 @@ scalar. A file looks like::
     dcs: {tau_m: 1.0}             # optional DCS-Attention settings
     space: fbnetv2                # optional provenance of a derived arch
     bnneck: false                 # optional BN on the embedding before the classifier
-    use_dcs: true                 # optional; false builds no DCS modules (ablations)
+    attention: dcs                # optional: none | self | dcs (modules at dcs_after rows)
+    attention_form: linear        # optional: linear (non-local, O(N C^2)) | softmax
+    use_dcs: true                 # legacy: true = attention dcs, false = attention none
 
 Rows with the same ``channels`` option list that follow each other form one *width
 group*: all their blocks share one width choice (residual adds need equal widths).
@@ -35,7 +37,8 @@ from typing import Any, Callable, Mapping
 
 from dnas.errors import SpaceError
 
-TOP_KEYS = {"name", "input_size", "num_classes", "stem", "stages", "head", "dcs", "space", "bnneck", "use_dcs"}
+TOP_KEYS = {"name", "input_size", "num_classes", "stem", "stages", "head", "dcs", "space", "bnneck", "use_dcs",
+            "attention", "attention_form"}
 REQUIRED_TOP = ("name", "input_size", "stem", "stages", "head")
 STAGE_KEYS = {"op", "expansion", "channels", "n", "stride", "dcs_after", "blocks"}
 REQUIRED_STAGE = ("op", "channels", "n", "stride", "dcs_after")
@@ -43,8 +46,52 @@ BLOCK_KEYS = {"expansion", "mid_chs"}
 STEM_KEYS = {"out_chs", "stride", "kernel_size"}
 HEAD_KEYS = {"out_chs"}
 DCS_KEYS = {"tau_m"}
+ATTENTIONS = ("none", "self", "dcs")  # no module | plain self-attention | DCS-Attention
+ATTENTION_FORMS = ("linear", "softmax")
 MAX_CHANNELS = 16384
 MAX_EXPANSION = 64.0
+
+
+def resolve_attention(default: str, attention: str | bool | None = None) -> str:
+    """The attention kind a builder uses: ``attention`` if given, else ``default``.
+
+    A bool is the legacy ``use_dcs``: ``False`` is ``none``, ``True`` the default kind
+    (``dcs`` when the default is ``none``).
+    """
+    if attention is None:
+        return default
+    if isinstance(attention, bool):
+        return ("dcs" if default == "none" else default) if attention else "none"
+    if attention not in ATTENTIONS:
+        raise SpaceError(f"attention {attention!r}: expected one of {', '.join(ATTENTIONS)}")
+    return attention
+
+
+def attention_from_keys(attention: Any, use_dcs: Any, where: str) -> str | None:
+    """Merge ``attention`` with the legacy ``use_dcs`` key (``None`` when neither is set).
+
+    Raises:
+        SpaceError: a value of the wrong kind, or the two keys disagree.
+    """
+    if attention is not None and attention not in ATTENTIONS:
+        raise _fail(where, f"key 'attention': expected one of {', '.join(ATTENTIONS)}, got {attention!r}")
+    if use_dcs is None:
+        return attention
+    if not isinstance(use_dcs, bool):
+        raise _fail(where, f"key 'use_dcs': expected true or false, got {use_dcs!r}")
+    if attention is not None and (attention != "none") != use_dcs:
+        raise _fail(where, f"keys 'use_dcs: {str(use_dcs).lower()}' and 'attention: {attention}' disagree "
+                           "(use_dcs is the legacy key; keep only attention)")
+    return attention or ("dcs" if use_dcs else "none")
+
+
+def _attention_keys(data: Mapping, source: str) -> tuple[str, str]:
+    """``attention`` and ``attention_form`` of a file (``use_dcs`` read as the legacy key)."""
+    attention = attention_from_keys(data.get("attention"), data.get("use_dcs"), source)
+    form = data.get("attention_form", "linear")
+    if form not in ATTENTION_FORMS:
+        raise _fail(source, f"key 'attention_form': expected one of {', '.join(ATTENTION_FORMS)}, got {form!r}")
+    return attention or "dcs", form
 
 
 def _fail(where: str, msg: str) -> SpaceError:
@@ -128,10 +175,10 @@ def validate_space_dict(data: Any, source: str, known_ops: set[str]) -> dict:
         raise _fail(source, f"key 'input_size': expected 3 input channels, got {size[0]}")
     out["input_size"] = list(size)
     out["num_classes"] = _int_in(data.get("num_classes", 1000), 1, 10_000_000, source, "num_classes")
-    for key, default in (("bnneck", False), ("use_dcs", True)):
-        out[key] = data.get(key, default)
-        if not isinstance(out[key], bool):
-            raise _fail(source, f"key {key!r}: expected true or false, got {out[key]!r}")
+    out["bnneck"] = data.get("bnneck", False)
+    if not isinstance(out["bnneck"], bool):
+        raise _fail(source, f"key 'bnneck': expected true or false, got {out['bnneck']!r}")
+    out["attention"], out["attention_form"] = _attention_keys(data, source)
     if "space" in data:
         if not isinstance(data["space"], str):
             raise _fail(source, "key 'space': expected a string")

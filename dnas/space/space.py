@@ -18,7 +18,11 @@ from typing import Any, Sequence
 import yaml
 
 from dnas.errors import SpaceError
-from dnas.space.schema import validate_space_dict
+from dnas.space.schema import resolve_attention, validate_space_dict
+
+# Bumped whenever an op computes differently, so latency tables of the old ops are refused:
+# 2 = DCS-Attention in the linear (non-local) form with a depthwise output transform.
+OPS_VERSION = 2
 
 SHORT_NAMES = {
     "fbnetv2": "fbnetv2",
@@ -119,7 +123,8 @@ class SearchSpace:
         self.stages: list[dict] = data["stages"]
         self.tau_m: float = data["dcs"]["tau_m"]
         self.bnneck: bool = data["bnneck"]
-        self.use_dcs: bool = data["use_dcs"]
+        self.attention: str = data["attention"]
+        self.attention_form: str = data["attention_form"]
         self.group_options, self.stage_group = self._width_groups()
         self.blocks = self._flatten()
 
@@ -189,10 +194,29 @@ class SearchSpace:
         total = sum(math.log10(len(o)) for o in self.group_options)
         return total + sum(math.log10(len(b.expansion)) for b in self.blocks)
 
+    def with_attention(self, attention: str | bool | None = None, form: str | None = None) -> "SearchSpace":
+        """This space (or arch) with another ``attention`` / ``attention_form`` (``None`` keeps it)."""
+        if attention is None and form is None:
+            return self
+        data = {k: v for k, v in self.data.items() if k != "use_dcs"}
+        data["attention"] = resolve_attention(self.attention, attention)
+        data["attention_form"] = form or self.attention_form
+        return SearchSpace.from_dict(data, self.source)
+
+    @property
+    def use_dcs(self) -> bool:
+        """Whether attention modules are built at the ``dcs_after`` rows (``attention != none``)."""
+        return self.attention != "none"
+
     def structure_hash(self) -> str:
-        """SHA-256 of everything that shapes the ops (not the name or class count)."""
+        """SHA-256 of everything that shapes the ops (not the name or class count).
+
+        Includes :data:`OPS_VERSION`, so tables profiled before an op's computation
+        changed are refused.
+        """
         keys = ("input_size", "stem", "stages", "head")
-        canon = json.dumps({k: self.data[k] for k in keys}, sort_keys=True, separators=(",", ":"))
+        canon = json.dumps({"ops_version": OPS_VERSION, **{k: self.data[k] for k in keys}},
+                           sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canon.encode()).hexdigest()
 
     def stage_out_options(self, stage: int) -> tuple[int, ...]:
@@ -225,7 +249,7 @@ class SearchSpace:
         }
 
     def arch_from_indices(self, indices: dict, num_classes: int | None = None, name: str | None = None,
-                          use_dcs: bool | None = None, bnneck: bool | None = None) -> dict:
+                          attention: str | bool | None = None, bnneck: bool | None = None) -> dict:
         """The derived-architecture dict (every choice a scalar) for index choices."""
         widths = [self.group_options[g][i] for g, i in enumerate(indices["width"])]
         stages = []
@@ -243,7 +267,8 @@ class SearchSpace:
             "input_size": list(self.input_size),
             "num_classes": int(num_classes if num_classes is not None else self.num_classes),
             "bnneck": self.bnneck if bnneck is None else bool(bnneck),
-            "use_dcs": self.use_dcs if use_dcs is None else bool(use_dcs),
+            "attention": resolve_attention(self.attention, attention),
+            "attention_form": self.attention_form,
             "stem": dict(self.stem),
             "stages": stages,
             "head": dict(self.head),
