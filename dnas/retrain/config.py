@@ -235,7 +235,7 @@ class ReIDConfig(TrainConfig):
     triplet_weight: float = 1.0
     soft_margin: bool = False
     ib_eta: float = 0.1
-    ib_temperature: float = 1.0
+    ib_temperature: float = 0.1
     use_ibb: bool = True
     center_weight: float = 0.0
     center_lr: float = 0.5

@@ -86,7 +86,7 @@ class SearchConfig:
     triplet_margin: float = 0.3
     triplet_weight: float = 1.0
     ib_eta: float = 0.1
-    ib_temperature: float = 1.0
+    ib_temperature: float = 0.1
     use_ibb: bool = True
     attention: Optional[Literal["none", "self", "dcs"]] = None
     attention_form: Optional[Literal["linear", "softmax"]] = None
