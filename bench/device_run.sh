@@ -88,7 +88,7 @@ profile_table() {  # SPACE BATCH
   if [ -f "$WORK/tables/$name.validate.json" ]; then touch "$WORK/done/validate_$1_b$2"; fi
   if [ -f "$WORK/tables/$name.csv" ]; then
     task "validate_$1_b$2" 50 "$PY" -m dnas.cli.latency validate --supernet "$1" --table "$WORK/tables/$name.csv" \
-      --archs "$ARCHS" --passes 2 --no-progress --out "$WORK/tables/$name.validate.json" \
+      --archs "$ARCHS" --passes 2 --save-calibration --no-progress --out "$WORK/tables/$name.validate.json" \
       --plot "$WORK/tables/$name.validate.png"
   else
     log "validate_$1_b$2: PENDING (no table yet)"
