@@ -1,5 +1,5 @@
 """Model-level Re-ID evaluation used by search and retrain (paper section 4.1;
-FORMULAS.md section 6): embed query and gallery, Euclidean distance, the standard
+docs/method.md section 6): embed query and gallery, Euclidean distance, the standard
 Market-1501 protocol (no re-ranking), CMC rank-1/5/10, mAP and mINP, with the counts of
 queries evaluated and skipped (no true match in the gallery).
 

@@ -1,4 +1,4 @@
-"""Re-ID training losses (paper eq. 4; FORMULAS.md section 4).
+"""Re-ID training losses (paper eq. 4; docs/method.md section 4).
 
 - :func:`cross_entropy_smooth` / :class:`CrossEntropyLabelSmooth`: cross-entropy with
   label smoothing (eps = 0.1), for integer labels or soft (mixup) targets.

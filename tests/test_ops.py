@@ -1,5 +1,5 @@
 """Tests of the op registry, the plain ops, DCS-Attention and the super inverted
-residual (dnas.ops; FORMULAS.md sections 2 and 3).
+residual (dnas.ops; docs/method.md sections 2 and 3).
 
 Every registered op: forward shape, a gradient for every parameter, no NaN.
 DCS-Attention is compared with a direct re-implementation of its formula; the super

@@ -1,4 +1,4 @@
-"""Tests of the search-space schema and helpers (dnas.space; FORMULAS.md section 1).
+"""Tests of the search-space schema and helpers (dnas.space; docs/method.md section 1).
 
 The paper tables (III and IV) are written out independently below and compared row by
 row with the shipped space files; validation errors are checked for naming the file,

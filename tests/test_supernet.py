@@ -1,5 +1,5 @@
 """Tests of the supernet, its derived plain nets and weight slicing (dnas.models;
-FORMULAS.md sections 1-3, DESIGN.md principles 2 and 5).
+docs/method.md sections 1-3, docs/architecture.md principles 2 and 5).
 
 The central property: with a one-hot choice the supernet computes the same function as
 the plain net derived from it (weights sliced, BN statistics randomised so that no

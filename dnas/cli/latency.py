@@ -130,7 +130,7 @@ def _check_file_target(path: str | Path, option: str) -> None:
     p = Path(path)
     if p.is_dir():
         raise DnasError(f"{option} {path}: is a directory; give a file name")
-    check_writable_target(p.parent if str(p.parent) else Path("."), option)
+    check_writable_target(p.parent, option, shown=p)
 
 
 def _check_table_target(csv_path: Path, overwrite: bool) -> None:

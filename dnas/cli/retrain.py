@@ -1,5 +1,5 @@
 """``dnas-retrain``: ImageNet pretraining and Re-ID finetuning of a derived network
-(paper section 4.2; FORMULAS.md sections 4 and 6)."""
+(paper section 4.2; docs/method.md sections 4 and 6)."""
 from __future__ import annotations
 
 import argparse

@@ -1,4 +1,4 @@
-"""``dnas-search``: the bilevel DCS-DNAS search (paper section 3.4; FORMULAS.md 2-5),
+"""``dnas-search``: the bilevel DCS-DNAS search (paper section 3.4; docs/method.md 2-5),
 and ``--describe`` to inspect a search space."""
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Differentiable expected latency of the supernet's architecture distribution
-(LAT in the search loss, paper eq. 5; FORMULAS.md section 5; FBNet's LUT cost).
+(LAT in the search loss, paper eq. 5; docs/method.md section 5; FBNet's LUT cost).
 
 For option weights ``p`` (Gumbel-softmax samples or softmax probabilities: an
 :class:`dnas.models.ArchChoice`)::

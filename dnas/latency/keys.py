@@ -1,5 +1,5 @@
 """Latency-table keys: the ONE key function and the entries a space needs
-(DESIGN.md principle 4; paper section 3.4, the lookup table behind LAT in eq. 5).
+(docs/architecture.md principle 4; paper section 3.4, the lookup table behind LAT in eq. 5).
 
 The profiler measures exactly the entries :func:`space_entries` lists, and every
 lookup (the differentiable cost, the sum for a derived architecture, validation) forms

@@ -1,4 +1,4 @@
-"""Latency-aware search losses (paper eq. 5; FORMULAS.md section 5).
+"""Latency-aware search losses (paper eq. 5; docs/method.md section 5).
 
 Three forms, chosen by name:
 

@@ -1,5 +1,5 @@
 """LatencyTable: a lookup table of measured module latencies with its provenance
-(DESIGN.md principle 4; the LUT behind LAT in the search loss, FORMULAS.md section 5).
+(docs/architecture.md principle 4; the LUT behind LAT in the search loss, docs/method.md section 5).
 
 On disk a table is two files written atomically: ``NAME.csv`` (one row per entry,
 readable by ``pandas.read_csv``) and ``NAME.meta.json`` (provenance: device, driver,

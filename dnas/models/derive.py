@@ -1,4 +1,4 @@
-"""Deriving a plain network from the supernet (FBNetV2 weight sharing, FORMULAS.md
+"""Deriving a plain network from the supernet (FBNetV2 weight sharing, docs/method.md
 section 2): the plain op's tensors are the leading slices of the super-op's tensors
 (first ``out`` output channels, first ``in`` input channels, first ``mid`` depthwise
 channels, ...), because the masks keep the first ``k`` channels of each width.

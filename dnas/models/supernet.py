@@ -1,4 +1,4 @@
-"""The DCS-DNAS supernet (paper section 3.4, Tables III/IV; FORMULAS.md sections 2-3).
+"""The DCS-DNAS supernet (paper section 3.4, Tables III/IV; docs/method.md sections 2-3).
 
 Every bottleneck is a :class:`SuperInvertedResidual` at its largest widths. A width
 group (rows sharing a channel range) has one width choice, every block one expansion

@@ -4,6 +4,9 @@ III/IV "bottleneck": 1x1 expand, 3x3 depthwise, 1x1 project, BN, ReLU).
 NOTE: the 1x1 expansion conv is always present, also for expansion 1 (MobileNetV2 drops
 it there); keeping it gives every block the same structure in the supernet and in the
 derived net, at the cost of one 16x16 1x1 conv in row 1.
+
+NOTE: FBNetV2 uses h-swish in its later stages; every block here uses ReLU (the
+measured tables and equivalences are for ReLU; docs/method.md section 1).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""One registry of ops with one constructor signature (DESIGN.md principle 3).
+"""One registry of ops with one constructor signature (docs/architecture.md principle 3).
 
 Every op is built as ``cls(in_chs, out_chs, stride, **kw)``; variants are keyword
 arguments, not new names. Plain ops (for derived networks) and their super-op twins

@@ -1,5 +1,5 @@
 """Super-ops: one op at the largest widths whose channels are masked by a Gumbel-softmax
-mixture over width options (FBNetV2 channel masking with weight sharing; FORMULAS.md
+mixture over width options (FBNetV2 channel masking with weight sharing; docs/method.md
 section 2): ``y = b(x) * sum_i g_i 1_{k_i}``.
 
 A super-op shares parameter names with its plain twin, so the plain op's weights are

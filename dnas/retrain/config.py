@@ -1,4 +1,4 @@
-"""Retraining recipes (paper section 4.2; FORMULAS.md sections 4 and 6) as config
+"""Retraining recipes (paper section 4.2; docs/method.md sections 4 and 6) as config
 dataclasses: :class:`ImageNetConfig` (pretraining) and :class:`ReIDConfig`
 (finetuning). Recipes in ``retrain/*.yaml`` set any of these keys; ``--set key=value``
 overrides them. The resolved config is written to the run directory.

@@ -1,4 +1,4 @@
-"""Re-ID finetuning of a derived network (paper section 4.2, eq. 4; FORMULAS.md 4 and 6).
+"""Re-ID finetuning of a derived network (paper section 4.2, eq. 4; docs/method.md 4 and 6).
 
 Loss: ``CE(label smoothing) + batch-hard triplet(0.3) + eta * IBB`` with the IB tracker
 (:mod:`dnas.ib`: F = the pre-BNNeck embedding, X = the pooled input of the first

@@ -1,4 +1,4 @@
-"""The search recipe (paper section 3.4 and 4.2; FORMULAS.md sections 4-5) as one
+"""The search recipe (paper section 3.4 and 4.2; docs/method.md sections 4-5) as one
 config dataclass. Recipes in ``search/*.yaml`` set any of these keys; ``--set key=value``
 overrides them on the command line. The resolved config is written to the run dir.
 """

@@ -1,4 +1,4 @@
-"""The bilevel DCS-DNAS search loop (paper section 3.4, eq. 5; FORMULAS.md sections 4-5).
+"""The bilevel DCS-DNAS search loop (paper section 3.4, eq. 5; docs/method.md sections 4-5).
 
 Every epoch: weight steps (SGD) on the weight split with Gumbel-softmax choices, then
 architecture steps (Adam on the width/expansion logits and the DCS ``pi`` layers) on

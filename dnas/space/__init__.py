@@ -1,4 +1,4 @@
-"""Search spaces and derived architectures as data (FORMULAS.md section 1)."""
+"""Search spaces and derived architectures as data (docs/method.md section 1)."""
 from dnas.space.space import (
     SHORT_NAMES,
     BlockSpec,

@@ -1,4 +1,4 @@
-"""Search-space / architecture schema (paper Tables III and IV; FORMULAS.md section 1).
+"""Search-space / architecture schema (paper Tables III and IV; docs/method.md section 1).
 
 One YAML schema serves both a search space and a derived architecture: in a space a
 searchable field holds a list of options, in a derived architecture every field is a

@@ -1,6 +1,6 @@
 """SearchSpace: a validated space (or derived architecture) and its pure helpers.
 
-Implements the layout rules of FORMULAS.md section 1: width groups (consecutive rows
+Implements the layout rules of docs/method.md section 1: width groups (consecutive rows
 sharing a channel range share one width choice), per-block expansion choices, and
 mid-width options ``make_divisible(expansion * max(in_chs options), 8)``. Nothing here
 imports torch, so spaces can be inspected and tested without it.
