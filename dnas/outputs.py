@@ -82,22 +82,29 @@ def _is_within(inner: Path, outer: Path) -> bool:
     return inner == outer or outer in inner.parents
 
 
-def check_writable_target(target: str | os.PathLike, what: str = "--out") -> Path:
+def check_writable_target(target: str | os.PathLike, what: str = "--out", shown=None) -> Path:
     """Refuse a target that is a file, lies under a file, or in a directory we cannot write.
+
+    Args:
+        target: the directory to create or write in.
+        what: the option's name in messages.
+        shown: the path named in messages (default: ``target``).
 
     Returns:
         The absolute target path.
     """
     target = Path(os.path.abspath(target))
+    shown = target if shown is None else shown
     if target.exists() and not target.is_dir():
-        raise DnasError(f"{what} {target}: is a file, not a directory; pick another {what}")
+        where = "is a file" if shown == target else f"{target} is a file"
+        raise DnasError(f"{what} {shown}: {where}, not a directory; pick another {what}")
     anc = target
     while not anc.exists():
         anc = anc.parent
     if not anc.is_dir():
-        raise DnasError(f"{what} {target}: {anc} is a file, not a directory")
+        raise DnasError(f"{what} {shown}: {anc} is a file, not a directory")
     if not os.access(anc, os.W_OK | os.X_OK):
-        raise DnasError(f"{what} {target}: cannot write in {anc} (permission denied)")
+        raise DnasError(f"{what} {shown}: cannot write in {anc} (permission denied)")
     return target
 
 

@@ -108,13 +108,13 @@ def run_search(cfg: SearchConfig, run_dir: Path, resume: bool = False, progress:
     try:
         data = build_search_data(cfg, rt)
         latency = build_latency_model(cfg, data.num_classes)
-        if rt.is_main:
-            claim_run_dir(run_dir, "search-run", replace=overwrite and not resume)
-            atomic_write_yaml(run_dir / "config.yaml", config_to_dict(cfg))
         s = Searcher(cfg, run_dir, rt, data, latency, progress=progress)
         if resume:
             s.load_state_dict(load_checkpoint(run_dir))
             log.info("resumed %s at epoch %d, %s phase, batch %d", run_dir, s.epoch, s.phase, s.pos)
+        if rt.is_main:  # every input is valid: only now the run directory is made (or replaced)
+            claim_run_dir(run_dir, "search-run", replace=overwrite and not resume)
+            atomic_write_yaml(run_dir / "config.yaml", config_to_dict(cfg))
         _loop(s, cfg, run_dir, rt)
         if rt.distributed:
             _check_ranks_agree(s, run_dir, rt)
