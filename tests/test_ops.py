@@ -351,16 +351,20 @@ def test_dcs_train_mask_binary_with_straight_through_gradient():
 
 
 def test_dcs_straight_through_gradient_is_the_sigmoid_gradient():
-    """dM/dpi equals d sigmoid((pi + L) / tau) / dpi for the same noise L."""
+    """Forward [pi + L > 0] with L = log(1 - u) - log(u); dM/dpi = d sigmoid((pi + L) / tau) / dpi."""
     from dnas.ops.dcs import _StraightThroughBinary
 
-    z = torch.randn(64, dtype=torch.float64, requires_grad=True)
-    g = torch.randn(64, dtype=torch.float64)
-    (_StraightThroughBinary.apply(z, 0.7) * g).sum().backward()
-    ref = z.detach().clone().requires_grad_(True)
-    (torch.sigmoid(ref / 0.7) * g).sum().backward()
-    torch.testing.assert_close(z.grad, ref.grad)
-    assert torch.equal(_StraightThroughBinary.apply(z, 0.7), (z > 0).double())
+    gen = torch.Generator().manual_seed(0)
+    pi = torch.randn(256, dtype=torch.float64, generator=gen, requires_grad=True)
+    u = torch.rand(256, dtype=torch.float64, generator=gen)
+    g = torch.randn(256, dtype=torch.float64, generator=gen)
+    m = _StraightThroughBinary.apply(pi, u, 0.7)
+    noise = torch.log1p(-u) - torch.log(u)
+    assert torch.equal(m, (pi.detach() + noise > 0).double())
+    (m * g).sum().backward()
+    ref = pi.detach().clone().requires_grad_(True)
+    (torch.sigmoid((ref + noise) / 0.7) * g).sum().backward()
+    torch.testing.assert_close(pi.grad, ref.grad)
 
 
 def test_logistic_noise_is_the_difference_of_two_gumbels():

@@ -53,20 +53,22 @@ def logistic_like(t: torch.Tensor, generator: torch.Generator | None = None) -> 
 
 
 class _StraightThroughBinary(torch.autograd.Function):
-    """Forward ``[z > 0]`` (exactly 0/1), backward the gradient of ``sigmoid(z / tau)``:
-    the straight-through estimator ``dM/dM_soft = 1`` in one fused step."""
+    """The training mask ``M = [sigmoid((pi + L) / tau) > 0.5] = [pi + L > 0]`` from logits
+    ``pi`` and uniforms ``u`` with ``L = log(1 - u) - log(u)`` (Logistic(0, 1), the law of
+    ``G1 - G2``): forward ``[u < sigmoid(pi)]`` (exactly 0/1, the same event, without the
+    logarithms), backward the straight-through gradient ``d sigmoid((pi + L) / tau) / d pi``."""
 
     @staticmethod
-    def forward(ctx, z: torch.Tensor, tau: float) -> torch.Tensor:  # noqa: D102
-        ctx.save_for_backward(z)
+    def forward(ctx, logits: torch.Tensor, u: torch.Tensor, tau: float) -> torch.Tensor:  # noqa: D102
+        ctx.save_for_backward(logits, u)
         ctx.tau = tau
-        return (z > 0).to(z.dtype)
+        return (u < torch.sigmoid(logits)).to(logits.dtype)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # noqa: D102
-        (z,) = ctx.saved_tensors
-        soft = torch.sigmoid(z / ctx.tau)
-        return grad * soft * (1.0 - soft) / ctx.tau, None
+        logits, u = ctx.saved_tensors
+        soft = torch.sigmoid((logits + torch.log1p(-u) - torch.log(u)) / ctx.tau)
+        return grad * soft * (1.0 - soft) / ctx.tau, None, None
 
 
 def linear_affinity_output(k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -125,7 +127,7 @@ class DCSAttention(nn.Module):
         logits = F.conv2d(x, self.pi.weight[:, :, None, None], self.pi.bias)  # (B, C, H, W)
         if not self.training:
             return (logits > 0).to(x.dtype)
-        return _StraightThroughBinary.apply(logits + logistic_like(logits), self.tau_m)
+        return _StraightThroughBinary.apply(logits, torch.rand_like(logits), self.tau_m)
 
     def forward(self, x: torch.Tensor, width_mask: torch.Tensor | None = None,
                 eff_width: torch.Tensor | float | None = None) -> torch.Tensor:
