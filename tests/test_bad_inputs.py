@@ -79,6 +79,16 @@ def test_show_json_into_a_closed_pipe():
     assert proc.stdout.strip() == "{" and "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
 
 
+def test_a_long_output_into_a_closed_pipe():
+    code = ("import sys\nfrom dnas.cli.common import cli_entry\n@cli_entry('x')\ndef main(argv):\n"
+            "    print('y' * 1000000)\nsys.exit(main())")
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.read(1)
+    proc.stdout.close()  # the reader leaves early, as `| head -c1` does
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0 and "BrokenPipe" not in err and "Traceback" not in err, err
+
+
 def test_show_compare_a_table_of_another_space(tmp_path):
     other = copy_table(measured_tiny_table(), tmp_path, "other")
     meta_path = other.with_name("other.meta.json")

@@ -23,7 +23,9 @@ def cli_entry(prog: str) -> Callable[[Callable[[Sequence[str] | None], int]], Ca
         @functools.wraps(fn)
         def main(argv: Sequence[str] | None = None) -> int:
             try:
-                return int(fn(argv) or 0)
+                rc = int(fn(argv) or 0)
+                sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+                return rc
             except DnasError as exc:
                 print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
                 return 2
