@@ -80,14 +80,19 @@ def test_reid_run_with_pretrained(reid_run, pre_run, capsys):
     init = torch.load(reid_run / "checkpoint-last.pt", weights_only=True)["model"]
     assert init["stem.conv.weight"].shape == pre["stem.conv.weight"].shape
     header = (reid_run / "metrics.csv").read_text().splitlines()[0].split(",")
-    for key in ("loss", "ce", "triplet", "ibb", "ib_loss", "ibb_epoch", "mAP", "rank1", "rank5", "rank10", "mINP"):
+    for key in ("loss", "ce", "triplet", "ibb", "ib_loss", "ibb_epoch", "val_mAP", "val_rank1", "val_rank5",
+                "val_rank10", "val_mINP", "val_num_skipped", "test_mAP", "test_rank1", "test_mINP", "test_num_skipped"):
         assert key in header, key
+    assert "mAP" not in header  # every figure names its split
     final = reid_run / "final"
     for name in ("arch.yaml", "model.pt", "model.onnx", "summary.json", "arch.dot"):
         assert (final / name).is_file(), name
     summary = json.loads((final / "summary.json").read_text())
     assert 0 <= summary["mAP"] <= 1 and 0 <= summary["rank1"] <= 1 and 0 <= summary["mINP"] <= 1
-    assert summary["macs"] > 0 and summary["onnx_max_abs_diff"] < 1e-4 and summary["num_classes"] == 60
+    # 60 synthetic training ids, 8 held out as the validation split (val_min_ids)
+    assert summary["macs"] > 0 and summary["onnx_max_abs_diff"] < 1e-4 and summary["num_classes"] == 52
+    assert summary["test"]["mAP"] == summary["mAP"] and summary["metrics_split"].startswith("test")
+    assert summary["checkpoint_best"]["selected_by"] == "val_mAP" and "mAP" in summary["checkpoint_best"]["test"]
     assert math.isfinite(summary["ib_loss"])
     model = dnas.load_derived(final)  # a deployable model from one command
     assert model.head.neck is not None and model.use_dcs
@@ -100,7 +105,7 @@ def test_eval_only_matches_final_eval(reid_run, capsys):
     capsys.readouterr()
     assert retrain_cli.main(["reid", "--eval-only", str(reid_run), "--set", "eval_max_queries=30"]) == 0
     m = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert m["mAP"] == pytest.approx(summary["mAP"], abs=1e-6) and m["num_queries"] == 30
+    assert m["mAP"] == pytest.approx(summary["mAP"], abs=1e-6) and m["num_queries"] == 30 and m["split"] == "test"
     assert retrain_cli.main(["reid", "--eval-only", str(reid_run / "final"), "--data", "synthetic",
                              "--set", "eval_max_queries=30"]) == 0
     m2 = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -43,9 +43,15 @@ def test_run_directory_contents(run_dir):
     assert any((run_dir / "tensorboard").iterdir())
     rows = (run_dir / "metrics.csv").read_text().splitlines()
     header = rows[0].split(",")
-    for key in ("weights_loss", "arch_loss", "ib_loss", "expected_latency_ms", "tau", "w_lr", "a_lr", "mAP",
-                "epoch_time_s", "weights_ibb"):
+    for key in ("weights_loss", "arch_loss", "ib_loss", "expected_latency_ms", "tau", "w_lr", "a_lr", "val_mAP",
+                "val_num_skipped", "test_mAP", "test_num_skipped", "epoch_time_s", "weights_ibb"):
         assert key in header, key
+    assert "mAP" not in header  # every figure names its split
+    cells = [dict(zip(header, r.split(","))) for r in rows[1:]]
+    assert cells[0]["test_mAP"] == "" and cells[1]["test_mAP"] != ""  # the test split after the last epoch only
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["checkpoint_best"]["selected_by"] == "val_mAP" and 0 <= summary["test"]["mAP"] <= 1
+    assert summary["validation"]["num_ids"] == 8 and summary["arch_split"]["arch"]["ids"] == 52
     assert len(rows) == 3
     taus = [float(r.split(",")[header.index("tau")]) for r in rows[1:]]
     assert taus[1] == pytest.approx(taus[0] * math.exp(-0.045))
