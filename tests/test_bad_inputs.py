@@ -214,6 +214,15 @@ def test_retrain_of_a_search_run_names_its_kind(runs, how):
     one_line_error(cli("dnas-retrain", *argv), "dnas-retrain", "dnas-search run", "dnas-derive")
 
 
+@pytest.mark.parametrize("option", ["--arch", "--pretrained"])
+def test_retrain_from_a_search_run_names_its_kind(runs, tmp_path, option):
+    argv = ["--arch", runs["search"]] if option == "--arch" else ["--arch", runs["derived"], "--pretrained",
+                                                                   runs["search"]]
+    proc = cli("dnas-retrain", "reid", *argv, "--data", "synthetic", "--out", tmp_path / "r", *RETRAIN_FAST)
+    one_line_error(proc, "dnas-retrain", option, "dnas-search run", "dnas-derive")
+    assert not (tmp_path / "r").exists()
+
+
 def test_search_resume_of_a_retrain_run_names_its_kind(runs):
     one_line_error(cli("dnas-search", "--resume", runs["reid"]), "dnas-search", "dnas-retrain reid run")
 

@@ -144,6 +144,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from dnas.retrain.config import ImageNetConfig, ReIDConfig
 
     cfg = resolve_config(args, ImageNetConfig if args.mode == "imagenet" else ReIDConfig)
+    from dnas.outputs import require_kind
+
+    trained = ("derived", "imagenet-run", "reid-run")
+    for option, value in (("--arch", cfg.arch), ("--pretrained", getattr(cfg, "pretrained", None))):
+        if value and Path(value).is_dir():  # e.g. a search run: name it and say how to export it
+            require_kind(value, trained, f"dnas-retrain {args.mode} {option}")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run_dir = Path(args.resume or args.out or f"runs/{args.mode}-{Path(cfg.arch).stem}-{stamp}")
     is_main = int(os.environ.get("RANK", "0")) == 0
