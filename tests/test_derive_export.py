@@ -167,9 +167,11 @@ def test_build_model_rejects_a_space(tmp_path):
 
 
 def test_describe_table_and_json(capsys):
-    assert search_cli.main(["--supernet", "xlarge", "--describe"]) == 0
+    assert search_cli.main(["--supernet", "fbnetv2", "--describe"]) == 0
     text = capsys.readouterr().out
-    assert "10^93" in text and "DCS" in text and "1984" in text
+    assert "10^17" in text and "DCS-Attention (linear form)" in text and "1984" in text
+    # the widest arch's MACs (1000 classes), with the attention matmuls (fvcore) and without the modules
+    assert "max arch: 252.1 M MACs with its attention modules, 233.0 M without" in text
     assert search_cli.main(["--supernet", "large", "--describe", "--json"]) == 0
     obj = json.loads(capsys.readouterr().out)
     assert obj["name"] == "fbnetv2_large" and obj["input_size"] == [3, 256, 128]
@@ -177,4 +179,6 @@ def test_describe_table_and_json(capsys):
     assert len(obj["stages"]) == 10
     assert all(set(s) == {"op", "expansion", "channels", "n", "stride", "dcs_after"} for s in obj["stages"])
     assert [s["dcs_after"] for s in obj["stages"]] == [False, False, True, False, True, False, False, True, False, True]
+    assert obj["attention"] == "dcs" and obj["attention_form"] == "linear"
+    assert obj["macs"]["max"]["with_attention"] > obj["macs"]["max"]["without_attention"]
     assert search_cli.main(["--supernet", "nope.yaml", "--describe"]) == 2

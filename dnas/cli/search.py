@@ -69,6 +69,25 @@ def resolve_config(args: argparse.Namespace):
     return cfg
 
 
+def describe_macs(space) -> dict:
+    """MACs (fvcore, attention matmuls included) of the widest and narrowest archs, with and
+    without the space's attention modules."""
+    import warnings
+
+    from dnas.export import count_macs
+    from dnas.models import PlainNet
+    from dnas.space import SearchSpace
+
+    out = {}
+    for mode in ("max", "min"):
+        arch = SearchSpace.from_dict(space.arch_from_indices(space.sample_indices(mode)))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out[mode] = {"with_attention": count_macs(PlainNet(arch), arch.input_size),
+                         "without_attention": count_macs(PlainNet(arch, attention="none"), arch.input_size)}
+    return out
+
+
 @cli_entry("dnas-search")
 def main(argv: Sequence[str] | None = None) -> int:
     from dnas.errors import DnasError
@@ -82,7 +101,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.supernet:
             raise DnasError("--describe needs --supernet NAME_OR_PATH")
         space = load_space(args.supernet)
-        print(json.dumps(space.to_json()) if args.json else space.describe())
+        macs = describe_macs(space)
+        if args.json:
+            print(json.dumps({**space.to_json(), "macs": macs}))
+        else:
+            print(space.describe())
+            for mode in ("max", "min"):
+                m = macs[mode]
+                print(f"{mode} arch: {m['with_attention'] / 1e6:.1f} M MACs with its attention modules, "
+                      f"{m['without_attention'] / 1e6:.1f} M without (fvcore, {space.input_size[1]}x"
+                      f"{space.input_size[2]}, classifier included)")
         return 0
     if not (args.recipe or args.supernet or args.resume):
         raise DnasError("give --recipe, --supernet or --resume (see --help)")

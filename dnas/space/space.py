@@ -329,6 +329,8 @@ class SearchSpace:
                  "dcs_after": st["dcs_after"]}
                 for st in self.stages
             ],
+            "attention": self.attention,
+            "attention_form": self.attention_form,
             "num_blocks": len(self.blocks),
             "num_width_groups": len(self.group_options),
             "log10_num_archs": round(self.log10_num_archs, 3),
@@ -356,8 +358,10 @@ class SearchSpace:
                          f"{st['stride']:>2}  {self.stage_group[i - 1]:>5}  {'DCS' if st['dcs_after'] else ''}")
         lines.append(f"{len(self.stages) + 1:>3}  {'conv1x1':<10} {'-':<26} {self.head['out_chs']:<26} {1:>3} {1:>2}")
         lines.append(f"{len(self.stages) + 2:>3}  avgpool + fc -> {self.num_classes} classes")
+        kind = {"dcs": "DCS-Attention", "self": "self-attention", "none": "no attention"}[self.attention]
         lines += ["", f"blocks: {len(self.blocks)}   width groups: {len(self.group_options)}   "
-                      f"DCS-Attention after rows: {', '.join(str(i + 1) for i in self.dcs_stages) or 'none'}",
+                      f"{kind} ({self.attention_form} form) after rows: "
+                      f"{', '.join(str(i + 1) for i in self.dcs_stages) or 'none'}",
                   f"architectures in the space: 10^{self.log10_num_archs:.1f}"]
         return "\n".join(lines)
 
