@@ -5,11 +5,12 @@ the old run; the README's set-up chain keeps working."""
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 
-from cli_helpers import RETRAIN_FAST, SEARCH_FAST, cli, leftovers, one_line_error, runs  # noqa: F401 (fixture)
+from cli_helpers import ROOT, RETRAIN_FAST, SEARCH_FAST, cli, leftovers, one_line_error, runs  # noqa: F401 (fixture)
 from dnas.outputs import MARKER, output_kind
 
 DERIVE_MAX = ["--supernet", "tiny", "--sample", "max", "--no-onnx"]
@@ -193,20 +194,38 @@ def test_out_below_a_file(tmp_path, prog):
     one_line_error(proc, prog, "is a file")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
-@pytest.mark.parametrize("prog", ["dnas-derive", "dnas-search", "dnas-latency"])
-def test_out_in_a_read_only_directory(tmp_path, prog):
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    ro.chmod(0o555)
-    argv = {"dnas-derive": DERIVE_MAX, "dnas-search": SEARCH_FAST,
-            "dnas-latency": ["profile", "--supernet", "tiny", "--device", "cpu"]}[prog]
+_AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+_CAN_DROP = os.geteuid() != 0 or (shutil.which("setpriv") is not None and os.access(sys.executable, os.X_OK))
+
+
+@pytest.mark.skipif(not _CAN_DROP, reason="root writes into read-only directories and setpriv is missing")
+@pytest.mark.parametrize("prog", ["dnas-derive", "dnas-search", "dnas-retrain", "dnas-latency", "validate --plot"])
+def test_out_in_a_read_only_directory(prog):
+    import subprocess
+    import tempfile
+
+    from cli_helpers import MODULES, env
+
+    base = Path(tempfile.mkdtemp(prefix="dnas-ro-"))  # not under pytest's 0700 tmp: nobody must reach it
     try:
-        proc = cli(prog, *argv, "--out", ro / "x")
-        one_line_error(proc, prog, "permission denied")
+        base.chmod(0o777)
+        ro = base / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        table = ROOT / "latency_tables" / "cpu_tiny_b8_fp32.csv"
+        argv = {"dnas-derive": [*DERIVE_MAX, "--out", ro / "x"], "dnas-search": [*SEARCH_FAST, "--out", ro / "x"],
+                "dnas-retrain": ["reid", "--arch", ROOT / "supernets" / "tiny.yaml", "--out", ro / "x"],
+                "dnas-latency": ["profile", "--supernet", "tiny", "--device", "cpu", "--out", ro / "t"],
+                "validate --plot": ["validate", "--supernet", "tiny", "--table", table, "--plot", ro / "p.png"]}[prog]
+        name = "dnas-latency" if prog.startswith("validate") else prog
+        cmd = [sys.executable, "-m", MODULES[name], *map(str, argv)]
+        proc = subprocess.run(([] if os.geteuid() else _AS_NOBODY) + cmd, cwd=base, capture_output=True, text=True,
+                              env=dict(env(), HOME=str(base), DNAS_CACHE=str(base / "cache")), timeout=300)
+        one_line_error(proc, name, "permission denied", str(ro))
         assert list(ro.iterdir()) == []
     finally:
-        ro.chmod(0o755)
+        (base / "ro").chmod(0o755)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_atomic_directory_replaces_without_leftovers(tmp_path):
