@@ -81,7 +81,7 @@ def _add_validate(sub) -> None:
                                    "(then the calibration goes into its .meta.json, and searches apply it). A "
                                    "table profiled on another machine is refused unless --force.")
     p.add_argument("--supernet", required=True, help="space name or YAML path (must match the table's hash)")
-    p.add_argument("--table", required=True, help="table path (NAME or NAME.csv)")
+    p.add_argument("--table", required=True, help="table path (NAME or NAME.csv), or a shipped table")
     p.add_argument("--archs", type=int, default=100, help="random architectures (default 100; min and max added)")
     p.add_argument("--out", help="write the report as JSON here")
     p.add_argument("--plot", help="write a scatter plot (PNG) of predicted vs measured here")
@@ -99,7 +99,7 @@ def _add_validate(sub) -> None:
 def _add_show(sub) -> None:
     p = sub.add_parser("show", help="provenance and summary of a table",
                        description="Print a table's provenance and its entries per kind (count, min/median/max ms).")
-    p.add_argument("table", help="table path (NAME or NAME.csv)")
+    p.add_argument("table", help="table path (NAME or NAME.csv), or a shipped table (latency_tables/NAME.csv)")
     p.add_argument("--compare", help="another table of the same space: median relative difference per kind")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
@@ -196,12 +196,12 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from dnas.latency.table import LatencyTable, table_paths
+    from dnas.latency.table import LatencyTable, find_table, table_paths
     from dnas.latency.validate import format_report, plot_report, store_calibration, validate_table
     from dnas.space import load_space
 
     space = load_space(args.supernet)
-    table = LatencyTable.load(args.table, space)
+    table = LatencyTable.load(find_table(args.table), space)
     if args.archs < 1:
         raise DnasError(f"--archs {args.archs}: expected >= 1")
     if args.passes is not None and args.passes < 1:
@@ -246,14 +246,14 @@ def _compare(table, other) -> dict[str, float]:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from dnas.latency.table import LatencyTable
+    from dnas.latency.table import LatencyTable, find_table
 
-    table = LatencyTable.load(args.table)
+    table = LatencyTable.load(find_table(args.table))
     m = table.meta
     summary = table.summary()
     comparison = None
     if args.compare:
-        other = LatencyTable.load(args.compare)
+        other = LatencyTable.load(find_table(args.compare))
         if other.meta.get("space_hash") != m.get("space_hash"):
             raise DnasError(f"--compare {args.compare}: a table of space {other.meta.get('space')!r} (hash "
                             f"{str(other.meta.get('space_hash'))[:12]}), {table.source} covers "

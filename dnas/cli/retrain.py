@@ -46,7 +46,8 @@ RECIPES = {"imagenet": "imagenet_sgd", "synthetic-imagenet": "imagenet_synthetic
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", help="derived architecture: a dnas-derive directory or an arch.yaml")
-    add_run_arguments(p, "runs/<mode>-<arch>-TIME", "recipe YAML (default: the data set's recipe in retrain/)")
+    add_run_arguments(p, "runs/<mode>-<arch>-TIME", "recipe YAML, or a shipped one by name (default: the data set's "
+                       "recipe in retrain/)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def default_recipe(mode: str, data: str | None) -> Path | None:
     """The recipe of a data set (``None``: the dataclass defaults)."""
-    from dnas.space import data_root
+    from dnas.resources import data_dir
 
     name = (data or ("synthetic-imagenet" if mode == "imagenet" else "synthetic")).partition(":")[0].strip().lower()
     if mode == "imagenet" and name == "synthetic":
@@ -80,7 +81,7 @@ def default_recipe(mode: str, data: str | None) -> Path | None:
     stem = RECIPES.get(name)
     if stem is None or not stem.startswith(mode):  # e.g. reid with a classification set: defaults
         return None
-    path = data_root() / "retrain" / f"{stem}.yaml"
+    path = data_dir("retrain") / f"{stem}.yaml"
     return path if path.is_file() else None
 
 
@@ -103,7 +104,10 @@ def resolve_config(args: argparse.Namespace, cls, recipe_dir: Path | None = None
         if not recipe.is_file():
             raise DnasError(f"{args.resume}: not a run directory (no config.yaml)")
     else:
-        recipe = args.recipe or default_recipe(args.mode, args.data)
+        from dnas.resources import find_data_file
+
+        recipe = (find_data_file(args.recipe, "retrain", ".yaml") if args.recipe
+                  else default_recipe(args.mode, args.data))
     cfg = load_config(cls, recipe, args.overrides)
     cfg = dataclasses.replace(cfg, **direct)
     if validate:

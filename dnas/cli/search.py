@@ -38,13 +38,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--supernet", help="space: tiny, fbnetv2, large, xlarge, or a YAML path")
     p.add_argument("--describe", action="store_true", help="print the space and exit")
     p.add_argument("--json", action="store_true", help="with --describe: one JSON object")
-    add_run_arguments(p, "runs/search-SPACE-TIME", "recipe YAML (e.g. search/tiny_synthetic.yaml)")
+    add_run_arguments(p, "runs/search-SPACE-TIME",
+                      "recipe YAML, or a shipped one by name (e.g. search/tiny_synthetic.yaml, tiny_synthetic)")
     return p
 
 
 def resolve_config(args: argparse.Namespace):
     from dnas.config import load_config
     from dnas.errors import DnasError
+    from dnas.resources import find_data_file
     from dnas.search.config import SearchConfig
 
     overrides = list(args.overrides)
@@ -58,7 +60,7 @@ def resolve_config(args: argparse.Namespace):
         if not recipe.is_file():
             raise DnasError(f"{args.resume}: not a run directory (no config.yaml)")
     else:
-        recipe = args.recipe
+        recipe = None if args.recipe is None else find_data_file(args.recipe, "search", ".yaml")
         for key in ("supernet", "data", "seed"):
             if getattr(args, key) is not None:
                 overrides.append(f"{key}={getattr(args, key)}")

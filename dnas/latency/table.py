@@ -45,6 +45,15 @@ def table_paths(path: str | Path) -> tuple[Path, Path]:
     return p.with_name(name + ".csv"), p.with_name(name + ".meta.json")
 
 
+def find_table(path: str | Path) -> Path:
+    """A table to read, the working directory first, then a shipped one: by the path the
+    recipes use (``latency_tables/cpu_tiny_b8_fp32.csv``) or by name (``cpu_tiny_b8_fp32``).
+    A path found nowhere comes back unchanged (for the caller's not-found message)."""
+    from dnas.resources import find_data_file
+
+    return find_data_file(path, "latency_tables", ".csv", exists=lambda p: table_paths(p)[0].is_file())
+
+
 class LatencyTable:
     """Measured latencies (ms) by key, with provenance metadata.
 

@@ -30,7 +30,6 @@ from dnas.search.checkpoint import load_checkpoint, save_checkpoint
 from dnas.search.config import SearchConfig
 from dnas.search.history import arch_probability_row, plot_arch_heatmaps
 from dnas.search.loop import Searcher
-from dnas.space import data_root
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +64,9 @@ def build_latency_model(cfg: SearchConfig, num_classes: int):
     if not cfg.latency_table or cfg.latency_table.lower() == "none":
         return None
     from dnas.latency.cost import LatencyModel
-    from dnas.latency.table import LatencyTable
+    from dnas.latency.table import LatencyTable, find_table
 
-    path = Path(cfg.latency_table)
-    if not path.is_absolute() and not path.exists():
-        path = data_root() / path
+    path = find_table(cfg.latency_table)
     space = cfg.load_space()
     if not path.exists() and not path.with_suffix(".csv").exists():
         raise DnasError(f"latency table {cfg.latency_table} not found: profile one for your GPU with "

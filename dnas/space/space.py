@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import yaml
 
 from dnas.errors import SpaceError
+from dnas.resources import data_dir, data_root, find_data_file  # noqa: F401 (data_root: re-exported)
 from dnas.space.schema import resolve_attention, validate_space_dict
 
 # Bumped whenever an op computes differently, so latency tables of the old ops are refused:
@@ -75,16 +76,6 @@ def _known_ops() -> set[str]:
     return set(SEARCHABLE_OPS)
 
 
-def data_root() -> Path:
-    """Folder holding ``supernets/``, ``search/``, ``retrain/`` and ``latency_tables/``."""
-    import os
-
-    env = os.environ.get("DNAS_HOME")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2]
-
-
 def resolve_space_path(name_or_path: str | Path) -> Path:
     """Map a short name (``xlarge``) or a path to a space YAML file.
 
@@ -93,8 +84,8 @@ def resolve_space_path(name_or_path: str | Path) -> Path:
     """
     text = str(name_or_path)
     if text in SHORT_NAMES:
-        return data_root() / "supernets" / f"{SHORT_NAMES[text]}.yaml"
-    path = Path(text)
+        return data_dir("supernets") / f"{SHORT_NAMES[text]}.yaml"
+    path = find_data_file(text)  # a shipped space also as supernets/NAME.yaml from anywhere
     if path.is_file():
         return path
     if path.is_dir() and (path / "arch.yaml").is_file():
