@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
             "input": "x".join(map(str, first["input_size"][1:])), "epochs": first.get("epochs"),
             "seeds": args.seeds, "sweep_seeds": sweep_seeds, "etas": args.etas, "eta": eta,
             "recipe": Path(args.recipe).name, "overrides": args.overrides, "wall_time_s": wall,
-            "torch": torch.__version__, "device": f"CPU, {torch.get_num_threads()} threads",
+            "torch": torch.__version__, "device": f"CPU, {torch.get_num_threads()} thread{'s' if torch.get_num_threads() != 1 else ''}",
             "train_time_s": sum(v["train_time_s"] for v in per_run["_all"].values()),
             "command": " ".join(["python retrain/ablation.py", *(argv if argv is not None else sys.argv[1:])])}
     table = render_markdown(rows, checks, diffs, sweep, meta)
