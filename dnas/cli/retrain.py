@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="only evaluate: a reid run directory, a checkpoint in one, or a directory with model.pt")
     pr.add_argument("--checkpoint", choices=["last", "best"], default="last",
                     help="with --eval-only on a run directory: which checkpoint (default last)")
+    pr.add_argument("--rerank", action="store_true",
+                    help="also report k-reciprocal re-ranked test figures, separately from the plain ones "
+                         "(--eval-only, or the end-of-run test evaluation; recipe key rerank)")
     return p
 
 
@@ -132,9 +135,15 @@ def _eval_only(args: argparse.Namespace) -> int:
         raise DnasError(f"--checkpoint {args.checkpoint}: {run} is a dnas-derive output with one model.pt; "
                         "--checkpoint picks a checkpoint of a reid run directory")
     cfg = resolve_config(args, ReIDConfig, run if (run / "config.yaml").is_file() else None, validate=False)
+    if args.rerank:
+        cfg = dataclasses.replace(cfg, rerank=True)
     m = evaluate_only(path, cfg, args.checkpoint)
     print(f"mAP {100 * m['mAP']:.2f} | rank-1 {100 * m['rank1']:.2f} | rank-5 {100 * m['rank5']:.2f} | "
           f"rank-10 {100 * m['rank10']:.2f} | mINP {100 * m['mINP']:.2f} | {m['num_queries']} queries | {m['weights']}")
+    if "rerank" in m:
+        r = m["rerank"]
+        print(f"re-ranked (k-reciprocal): mAP {100 * r['mAP']:.2f} | rank-1 {100 * r['rank1']:.2f} | "
+              f"rank-5 {100 * r['rank5']:.2f} | rank-10 {100 * r['rank10']:.2f} | mINP {100 * r['mINP']:.2f}")
     print(json.dumps(m))
     return 0
 
@@ -148,6 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from dnas.retrain.config import ImageNetConfig, ReIDConfig
 
     cfg = resolve_config(args, ImageNetConfig if args.mode == "imagenet" else ReIDConfig)
+    if getattr(args, "rerank", False):
+        cfg = dataclasses.replace(cfg, rerank=True)
     from dnas.outputs import require_kind
 
     trained = ("derived", "imagenet-run", "reid-run")

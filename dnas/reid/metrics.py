@@ -14,7 +14,8 @@ Per query:
 - INP: (number of matches) / (rank of the last match) (Ye et al., mINP).
 
 Ties in distance are broken by gallery order (a stable sort), so results are
-deterministic. No re-ranking.
+deterministic. No re-ranking, unless :func:`evaluate_features` is asked for it
+(``rerank``: k-reciprocal re-ranking, :mod:`dnas.reid.rerank`).
 
 Implementation: vectorised and chunked over queries. Only the ranks of true matches and
 junk images are needed: float32 distances are packed with the gallery index into
@@ -243,7 +244,7 @@ def pairwise_distance(qf: torch.Tensor, gf: torch.Tensor, metric: str = "euclide
 
 def evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, metric: str = "euclidean",
                       max_rank: int = 50, chunk_size: int | None = None,
-                      device: str | torch.device | None = None) -> dict[str, Any]:
+                      device: str | torch.device | None = None, rerank: bool | dict = False) -> dict[str, Any]:
     """:func:`evaluate` from features, computing distances one query chunk at a time.
 
     The full ``Q x G`` matrix never exists (MSMT17: 11,659 x 82,161 floats would be
@@ -260,6 +261,8 @@ def evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, metric: str = 
         max_rank: length of the CMC curve.
         chunk_size: queries per chunk (default: about 8M matrix entries per chunk).
         device: where distances are computed and ranked (default: ``qf``'s device).
+        rerank: rank by k-reciprocal re-ranked distances instead (True, or a dict of
+            ``k1``, ``k2``, ``lambda_value``); computed chunk by chunk too.
 
     Returns:
         The dict of :func:`evaluate`.
@@ -284,9 +287,16 @@ def evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, metric: str = 
     gallery = _Gallery(g_pids, g_camids)
     step = _chunk_rows(gf.shape[0], chunk_size)
     parts = []
+    if rerank:
+        from dnas.reid.rerank import rerank_feature_chunks
+
+        opts = rerank if isinstance(rerank, dict) else {}
+        for s, e, dist in rerank_feature_chunks(qf, gf, metric, chunk_size=chunk_size, device=device, **opts):
+            dist = dist.numpy() if device.type == "cpu" else dist
+            parts.append(_chunk_stats(dist, q_pids[s:e], q_camids[s:e], gallery))
     with torch.no_grad():
         g_sq = (gf * gf).sum(1) if metric == "euclidean" else None
-        for s in range(0, qf.shape[0], step):
+        for s in range(0, qf.shape[0] if not rerank else 0, step):
             dist = pairwise_distance(qf[s:s + step], gf, metric, g_sq)
             if device.type == "cpu":
                 dist = dist.numpy()

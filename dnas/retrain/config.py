@@ -212,7 +212,9 @@ class ReIDConfig(TrainConfig):
         (center_weight 0 = off; centers trained by SGD with center_lr).
     Evaluation: every eval_every epochs and at the end (mAP, CMC rank-1/5/10, mINP),
         on at most eval_max_queries queries (0 = all), eval_flip averages flipped
-        features.
+        features. rerank: the final test evaluation (and ``--eval-only``) also reports
+        k-reciprocal re-ranked figures (``test_rerank_*``, summary.json ``rerank``),
+        beside the plain ones, which stay the reported figures.
     Model selection: val_ids_fraction of the training identities (at least
         val_min_ids; seeded by val_seed, apart from seed, so every seed of an ablation
         selects on the same identities) are held out as a validation query/gallery;
@@ -241,6 +243,7 @@ class ReIDConfig(TrainConfig):
     center_lr: float = 0.5
     eval_max_queries: int = 0
     eval_flip: bool = False
+    rerank: bool = False
     val_ids_fraction: float = 0.05
     val_min_ids: int = 8
     val_seed: int = 0

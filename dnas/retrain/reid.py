@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 KIND = "retrain-reid"
 CURVES = ["loss", "ce", "triplet", "ibb", "ib_loss", "val_mAP", "val_rank1", "test_mAP", "test_rank1", "lr"]
 METRICS = ("mAP", "rank1", "rank5", "rank10", "mINP", "num_queries", "num_valid", "num_skipped")
+RERANK_METRICS = ("mAP", "rank1", "rank5", "rank10", "mINP")
+RERANK_NOTE = {"method": "k-reciprocal re-ranking (Zhong et al. 2017), k1=20, k2=6, lambda=0.3",
+               "note": "test query/gallery, final weights; the top-level figures use no re-ranking"}
 
 
 def build_reid_data(cfg: ReIDConfig, rt: Runtime, height: int, width: int, training: bool = True):
@@ -138,15 +141,16 @@ class ReIDTrainer(Trainer):
         m.update(ib_loss=s["ib"], ibb_epoch=s["ibb"], i_xf=s["i_xf"], i_fy=s["i_fy"])
         return m
 
-    def evaluate_split(self, split: str, model=None) -> dict:
-        """``val_*`` or ``test_*`` metrics of ``model`` (default: the deploy weights)."""
+    def evaluate_split(self, split: str, model=None, rerank: bool = False) -> dict:
+        """``val_*`` or ``test_*`` metrics of ``model`` (default: the deploy weights);
+        ``rerank`` adds the re-ranked ``<split>_rerank_*``."""
         from dnas.evaluation import evaluate_reid, prefixed
 
         query, gallery = ((self.data.val_query, self.data.val_gallery) if split == "val"
                           else (self.data.query, self.data.gallery))
         return prefixed(evaluate_reid(model if model is not None else self.deploy_model, query, gallery,
                                       self.rt.device, max_queries=self.cfg.eval_max_queries,
-                                      flip=self.cfg.eval_flip), split)
+                                      flip=self.cfg.eval_flip, rerank=rerank), split)
 
     def evaluate(self) -> dict:
         out = self.evaluate_split("val") if self.data.validation is not None else {}
@@ -155,7 +159,11 @@ class ReIDTrainer(Trainer):
         return out
 
     def evaluate_final(self, done: dict) -> dict:
-        return {} if "test_mAP" in done else self.evaluate_split("test")
+        if "test_mAP" not in done:
+            return self.evaluate_split("test", rerank=self.cfg.rerank)
+        if self.cfg.rerank:  # the plain test figures exist (eval_test_every_epoch): only re-ranking
+            return {k: v for k, v in self.evaluate_split("test", rerank=True).items() if "_rerank_" in k}
+        return {}
 
 
 def _summary_line(epochs: int):
@@ -290,6 +298,8 @@ def _protocol_summary(t: ReIDTrainer, arch: dict, run_dir: Path) -> dict:
         model.load_state_dict(state["ema"]["model"] if state.get("ema") else state["model"])
         m = t.evaluate_split("test", model.to(t.rt.device))
         best["test"] = {k: m[f"test_{k}"] for k in METRICS}
+    if t.last_eval.get("test_rerank_mAP") is not None:
+        out["rerank"] = {**{k: t.last_eval[f"test_rerank_{k}"] for k in RERANK_METRICS}, **RERANK_NOTE}
     out["checkpoint_best"] = best
     out["validation"] = t.data.validation.to_dict() if t.data.validation is not None else None
     out["data_note"] = t.data.splits.note
@@ -330,7 +340,8 @@ def evaluate_only(path: str | Path, cfg: ReIDConfig, which: str = "last") -> dic
 
     Returns:
         ``{"mAP", "rank1", "rank5", "rank10", "mINP", "num_queries", "num_valid",
-        "num_skipped", "split": "test", "weights", "data"}``: the test query/gallery.
+        "num_skipped", "split": "test", "weights", "data"}``: the test query/gallery;
+        with ``cfg.rerank`` also ``"rerank": {"mAP", "rank1", ...}``, the re-ranked figures.
     """
     from dnas.evaluation import evaluate_reid
     from dnas.export import build_model, load_derived
@@ -356,7 +367,10 @@ def evaluate_only(path: str | Path, cfg: ReIDConfig, which: str = "last") -> dic
         data = build_reid_data(cfg, rt, h, w, training=False)
         log.info("--eval-only: %s on the test query/gallery of %s", source, cfg.data)
         metrics = evaluate_reid(model.to(rt.device), data.query, data.gallery, rt.device,
-                                max_queries=cfg.eval_max_queries, flip=cfg.eval_flip)
+                                max_queries=cfg.eval_max_queries, flip=cfg.eval_flip, rerank=cfg.rerank)
     finally:
         teardown_runtime(rt)
-    return {**metrics, "split": "test", "weights": source, "data": cfg.data}
+    out = {k: v for k, v in metrics.items() if not k.startswith("rerank_")}
+    if cfg.rerank:
+        out["rerank"] = {**{k: metrics[f"rerank_{k}"] for k in RERANK_METRICS}, "method": RERANK_NOTE["method"]}
+    return {**out, "split": "test", "weights": source, "data": cfg.data}
