@@ -24,7 +24,19 @@ Recipe keys (override any with --set key=value; see dnas/search/config.py):
   supernet data epochs p k arch_fraction seed deterministic w_lr w_schedule w_milestones
   a_lr a_weight_decay warmup_epochs tau0 tau_decay label_smoothing triplet_margin ib_eta
   use_ibb attention attention_form latency_table latency_loss latency_alpha latency_beta latency_lambda
-  latency_target_ms device amp channels_last compile grad_clip checkpoint_every ...
+  latency_target_ms latency_profile_budget_s device amp channels_last compile grad_clip checkpoint_every ...
+
+Latency cost (latency_table; the run's log, config.yaml latency_source and summary.json
+latency_cost say which one it used):
+  auto (default)  a table of this space for this device (cpu/cuda), shipped in latency_tables/
+                  or cached; else, when the estimate (printed first) fits latency_profile_budget_s
+                  (default 300 s on CPU, which covers tiny, 7200 s on CUDA), one profiled on first
+                  use into $DNAS_CACHE/latency/DEVICE/ (default ~/.cache/dnas; resumable); else the
+                  MACs of each op as a proxy, with a warning naming the dnas-latency profile command
+                  that makes a real table
+  PATH            that table (NAME.csv + NAME.meta.json)
+  none            no latency cost (accuracy only)
+  A resumed run keeps the cost it started with.
 
 --data: synthetic (embedded, generated on first use), market1501:ROOT, dukemtmc:ROOT,
 msmt17:ROOT, cuhk03:ROOT (cuhk03-labeled:ROOT for the labeled boxes).
@@ -119,7 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = resolve_config(args)
     cfg.load_space()  # fail early on a bad space or attention setting
     run_dir = Path(args.resume or args.out or f"runs/search-{Path(cfg.supernet).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
-    replace = check_run_dir(run_dir, "search-run", args, [args.recipe, cfg.supernet, cfg.latency_table,
+    table = cfg.latency_table if cfg.has_latency_cost and cfg.latency_table.lower() != "auto" else None
+    replace = check_run_dir(run_dir, "search-run", args, [args.recipe, cfg.supernet, table,
                                                            cfg.data.partition(":")[2]])
     if args.verify_images and int(os.environ.get("RANK", "0")) == 0:
         from dnas.data.verify import verify_from_config

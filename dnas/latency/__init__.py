@@ -5,7 +5,9 @@
 - :mod:`dnas.latency.timing`: the measurement protocol (CUDA graphs / eager, windows, median);
 - :mod:`dnas.latency.profile`, :mod:`dnas.latency.validate`: ``dnas-latency profile|validate``;
 - :mod:`dnas.latency.cost`: :class:`LatencyModel` (expected latency of the arch distribution);
-- :mod:`dnas.latency.loss`: latency-aware search losses.
+- :mod:`dnas.latency.loss`: latency-aware search losses;
+- :mod:`dnas.latency.auto`: ``latency_table: auto`` (a table for this device, one profiled
+  on first use, or the MACs proxy of :mod:`dnas.latency.proxy`).
 
 Importing this package does not import torch; the torch-based parts load on first use.
 """

@@ -39,7 +39,13 @@ class SearchConfig:
         space's; ``self`` is plain self-attention, the paper's ablation), and
         ``attention_form`` linear | softmax (default: the space's); ``use_dcs`` is the
         legacy boolean (false = attention none).
-    Latency: latency_table (CSV; ``none`` disables the cost), latency_loss
+    Latency: latency_table ``auto`` (default: a table of this space for this device,
+        shipped or cached; else one profiled on first use when the estimate is at most
+        latency_profile_budget_s seconds (default 300 on CPU, 7200 on CUDA; 0 = never);
+        else the MACs proxy, with a warning; :mod:`dnas.latency.auto`), a table path
+        (CSV), or ``none`` (no latency cost, only when asked). latency_source: the
+        resolved cost (``table:PATH``, ``profiled:PATH``, ``proxy:macs`` or ``none``),
+        written by the run into its config.yaml; a resumed run keeps it. latency_loss
         ``multiplicative`` (L * alpha * log(LAT)^beta), ``additive``
         (L + lambda * LAT / target) or ``hard`` (penalty above latency_target_ms).
     System: device ``auto|cpu|cuda``, amp (bf16 autocast on CUDA), channels_last,
@@ -93,7 +99,9 @@ class SearchConfig:
     use_dcs: Optional[bool] = None
     bnneck: bool = True
     # latency
-    latency_table: Optional[str] = None
+    latency_table: Optional[str] = "auto"
+    latency_source: Optional[str] = None
+    latency_profile_budget_s: Optional[float] = None
     latency_loss: Literal["multiplicative", "additive", "hard"] = "multiplicative"
     latency_alpha: float = 0.2
     latency_beta: float = 0.6
@@ -115,6 +123,11 @@ class SearchConfig:
     @property
     def batch_size(self) -> int:
         return self.p * self.k
+
+    @property
+    def has_latency_cost(self) -> bool:
+        """False only for ``latency_table: none`` (or null, as runs before ``auto`` wrote it)."""
+        return bool(self.latency_table) and self.latency_table.strip().lower() != "none"
 
     def load_space(self):
         """The supernet's space with this recipe's attention settings applied."""
@@ -139,9 +152,11 @@ class SearchConfig:
             (self.max_bad_steps >= 1, "max_bad_steps", "an integer >= 1"),
             (self.ib_eta >= 0 and self.ib_temperature > 0, "ib_eta/ib_temperature",
              "ib_eta >= 0 and ib_temperature > 0"),
-            (self.latency_loss == "multiplicative" or self.latency_table is None or self.latency_target_ms,
+            (self.latency_loss == "multiplicative" or not self.has_latency_cost or self.latency_target_ms,
              "latency_target_ms", f"a target in ms with latency_loss={self.latency_loss}"),
             (self.latency_target_ms is None or self.latency_target_ms > 0, "latency_target_ms", "a positive number"),
+            (self.latency_profile_budget_s is None or self.latency_profile_budget_s >= 0, "latency_profile_budget_s",
+             "seconds >= 0 (0: never profile on first use)"),
             (0 <= self.warmup_epochs < self.epochs, "warmup_epochs", "fewer than epochs"),
             ((self.height is None or self.height >= 16) and (self.width is None or self.width >= 8), "height/width",
              "at least 16 x 8 pixels"),

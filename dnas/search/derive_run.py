@@ -64,13 +64,14 @@ def derive_from_run(run_dir: Path, out: Path, top_k: int = 1, checkpoint: str = 
         The summary dict of every exported architecture.
     """
     from dnas.export import export_derived
-    from dnas.search.run import build_latency_model
+    from dnas.search.run import build_latency_cost
 
     net, cfg = _load_run(Path(run_dir), checkpoint)
-    try:
-        latency = build_latency_model(cfg, net.num_classes)
+    try:  # the cost the search ran with (never profiled here)
+        cost = build_latency_cost(cfg, allow_profile=False)
+        latency, lut_source = cost.model, cost.source
     except DnasError:
-        latency = None  # the table moved or changed; export without latency figures
+        latency, lut_source = None, None  # the table moved or changed; export without latency figures
     probs = net.probs_choice()
     distinct = math.prod(len(p) for p in (*probs.width, *probs.expansion))
     if top_k > distinct:
@@ -86,6 +87,7 @@ def derive_from_run(run_dir: Path, out: Path, top_k: int = 1, checkpoint: str = 
                      "probability": math.exp(logp), "rank": rank}
             if latency is not None:
                 extra["lut_latency_ms"] = float(latency.expected_ms(net.onehot_choice(idx)))
+                extra["lut_source"] = lut_source  # proxy:macs: pseudo-ms from MACs, not measured
             target = tmp / f"rank{rank}" if top_k > 1 else tmp / "model"
             summary = export_derived(target, arch, plain, onnx=onnx, extra_summary=extra)
             summaries.append(summary)

@@ -13,6 +13,7 @@ validation query/gallery carved from the training identities (``val_ids_fraction
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -59,22 +60,60 @@ def build_search_data(cfg: SearchConfig, rt: Runtime):
     return data
 
 
-def build_latency_model(cfg: SearchConfig, num_classes: int):
-    """The differentiable latency model of the recipe's table, or ``None``."""
-    if not cfg.latency_table or cfg.latency_table.lower() == "none":
-        return None
-    from dnas.latency.cost import LatencyModel
-    from dnas.latency.table import LatencyTable, find_table
+DDP_PROFILE_BUDGET_S = 480.0  # a profile on rank 0 must end within the other ranks' collective timeout (10 min)
 
-    path = find_table(cfg.latency_table)
+
+def build_latency_cost(cfg: SearchConfig, device="cpu", progress: bool = True, allow_profile: bool = True,
+                       budget_cap_s: float | None = None):
+    """The search's latency cost, a :class:`dnas.latency.auto.LatencyCost`: the one a run
+    recorded (``cfg.latency_source``: a resumed run, a derive), else resolved from
+    ``latency_table`` (``auto``, a path or ``none``; :mod:`dnas.latency.auto`)."""
+    from dnas.latency.auto import load_latency_source, resolve_latency_cost
+
     space = cfg.load_space()
-    if not path.exists() and not path.with_suffix(".csv").exists():
-        raise DnasError(f"latency table {cfg.latency_table} not found: profile one for your GPU with "
-                        f"'dnas-latency profile --supernet {cfg.supernet} --device cuda --batch 64 --dtype bf16 "
-                        f"--out {cfg.latency_table}', or search without a latency cost: --set latency_table=none")
-    table = LatencyTable.load(path, space=space)
-    # NOTE: the classifier is left out of the cost: a deployed Re-ID net stops at the embedding
-    return LatencyModel(table, space, num_classes=0, bnneck=cfg.bnneck)
+    if cfg.latency_source:
+        return load_latency_source(cfg.latency_source, space, bnneck=cfg.bnneck)
+    return resolve_latency_cost(cfg.latency_table, space, device, supernet=cfg.supernet, batch=cfg.batch_size,
+                                amp=cfg.amp, channels_last=cfg.channels_last, bnneck=cfg.bnneck,
+                                budget_s=cfg.latency_profile_budget_s if allow_profile else 0,
+                                budget_cap_s=budget_cap_s, progress=progress)
+
+
+def build_latency_model(cfg: SearchConfig, num_classes: int = 0):
+    """The differentiable latency model of the run's cost, or ``None`` (never profiles)."""
+    return build_latency_cost(cfg, allow_profile=False).model
+
+
+def _resolve_cost(cfg: SearchConfig, rt: Runtime, progress: bool):
+    """:func:`build_latency_cost` on rank 0 (which profiles, if it comes to that); the other
+    ranks load the source rank 0 found, so that every rank has the same cost."""
+    if not rt.distributed:
+        cost = build_latency_cost(cfg, rt.device, progress)
+    else:
+        import torch.distributed as dist
+
+        from dnas.latency.auto import load_latency_source
+
+        box: list = [None]
+        if rt.is_main:
+            try:
+                cost = build_latency_cost(cfg, rt.device, progress, budget_cap_s=DDP_PROFILE_BUDGET_S)
+                box = [cost.source]
+            except Exception as exc:
+                box = [f"error:{exc}"]
+                dist.broadcast_object_list(box, src=0)
+                raise
+        dist.broadcast_object_list(box, src=0)
+        if box[0].startswith("error:"):
+            raise DnasError(f"rank 0 could not set up the latency cost: {box[0][6:]}")
+        if not rt.is_main:
+            cost = load_latency_source(box[0], cfg.load_space(), bnneck=cfg.bnneck)
+    if rt.is_main:
+        if cost.kind in ("none", "proxy"):
+            log.warning("latency cost: %s: %s", cost.source, cost.note)
+        else:
+            log.info("latency cost: %s (%s)", cost.source, cost.note)
+    return cost
 
 
 def _write_final_arch(s: Searcher, run_dir: Path) -> None:
@@ -96,16 +135,17 @@ def run_search(cfg: SearchConfig, run_dir: Path, resume: bool = False, progress:
     cfg.validate()
     run_dir = Path(run_dir)
     if resume:  # a run from before the validation split resumes on its own data
-        import dataclasses
-
         from dnas.data.protocol import legacy_protocol_changes
 
         cfg = dataclasses.replace(cfg, **legacy_protocol_changes(run_dir / "config.yaml", cfg))
     rt = setup_runtime(cfg.device)
     try:
         data = build_search_data(cfg, rt)
-        latency = build_latency_model(cfg, data.num_classes)
-        s = Searcher(cfg, run_dir, rt, data, latency, progress=progress)
+        if not resume:  # written by the run; only a resumed run keeps the one it recorded
+            cfg = dataclasses.replace(cfg, latency_source=None)
+        cost = _resolve_cost(cfg, rt, progress)
+        cfg = dataclasses.replace(cfg, latency_source=cost.source)
+        s = Searcher(cfg, run_dir, rt, data, cost.model, progress=progress)
         if resume:
             s.load_state_dict(load_checkpoint(run_dir))
             log.info("resumed %s at epoch %d, %s phase, batch %d", run_dir, s.epoch, s.phase, s.pos)
@@ -243,9 +283,20 @@ def _write_summary(s: Searcher, cfg: SearchConfig, run_dir: Path) -> None:
         "validation": s.data.validation.to_dict() if s.data.validation is not None else None,
         "arch_split": s.data.arch_split_stats,
         "epochs": cfg.epochs,
+        "latency_cost": cfg.latency_source,
+        "latency_cost_note": LATENCY_NOTES.get(str(cfg.latency_source).split(":", 1)[0], ""),
     })
     log.info("summary.json: test split after the last epoch %s; checkpoint-best.pt: epoch %s by %s",
              {k[5:]: _num(k, last[k]) for k in ("test_mAP", "test_rank1") if last.get(k)}, best.get("epoch"), key)
+
+
+LATENCY_NOTES = {
+    "table": "expected latency from a measured latency table (the path)",
+    "profiled": "expected latency from a table profiled on this machine on first use (the cached path)",
+    "proxy": "no latency table for this device and space: the cost was the MACs of the ops (pseudo-ms, "
+             "dnas.latency.proxy), not measured time",
+    "none": "no latency cost (latency_table: none)",
+}
 
 
 def _num(key: str, v) -> float | int:
