@@ -28,10 +28,14 @@ does; results can differ from it only where the ordering of equal distances matt
 """
 from __future__ import annotations
 
+import logging
+import time
 from typing import Iterator
 
 import numpy as np
 import torch
+
+log = logging.getLogger(__name__)
 
 _ELEMENTS = 1 << 23  # rows x items per chunk of distance rows (32 MB of float32)
 _PAIRS = 1 << 23  # Jaccard join pairs per query chunk
@@ -229,12 +233,17 @@ def _rerank_chunks(src, k1: int, k2: int, lambda_value: float, chunk_size: int |
     if kmax < max(k1 + 1, k2):
         raise ValueError(f"k1={k1}, k2={k2} need more than {n} images (query + gallery)")
     step = _row_step(n, chunk_size)
+    t0 = time.perf_counter()
     idx, row_max = _neighbours(src, kmax, step)
     row_max = torch.where(row_max > 0, row_max, torch.ones_like(row_max))
+    t1 = time.perf_counter()
     r, c, v = _weights(src, idx, row_max, k1, _ELEMENTS)
+    nnz_v = len(r)
     if k2 != 1:
         r, c, v = _query_expansion(r, c, v, idx, k2, n)
     del idx
+    log.debug("re-ranking %d x %d: neighbours %.1fs, V (%d nonzeros) and expansion (%d) %.1fs",
+              nq, ng, t1 - t0, nnz_v, len(r), time.perf_counter() - t1)
     ptr = _ptr(r, n)
     gal = r >= nq  # the gallery's nonzeros, grouped by column
     g_col, order = torch.sort(c[gal] * ng + (r[gal] - nq))
@@ -244,6 +253,7 @@ def _rerank_chunks(src, k1: int, k2: int, lambda_value: float, chunk_size: int |
     del gal, order
     q_cost = _cumulated(g_nnz[c[:ptr[nq]]])[ptr[:nq + 1]]  # join pairs before each query
     q_step = chunk_size or max(1, _ELEMENTS // max(ng, 1))
+    log.debug("re-ranking: %d Jaccard join pairs", int(q_cost[-1]))
     s = 0
     while s < nq:
         e = _chunk_end(q_cost, s, q_step)
