@@ -174,3 +174,18 @@ def test_retrain_reports_rerank_separately(tmp_path, capsys):
     assert "rerank" not in plain and lines[1].startswith("re-ranked (k-reciprocal): mAP")
     assert m["mAP"] == pytest.approx(plain["mAP"], abs=1e-6) == pytest.approx(summary["mAP"], abs=1e-6)
     assert m["rerank"]["mAP"] == pytest.approx(summary["rerank"]["mAP"], abs=1e-6)
+
+
+def test_bench_script_small(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "rerank_msmt17_size.py"
+    out = tmp_path / "bench.json"
+    subprocess.run([sys.executable, str(script), "--out", str(out), "--queries", "40", "--gallery", "300",
+                    "--dim", "16", "--ids", "20", "--clustered", "0.5"], check=True, capture_output=True)
+    r = json.loads(out.read_text())
+    assert r["queries"] == 40 and r["gallery"] == 300 and r["seconds"] > 0 and r["peak_rss_mib"] > 0
+    assert r["mAP"] > 0.5
