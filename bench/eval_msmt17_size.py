@@ -12,38 +12,24 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-
-def _rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        pages = int(f.read().split()[1])
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+from bench.msmt17_size_data import random_reid_features, rss_mib, run_measured, size_parser  # noqa: E402
 
 
 def child(args: argparse.Namespace) -> dict:
-    import numpy as np
     import torch
 
     from dnas.reid import evaluate_features
 
-    rng = np.random.default_rng(args.seed)
-    qf = torch.from_numpy(rng.standard_normal((args.queries, args.dim), dtype=np.float32))
-    gf = torch.from_numpy(rng.standard_normal((args.gallery, args.dim), dtype=np.float32))
-    q_pids = rng.integers(0, args.ids, args.queries)
-    g_pids = rng.integers(0, args.ids, args.gallery)
-    q_cams = rng.integers(0, args.cams, args.queries)
-    g_cams = rng.integers(0, args.cams, args.gallery)
-    baseline = _rss_mib()
+    qf, gf, q_pids, g_pids, q_cams, g_cams = random_reid_features(
+        args.queries, args.gallery, args.dim, args.ids, args.cams, args.seed, 0.0)
+    baseline = rss_mib()
     t0 = time.perf_counter()
     res = evaluate_features(qf, gf, q_pids, g_pids, q_cams, g_cams, metric=args.metric,
                             device=args.device)
@@ -56,39 +42,10 @@ def child(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", required=False, help="JSON file to write")
-    ap.add_argument("--queries", type=int, default=11659)
-    ap.add_argument("--gallery", type=int, default=82161)
-    ap.add_argument("--dim", type=int, default=512)
-    ap.add_argument("--ids", type=int, default=3060)
-    ap.add_argument("--cams", type=int, default=15)
-    ap.add_argument("--metric", default="euclidean", choices=["euclidean", "cosine"])
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap = size_parser(__doc__.splitlines()[0])
     args = ap.parse_args(argv)
-    if args.child:
-        print(json.dumps(child(args)))
-        return 0
-    if not args.out:
-        ap.error("--out is required")
-    cmd = [sys.executable, __file__, "--child"] + [a for a in (argv or sys.argv[1:])
-                                                   if a != "--child"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stderr)
-        return proc.returncode
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    result.update(queries=args.queries, gallery=args.gallery, dim=args.dim, ids=args.ids,
-                  cams=args.cams, metric=args.metric, device=args.device,
-                  full_matrix_gib=round(args.queries * args.gallery * 4 / 2**30, 2),
-                  cpu_count=os.cpu_count(), python=platform.python_version())
-    from dnas.io import atomic_write_json
-
-    atomic_write_json(args.out, result)
-    print(json.dumps(result, indent=2))
-    return 0
+    return run_measured(ap, args, argv, __file__, child,
+                        dict(full_matrix_gib=round(args.queries * args.gallery * 4 / 2**30, 2)))
 
 
 if __name__ == "__main__":

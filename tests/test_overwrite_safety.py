@@ -95,23 +95,27 @@ def test_derive_overwrite_accepts_an_output_written_before_markers(tmp_path):
     assert cli("dnas-derive", *DERIVE_MAX, "--out", out, "--overwrite").returncode == 0
 
 
+def _refused_unchanged(source, tmp_path, prog: str, needle: str, argv) -> None:
+    """A copy of ``source`` given as ``--out`` with ``--overwrite``: one-line refusal, copy unchanged.
+
+    ``argv(out)`` builds the command's arguments around the copy's path.
+    """
+    out = tmp_path / "out"
+    shutil.copytree(source, out)
+    before = _snapshot(out)
+    one_line_error(cli(prog, *argv(out), "--overwrite"), prog, needle)
+    assert _snapshot(out) == before
+
+
 def test_search_overwrite_refuses_a_retrain_run(runs, tmp_path):
-    reid = tmp_path / "reid"
-    shutil.copytree(runs["reid"], reid)
-    before = _snapshot(reid)
-    proc = cli("dnas-search", *SEARCH_FAST, "--out", reid, "--overwrite")
-    one_line_error(proc, "dnas-search", "dnas-retrain reid run")
-    assert _snapshot(reid) == before
+    _refused_unchanged(runs["reid"], tmp_path, "dnas-search", "dnas-retrain reid run",
+                       lambda out: [*SEARCH_FAST, "--out", out])
 
 
 def test_retrain_overwrite_refuses_a_search_run(runs, tmp_path):
-    run = tmp_path / "run"
-    shutil.copytree(runs["search"], run)
-    before = _snapshot(run)
-    proc = cli("dnas-retrain", "reid", "--arch", runs["derived"], "--data", "synthetic", "--out", run, "--overwrite",
-               *RETRAIN_FAST)
-    one_line_error(proc, "dnas-retrain", "dnas-search run")
-    assert _snapshot(run) == before
+    _refused_unchanged(runs["search"], tmp_path, "dnas-retrain", "dnas-search run",
+                       lambda out: ["reid", "--arch", runs["derived"], "--data", "synthetic", "--out", out,
+                                    *RETRAIN_FAST])
 
 
 def test_search_refuses_a_foreign_nonempty_directory(tmp_path):
@@ -132,23 +136,14 @@ def test_search_refuses_the_working_directory(tmp_path):
 
 
 def test_search_overwrite_keeps_the_old_run_when_the_input_is_bad(runs, tmp_path):
-    run = tmp_path / "run"
-    shutil.copytree(runs["search"], run)
-    before = _snapshot(run)
-    proc = cli("dnas-search", *SEARCH_FAST, "--data", f"market1501:{tmp_path / 'missing'}", "--out", run,
-               "--overwrite")
-    one_line_error(proc, "dnas-search", "missing")
-    assert _snapshot(run) == before
+    _refused_unchanged(runs["search"], tmp_path, "dnas-search", "missing",
+                       lambda out: [*SEARCH_FAST, "--data", f"market1501:{tmp_path / 'missing'}", "--out", out])
 
 
 def test_retrain_overwrite_keeps_the_old_run_when_the_input_is_bad(runs, tmp_path):
-    reid = tmp_path / "reid"
-    shutil.copytree(runs["reid"], reid)
-    before = _snapshot(reid)
-    proc = cli("dnas-retrain", "reid", "--arch", runs["derived"], "--data", f"market1501:{tmp_path / 'missing'}",
-               "--out", reid, "--overwrite", *RETRAIN_FAST)
-    one_line_error(proc, "dnas-retrain", "missing")
-    assert _snapshot(reid) == before
+    _refused_unchanged(runs["reid"], tmp_path, "dnas-retrain", "missing",
+                       lambda out: ["reid", "--arch", runs["derived"], "--data",
+                                    f"market1501:{tmp_path / 'missing'}", "--out", out, *RETRAIN_FAST])
 
 
 def test_retrain_refuses_an_output_that_holds_its_arch(runs, tmp_path):
