@@ -44,14 +44,6 @@ def gumbel_like(t: torch.Tensor, generator: torch.Generator | None = None) -> to
     return -e.clamp_min(torch.finfo(t.dtype).tiny).log()
 
 
-def logistic_like(t: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Logistic(0, 1) noise shaped like ``t``: ``log(U) - log(1 - U)``, distributed as the
-    difference ``G1 - G2`` of two independent Gumbel(0, 1) draws (one draw instead of two)."""
-    u = torch.empty_like(t).uniform_(generator=generator)
-    tiny = torch.finfo(t.dtype).tiny
-    return u.clamp_min(tiny).log() - (1.0 - u).clamp_min(tiny).log()
-
-
 class _StraightThroughBinary(torch.autograd.Function):
     """The training mask ``M = [sigmoid((pi + L) / tau) > 0.5] = [pi + L > 0]`` from logits
     ``pi`` and uniforms ``u`` with ``L = log(1 - u) - log(u)`` (Logistic(0, 1), the law of
