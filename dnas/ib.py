@@ -226,29 +226,23 @@ def evaluate_model_ib(model: torch.nn.Module, loader, device, temperature: float
 
     Args:
         model: called as ``model(images, return_features=True, **forward_kw)``.
-        loader: yields ``(images, labels, ...)`` (the training set with test transforms:
-            Table V's measurement).
+        loader: yields ``(images, labels, camids)`` (the training set with test transforms:
+            Table V's measurement); the pass is :func:`dnas.reid.features.extract_features`.
         device: where the model runs.
         temperature: ``T`` of the soft assignments.
 
     Returns:
         The :func:`evaluate_ib` dict, plus ``"split"`` naming what was measured.
     """
-    was_training = model.training
-    model.eval()
-    feats, inputs, labels = [], [], []
-    try:
-        for batch in loader:
-            images = batch[0]
-            out = model(images.to(device, non_blocking=True), return_features=True, **forward_kw)
-            feats.append(out["global_feat"].float().cpu())
-            inputs.append(input_representation(images))
-            labels.append(torch.as_tensor(batch[1]))
-    finally:
-        model.train(was_training)
-    if not feats:
-        raise ValueError("evaluate_model_ib: the loader yielded no batch")
-    result = evaluate_ib(torch.cat(feats), torch.cat(inputs), torch.cat(labels), temperature=temperature)
+    from dnas.reid.features import extract_features
+
+    def feature_fn(images: torch.Tensor) -> torch.Tensor:  # (B, D + 96): the embedding, then X
+        out = model(images, return_features=True, **forward_kw)
+        return torch.cat([out["global_feat"].float(), input_representation(images)], dim=1)
+
+    both, labels, _ = extract_features(model, loader, device, flip=False, feature_fn=feature_fn)
+    dx = 3 * INPUT_GRID[0] * INPUT_GRID[1]
+    result = evaluate_ib(both[:, :-dx], both[:, -dx:], labels, temperature=temperature)
     result["split"] = "train (all training images, test transforms, eval mode)"
     return result
 
