@@ -101,10 +101,10 @@ def plot_curves(rows: Sequence[Mapping], keys: Sequence[str], path: Path, title:
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
-    _save_fig(fig, path)
+    save_figure(fig, path)
 
 
-def _save_fig(fig, path: Path) -> None:
+def save_figure(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()

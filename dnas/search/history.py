@@ -10,7 +10,7 @@ from typing import Sequence
 import torch
 
 from dnas.models.supernet import Supernet
-from dnas.runlog import _save_fig
+from dnas.runlog import save_figure
 
 
 def arch_probability_row(net: Supernet) -> dict[str, float]:
@@ -70,4 +70,4 @@ def plot_arch_heatmaps(rows: Sequence[dict], net: Supernet, path: Path) -> None:
         ax.set_xticklabels(epochs, fontsize=7)
         ax.set_xlabel("epoch", fontsize=8)
     fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, label="probability")
-    _save_fig(fig, path)
+    save_figure(fig, path)
