@@ -31,7 +31,7 @@ def _capped(loader: DataLoader, limit: int) -> DataLoader:
 
 @torch.no_grad()
 def evaluate_reid(model: torch.nn.Module, query: DataLoader, gallery: DataLoader, device: torch.device,
-                  max_queries: int = 0, flip: bool = False, rerank: bool = False,
+                  max_queries: int = 0, flip: bool = False, rerank: bool = False, progress: bool = True,
                   **forward_kwargs) -> dict[str, float]:
     """mAP / CMC / mINP of ``model`` (called as ``model(x, return_features=True)``).
 
@@ -41,6 +41,7 @@ def evaluate_reid(model: torch.nn.Module, query: DataLoader, gallery: DataLoader
         rerank: also evaluate with k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3;
             :func:`dnas.reid.k_reciprocal_rerank`): adds ``rerank_mAP``,
             ``rerank_rank1``, ``rerank_rank5``, ``rerank_rank10``, ``rerank_mINP``.
+        progress: progress bars of the feature extraction (only on a terminal).
         forward_kwargs: extra arguments of the model call (the supernet's ``choice``).
 
     Returns:
@@ -54,8 +55,10 @@ def evaluate_reid(model: torch.nn.Module, query: DataLoader, gallery: DataLoader
     was_training = model.training
     model.eval()
     try:
-        qf, qp, qc = extract_features(None, _capped(query, max_queries), device, flip=flip, feature_fn=embed)
-        gf, gp, gc = extract_features(None, gallery, device, flip=flip, feature_fn=embed)
+        qf, qp, qc = extract_features(None, _capped(query, max_queries), device, flip=flip, feature_fn=embed,
+                                      progress=progress, desc="query features")
+        gf, gp, gc = extract_features(None, gallery, device, flip=flip, feature_fn=embed, progress=progress,
+                                      desc="gallery features")
     finally:
         model.train(was_training)
     r = evaluate_features(qf, gf, qp, gp, qc, gc, max_rank=10)

@@ -1,6 +1,7 @@
 """Run-directory outputs shared by search and retrain: ``metrics.csv`` (one row per
 epoch, rewritten atomically so a resumed run continues it), TensorBoard events, and
-PNG plots. Only rank 0 writes.
+PNG plots (``plots/curves.png``: the grid of :mod:`dnas.viz.curves`, paper Appendix A).
+Only rank 0 writes.
 """
 from __future__ import annotations
 
@@ -51,8 +52,8 @@ class RunLogger:
         self._tb = None
 
     def truncate(self, epochs_done: int) -> None:
-        """Drop rows of epochs >= ``epochs_done`` (a resume redoes them)."""
-        self.rows = [r for r in self.rows if int(r["epoch"]) < epochs_done]
+        """Keep the rows of the first ``epochs_done`` epochs (numbered from 1); a resume redoes the rest."""
+        self.rows = [r for r in self.rows if int(r["epoch"]) <= epochs_done]
 
     @property
     def tb(self):
@@ -83,25 +84,21 @@ def _fmt(v):
 
 
 def plot_curves(rows: Sequence[Mapping], keys: Sequence[str], path: Path, title: str) -> None:
-    """One panel per key of the per-epoch rows, written atomically as PNG."""
-    import matplotlib
+    """The per-epoch rows as a labelled grid of panels (:mod:`dnas.viz.curves`), written
+    atomically as PNG; nothing is written when no key has a value yet.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Args:
+        rows: per-epoch metric rows (``metrics.csv``).
+        keys: the columns to draw; related ones share a panel, fractions are drawn in
+            percent, values not measured (empty, NaN, a term off in warm-up) are left out.
+        path: the PNG to write.
+        title: the figure title.
+    """
+    from dnas.viz.curves import curve_panels, draw_curves
 
-    keys = [k for k in keys if any(r.get(k) not in (None, "") for r in rows)]
-    if not rows or not keys:
-        return
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
-    for ax, k in zip(axes[0], keys):
-        pts = [(int(r["epoch"]), float(r[k])) for r in rows if r.get(k) not in (None, "")]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3)
-        ax.set_title(k)
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-    fig.suptitle(title)
-    fig.tight_layout()
-    save_figure(fig, path)
+    fig = draw_curves(curve_panels(rows, keys), title)
+    if fig is not None:
+        save_figure(fig, path)
 
 
 def save_figure(fig, path: Path) -> None:

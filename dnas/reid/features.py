@@ -3,10 +3,13 @@
 The model is called as ``model(x, return_features=True)`` and must return a dict with
 key ``"embedding"`` ``(B, D)``; any other network can be evaluated by passing
 ``feature_fn(x) -> (B, D)`` instead. Optional flip averaging (the mean of the features
-of the image and of its horizontal mirror) and L2 normalisation.
+of the image and of its horizontal mirror) and L2 normalisation. A tqdm progress bar
+counts the batches, only when stderr is a terminal and the caller has not switched it
+off (``progress=False``).
 """
 from __future__ import annotations
 
+import sys
 from typing import Callable, Iterable
 
 import numpy as np
@@ -27,8 +30,8 @@ def _default_feature_fn(model: torch.nn.Module) -> Callable[[torch.Tensor], torc
 @torch.no_grad()
 def extract_features(model: torch.nn.Module | None, loader: Iterable, device: str | torch.device,
                      flip: bool = True, normalize: bool = False,
-                     feature_fn: Callable[[torch.Tensor], torch.Tensor] | None = None
-                     ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+                     feature_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                     progress: bool = True, desc: str = "features") -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """Embed every image of a loader.
 
     Args:
@@ -39,6 +42,8 @@ def extract_features(model: torch.nn.Module | None, loader: Iterable, device: st
         flip: average with the features of the horizontally flipped images.
         normalize: L2-normalise the (averaged) features.
         feature_fn: ``images -> (B, D)`` features, replacing the model call.
+        progress: show a progress bar (only when stderr is a terminal).
+        desc: the progress bar's label.
 
     Returns:
         ``(features (N, D) float32 on CPU, pids (N,), camids (N,))``.
@@ -51,7 +56,7 @@ def extract_features(model: torch.nn.Module | None, loader: Iterable, device: st
         model.eval()
     feats, pids, camids = [], [], []
     try:
-        for batch in loader:
+        for batch in _progress(loader, progress, desc):
             images, pid, camid = batch[0], batch[1], batch[2]
             x = images.to(device, non_blocking=True)  # (B, 3, H, W)
             f = fn(x).float()
@@ -69,3 +74,16 @@ def extract_features(model: torch.nn.Module | None, loader: Iterable, device: st
         raise ValueError("extract_features: the loader yielded no batch")
     return (torch.cat(feats), np.concatenate(pids).astype(np.int64),
             np.concatenate(camids).astype(np.int64))
+
+
+def _progress(loader: Iterable, enabled: bool, desc: str) -> Iterable:
+    """``loader`` wrapped in a tqdm bar of batches when enabled and stderr is a terminal."""
+    if not enabled or not sys.stderr.isatty():
+        return loader
+    from tqdm import tqdm
+
+    try:
+        total = len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        total = None
+    return tqdm(loader, total=total, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
