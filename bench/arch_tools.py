@@ -7,7 +7,7 @@
   device kind and batch 64), or, only when the space has none, from a stand-in table
   with the same keys and made-up values (the cost's compute does not depend on them);
 - :func:`timm_efficientnet`: the same architecture built by timm's EfficientNet
-  builder (a bench-only extra; ``None`` without timm).
+  builder (timm is a dependency of dnas).
 """
 from __future__ import annotations
 
@@ -33,8 +33,8 @@ def find_table(space: SearchSpace, device_kind: str, prefer_batch: int = 64) -> 
             meta = json.loads(meta_path.read_text())
         except (OSError, ValueError):
             continue
-        if meta.get("space_hash") != space.structure_hash():
-            continue
+        if meta.get("space_hash") != space.structure_hash() or meta.get("complete") is False:
+            continue  # another space, or an incomplete table (NAME.partial.csv)
         csv_path = meta_path.with_name(meta_path.name[: -len(".meta.json")] + ".csv")
         if not csv_path.is_file():
             continue
@@ -74,7 +74,7 @@ def latency_model_for(space: SearchSpace, net, device_kind: str):
 
 
 def timm_efficientnet(arch: SearchSpace, num_classes: int):
-    """The derived arch built by timm's EfficientNet builder, or ``None`` without timm.
+    """The derived arch built by timm's EfficientNet builder.
 
     Same layers as :class:`dnas.models.PlainNet` without DCS-Attention and BNNeck: stem
     conv3x3-BN-ReLU, per block 1x1 expansion (kept also at expansion 1, as ours), kxk
@@ -83,11 +83,8 @@ def timm_efficientnet(arch: SearchSpace, num_classes: int):
     The expansion ratio is passed as ``mid / in`` so timm's ``make_divisible`` returns
     our mid width; channel rounding is disabled.
     """
-    try:
-        from timm.models._efficientnet_builder import decode_arch_def
-        from timm.models.efficientnet import EfficientNet
-    except ImportError:
-        return None
+    from timm.models._efficientnet_builder import decode_arch_def
+    from timm.models.efficientnet import EfficientNet
     from torch import nn
 
     stages = []

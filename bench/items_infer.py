@@ -25,9 +25,6 @@ def bench_timm(space_name: str, settings: BenchSettings) -> dict:
     key, title = f"timm/{space.name}", f"{space.name} widest derived net vs timm EfficientNet builder"
     arch = widest_arch(space, num_classes=settings.num_classes, attention="none", bnneck=False)
     timm_net = timm_efficientnet(arch, settings.num_classes)
-    if timm_net is None:
-        return result(key, title, status="skipped",
-                      notes=["timm is not installed (a bench-only extra: pip install timm); comparison skipped"])
     x, labels = reid_batch(settings, space)
     figs = {}
     for name, build in (("dnas", lambda: PlainNet(arch)), ("timm", lambda: timm_net)):

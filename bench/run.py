@@ -9,7 +9,7 @@ What (``--what all`` or a comma list):
 - ``arch``: the architecture step (latency cost, Adam) vs the weight step (<= 1.2x);
 - ``dcs``: the widest derived net with its DCS-Attention modules vs without (<= +8%);
 - ``timm``: our derived net vs the same arch from timm's EfficientNet builder
-  (throughput >= 0.95x, training and inference; skipped without timm);
+  (throughput >= 0.95x, training and inference);
 - ``onnx``: onnxruntime (CUDA / TensorRT provider when installed) vs eager inference;
 - ``compile``: ``torch.compile`` of the supernet step (speed-up, compile time);
 - ``profile``: torch.profiler tables of the supernet and static steps.

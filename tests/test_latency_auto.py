@@ -83,9 +83,9 @@ def test_auto_without_a_table_on_cpu_falls_back_to_the_macs_proxy(caplog):
     model = cost.model
     lo, hi = model.arch_ms(space.sample_indices("min")), model.arch_ms(space.sample_indices("max"))
     assert hi > 3 * lo > 0  # widest > narrowest, by MACs
-    logits = ArchChoice([torch.zeros(len(o), requires_grad=True) for o in space.group_options],
-                        [torch.zeros(len(b.mid_options), requires_grad=True) for b in space.blocks])
-    probs = ArchChoice([w.softmax(0) for w in logits.width], [e.softmax(0) for e in logits.expansion])
+    logits = ArchChoice(width=[torch.zeros(len(o), requires_grad=True) for o in space.group_options],
+                        expansion=[torch.zeros(len(b.mid_options), requires_grad=True) for b in space.blocks])
+    probs = logits.map(lambda w: w.softmax(0))
     lat = model.expected_ms(probs)
     lat.backward()
     assert lo < float(lat.detach()) < hi
@@ -121,7 +121,7 @@ def test_profile_on_first_use_is_cached_and_reused(tmp_path, fast_profile, monke
         first = _resolve(space)
     path = fast_profile / "latency" / auto.device_slug("cpu") / f"tiny32-{space.structure_hash()[:12]}_b32_fp32.csv"
     assert first.source == f"profiled:{path.resolve()}" and path.is_file()
-    assert not path.with_name(path.name.replace(".csv", ".partial.json")).exists()
+    assert not path.with_name(path.name.replace(".csv", ".partial.csv")).exists()
     text = caplog.text
     assert "profiling one on first use: 62 entries x 1 passes, about" in text and "(estimate)" in text
     meta = json.loads(path.with_name(path.name.replace(".csv", ".meta.json")).read_text())
@@ -159,13 +159,13 @@ def test_an_interrupted_profile_on_first_use_resumes(tmp_path, fast_profile, mon
     with pytest.raises(KeyboardInterrupt):
         _resolve(space)
     partial = auto.cache_table_path(space, auto.auto_timing("cpu", 32, "fp32", False))
-    partial = partial.with_name(partial.name.replace(".csv", ".partial.json"))
+    partial = partial.with_name(partial.name.replace(".csv", ".partial.csv"))
     assert partial.is_file()
     monkeypatch.setattr(profile, "make_measure", real)
     with caplog.at_level(logging.INFO):
         cost = _resolve(space)
-    assert cost.source.startswith("profiled:") and "resuming from" in caplog.text
-    assert "20 measurements done" in caplog.text
+    assert cost.source.startswith("profiled:") and f"continuing {partial}" in caplog.text
+    assert "20 of 62 measurements done" in caplog.text and not partial.exists()
 
 
 def test_budget_zero_never_profiles(tmp_path, fast_profile):

@@ -238,19 +238,26 @@ def test_cpu_measurement_is_positive_and_restores_threads():
 
 
 def test_profile_resumes_from_partial_and_refuses_foreign_partials(tmp_path):
+    from dnas.latency.profile import legacy_partial_path, profile_meta, samples_table
+
     space = load_space("tiny")
     cfg = TimingConfig(**FAST_TIMING)
     ref = LatencyTable.load(measured_tiny_table())
     out = tmp_path / "t"
-    from dnas.latency.profile import profile_meta
-
     meta = profile_meta(space, cfg, 1, 0, [space.num_classes], space_entries(space))
-    partial = partial_path(out)
-    partial.write_text(json.dumps({"meta": meta, "samples": {k: [v] for k, v in ref.entries.items()}}))
-    table = profile_space(space, out, cfg, passes=1, progress=False, log=lambda m: None)
-    assert table.entries == ref.entries  # nothing was measured again
-    assert not partial.exists()
-    partial.write_text(json.dumps({"meta": {**meta, "batch": 64}, "samples": {}}))
+    for write in ("table", "legacy json"):
+        if write == "table":  # an incomplete table holding every entry but the first
+            samples = {k: [v] for k, v in sorted(ref.entries.items())[1:]}
+            samples_table(samples, meta, 1).save(partial_path(out))
+        else:  # the resume file of older versions
+            legacy_partial_path(out).write_text(json.dumps({"meta": meta, "samples": {
+                k: [v] for k, v in ref.entries.items()}}))
+        table = profile_space(space, out, cfg, passes=1, progress=False, log=lambda m: None)
+        same = {k for k in ref.entries if table.entries[k] == ref.entries[k]}
+        assert len(same) >= len(ref.entries) - 1 and table.is_complete  # only the missing one was measured
+        assert not partial_path(out).exists() and not legacy_partial_path(out).exists()
+        table_paths(out)[0].unlink()
+    samples_table({}, {**meta, "batch": 64}, 1).save(partial_path(out))
     with pytest.raises(LatencyTableError, match="batch=64"):
         profile_space(space, out, cfg, passes=1, progress=False, log=lambda m: None)
 

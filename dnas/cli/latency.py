@@ -6,7 +6,13 @@ Subcommands (see ``dnas-latency SUBCOMMAND --help``):
 - ``validate``: measure sampled derived networks end to end, compare with the table
   sums (Spearman rho, MAPE, within +-10%); with ``--save-calibration``, store the fitted
   linear calibration in the table (never without it);
-- ``show``: a table's provenance and a summary per kind.
+- ``show``: a table's provenance, how complete it is, and a summary per kind;
+- ``time-net``: time one whole fixed network (an ``arch.yaml``, a ``dnas-derive``
+  directory, anything :func:`dnas.build_model` takes) with the tables' protocol, no
+  table needed.
+
+Progress bars are drawn only when stderr is a terminal (and never with
+``--no-progress``).
 
 Errors in the input (unknown space, missing table, a table made for another space, a
 missing key) print one line and exit with status 2.
@@ -30,8 +36,10 @@ captured in a CUDA graph (repeated inside the graph so one replay lasts at least
 --min-replay-ms), warmed up, and timed in --windows windows with CUDA events; on CPU
 the same in eager mode with perf_counter (--threads intra-op threads). The median of the
 windows is one sample; entries are visited in --passes shuffled round-robin passes and
-the table holds the median over passes. Partial results go to TABLE.partial.json every
---checkpoint-every seconds; rerunning the same command resumes from there."""
+the table holds the median over passes. Partial results go to the incomplete table
+TABLE.partial.csv (+ .partial.meta.json) every --checkpoint-every seconds, on Ctrl-C and
+when --time-limit runs out; rerunning the same command continues it (commit it to let
+the next machine continue) and writes TABLE.csv once every entry has all its passes."""
 
 EXAMPLES = """examples:
   dnas-latency profile --supernet xlarge --dry-run
@@ -41,7 +49,8 @@ EXAMPLES = """examples:
       --out latency_tables/h200_xlarge_b64_bf16
   dnas-latency validate --supernet xlarge --table latency_tables/h200_xlarge_b64_bf16.csv --archs 100 \\
       --out report.json --plot scatter.png
-  dnas-latency show latency_tables/cpu_tiny_b8_fp32.csv"""
+  dnas-latency show latency_tables/cpu_tiny_b8_fp32.csv
+  dnas-latency time-net runs/derived --batch 8 --dtype fp32 --device cpu --json"""
 
 
 def _add_profile(sub) -> None:
@@ -68,6 +77,9 @@ def _add_profile(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="shuffling seed")
     p.add_argument("--checkpoint-every", type=float, default=30.0, help="seconds between partial writes")
     p.add_argument("--restart", action="store_true", help="ignore (and replace) a partial profile")
+    p.add_argument("--time-limit", type=float, metavar="SECONDS",
+                   help="start no measurement after this many seconds; what is done stays in the incomplete "
+                        "table TABLE.partial.csv, which the same command continues later")
     p.add_argument("--overwrite", action="store_true", help="replace an existing table")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -104,14 +116,38 @@ def _add_show(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
+def _add_time_net(sub) -> None:
+    p = sub.add_parser("time-net", help="time one whole fixed network (no table needed)",
+                       description="Time the forward pass of one whole network with the tables' protocol "
+                                   "(eval mode, no_grad; CUDA graphs on CUDA, eager windows on CPU; the median "
+                                   "of the windows per pass, the median over --passes passes, and their spread). "
+                                   "ARCH is anything dnas.build_model takes (an arch.yaml, a backbone YAML) or a "
+                                   "dnas-derive output directory (its weights are loaded).",
+                       epilog=PROTOCOL_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("arch", metavar="ARCH_OR_DERIVED_DIR", help="arch/backbone YAML path, or a dnas-derive directory")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available; default)")
+    p.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
+    p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="fp32", help="dtype (default fp32)")
+    p.add_argument("--channels-last", action="store_true", help="NHWC memory format")
+    p.add_argument("--height", type=int, help="input height (default: the arch's)")
+    p.add_argument("--width", type=int, help="input width (default: the arch's)")
+    p.add_argument("--passes", type=int, default=3, help="passes (default 3; median and spread over them)")
+    p.add_argument("--windows", type=int, default=7, help="timing windows per pass (default 7)")
+    p.add_argument("--window-ms", type=float, help="length of one window in ms (default 2 on CUDA, 5 on CPU)")
+    p.add_argument("--warmup", type=int, default=3, help="warm-up calls/replays (default 3)")
+    p.add_argument("--threads", type=int, default=1, help="CPU: intra-op threads while timing (0: torch default)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dnas-latency", description="Profile, validate and inspect latency "
                                      "lookup tables (the LAT of the search loss).", epilog=EXAMPLES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{profile,validate,show}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{profile,validate,show,time-net}")
     _add_profile(sub)
     _add_validate(sub)
     _add_show(sub)
+    _add_time_net(sub)
     return parser
 
 
@@ -153,7 +189,7 @@ def _check_table_target(csv_path: Path, overwrite: bool) -> None:
 
 def cmd_profile(args: argparse.Namespace) -> int:
     from dnas.latency.keys import count_by_kind, space_entries
-    from dnas.latency.table import table_paths
+    from dnas.latency.table import complete_path
     from dnas.space import load_space
 
     space = load_space(args.supernet)
@@ -168,7 +204,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
         return 0
     if not args.out:
         raise DnasError("profile: --out TABLE is required (or pass --dry-run)")
-    csv_path, _ = table_paths(args.out)
+    csv_path = complete_path(args.out)
     if csv_path.is_file() and not args.overwrite:
         raise DnasError(f"{csv_path}: table exists (pass --overwrite to replace it)")
     for name in ("passes", "windows", "batch"):
@@ -181,6 +217,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
                         ("checkpoint-every", args.checkpoint_every)):
         if value is not None and not value > 0:
             raise DnasError(f"--{name} {value}: expected a positive number")
+    if args.time_limit is not None and not args.time_limit >= 0:
+        raise DnasError(f"--time-limit {args.time_limit}: expected a number of seconds >= 0")
     _check_table_target(csv_path, args.overwrite)
     from dnas.latency.profile import profile_space
     from dnas.latency.timing import TimingConfig
@@ -188,9 +226,20 @@ def cmd_profile(args: argparse.Namespace) -> int:
     cfg = TimingConfig(device=_resolve_device(args.device), dtype=args.dtype, batch=args.batch,
                        channels_last=args.channels_last, warmup=args.warmup, windows=args.windows,
                        window_ms=args.window_ms, min_replay_ms=args.min_replay_ms, threads=args.threads)
+    if args.restart:
+        from dnas.latency.profile import remove_partial
+
+        remove_partial(args.out)
     table = profile_space(space, args.out, cfg, passes=args.passes, seed=args.seed, num_classes=args.num_classes,
                           resume=not args.restart, checkpoint_every_s=args.checkpoint_every,
-                          progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
+                          progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr),
+                          time_limit_s=args.time_limit)
+    if not table.is_complete:
+        pr = table.progress()
+        print(f"stopped at the time limit ({args.time_limit:g} s): wrote the incomplete table {table.source} "
+              f"({pr['measured']} of {pr['total']} entries measured, {pr['finished']} with all {pr['passes']} passes, "
+              f"{100 * pr['fraction']:.1f}% done); continue it with: {table.continue_command()}")
+        return 0
     print(f"wrote {table.source} ({len(table)} entries, {cfg.method}, {table.meta['device_name']})")
     return 0
 
@@ -248,9 +297,10 @@ def _compare(table, other) -> dict[str, float]:
 def cmd_show(args: argparse.Namespace) -> int:
     from dnas.latency.table import LatencyTable, find_table
 
-    table = LatencyTable.load(find_table(args.table))
+    table = LatencyTable.load(find_table(args.table), allow_incomplete=True)
     m = table.meta
     summary = table.summary()
+    progress = table.progress()
     comparison = None
     if args.compare:
         other = LatencyTable.load(find_table(args.compare))
@@ -260,7 +310,9 @@ def cmd_show(args: argparse.Namespace) -> int:
                             f"{m.get('space')!r} (hash {str(m.get('space_hash'))[:12]}); compare tables of one space")
         comparison = _compare(table, other)
     if args.json:
-        print(json.dumps({"meta": m, "summary": summary, "compare": comparison}, indent=2))
+        print(json.dumps({"meta": m, "complete": table.is_complete, "progress": progress, "summary": summary,
+                          "compare": comparison, "continue": None if table.is_complete else table.continue_command()},
+                         indent=2))
         return 0
     proto = m.get("protocol", {})
     print(f"table     {table.source}")
@@ -271,6 +323,13 @@ def cmd_show(args: argparse.Namespace) -> int:
           f"method {m.get('method')}, {proto.get('passes')} passes x {proto.get('windows')} windows, "
           f"threads {proto.get('threads')}")
     print(f"date      {m.get('date')}  mode: {m.get('mode', 'eval')}")
+    if table.is_complete:
+        print(f"complete  yes: {progress['measured']} entries, {progress['passes']} passes each")
+    else:
+        print(f"complete  NO: {progress['measured']} of {progress['total']} entries measured, {progress['missing']} "
+              f"missing, {progress['finished']} with all {progress['passes']} passes ({100 * progress['fraction']:.1f}% "
+              f"of the measurements); searches refuse it until it is complete")
+        print(f"continue  {table.continue_command()}")
     cal = m.get("calibration")
     if cal:
         print(f"calibr.   measured ~= {cal['a']:.5g} + {cal['b']:.5g} * sum  (fitted {cal.get('fitted_on')}, "
@@ -288,9 +347,34 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_time_net(args: argparse.Namespace) -> int:
+    from dnas.latency.timing import TimingConfig
+    from dnas.latency.whole_net import format_net_timing, time_net
+
+    for name in ("passes", "windows", "batch"):
+        if getattr(args, name) < 1:
+            raise DnasError(f"--{name} {getattr(args, name)}: expected >= 1")
+    for name, value in (("height", args.height), ("width", args.width)):
+        if value is not None and value < 1:
+            raise DnasError(f"--{name} {value}: expected a positive integer")
+    for name, value, least in (("threads", args.threads, 0), ("warmup", args.warmup, 0)):
+        if value < least:
+            raise DnasError(f"--{name} {value}: expected an integer >= {least}")
+    if args.window_ms is not None and not args.window_ms > 0:
+        raise DnasError(f"--window-ms {args.window_ms}: expected a positive number")
+    cfg = TimingConfig(device=_resolve_device(args.device), dtype=args.dtype, batch=args.batch,
+                       channels_last=args.channels_last, warmup=args.warmup, windows=args.windows,
+                       window_ms=args.window_ms, threads=args.threads)
+    size = (args.height, args.width) if args.height or args.width else None
+    report = time_net(args.arch, cfg, passes=args.passes, size=size)
+    print(json.dumps(report, indent=2) if args.json else format_net_timing(report))
+    return 0
+
+
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    return {"profile": cmd_profile, "validate": cmd_validate, "show": cmd_show}[args.command](args)
+    return {"profile": cmd_profile, "validate": cmd_validate, "show": cmd_show,
+            "time-net": cmd_time_net}[args.command](args)
 
 
 main = cli_entry("dnas-latency")(_main)

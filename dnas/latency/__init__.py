@@ -3,7 +3,9 @@
 - :mod:`dnas.latency.keys`: the one key function and the entries a space needs;
 - :mod:`dnas.latency.table`: :class:`LatencyTable` (CSV + meta, provenance, calibration);
 - :mod:`dnas.latency.timing`: the measurement protocol (CUDA graphs / eager, windows, median);
-- :mod:`dnas.latency.profile`, :mod:`dnas.latency.validate`: ``dnas-latency profile|validate``;
+- :mod:`dnas.latency.profile`, :mod:`dnas.latency.validate`: ``dnas-latency profile|validate``
+  (an unfinished profile is an incomplete table ``NAME.partial.csv``, continued later);
+- :mod:`dnas.latency.whole_net`: ``dnas-latency time-net`` (one whole fixed network, no table);
 - :mod:`dnas.latency.cost`: :class:`LatencyModel` (expected latency of the arch distribution);
 - :mod:`dnas.latency.loss`: latency-aware search losses;
 - :mod:`dnas.latency.auto`: ``latency_table: auto`` (a table for this device, one profiled

@@ -7,7 +7,8 @@ In order (the first that applies):
    ones profiled before into the cache; preferred: the same device name, then the
    recipe's dtype (``bf16`` with ``amp`` on CUDA, else ``fp32``), then its batch
    (``p * k``), then a calibrated table. A table that does not cover the search (a
-   missing key, an incomplete file) is skipped.
+   missing key, a half-copied file) is skipped, and so is an incomplete table
+   (``NAME.partial.csv``, :mod:`dnas.latency.table`): never used, only named in the log.
 2. ``profiled:PATH``: no such table, but profiling one is affordable: the estimated time
    (from the number of entries and their MACs, :func:`estimate_profile_s`, printed
    before it starts) is at most the budget (``latency_profile_budget_s``; default
@@ -15,13 +16,14 @@ In order (the first that applies):
    which covers the paper spaces). The table is profiled for this device with a progress
    bar into ``$DNAS_CACHE/latency/<device>/<space>-<hash>_b<batch>_<dtype>.csv``
    (default cache ``~/.cache/dnas``); an interrupted profile resumes from its
-   ``*.partial.json``; the next search finds the table under 1.
+   incomplete table ``*.partial.csv``; the next search finds the table under 1.
 3. ``proxy:macs``: otherwise the MACs of each op over the same keys
    (:mod:`dnas.latency.proxy`), with a one-line warning that says how the objective
    differs and the ``dnas-latency profile`` command that makes a real table.
 
 ``latency_table: none`` is a search without a latency cost (``none``); a path is that
-table (``table:PATH``). The resolved source is written to the run's ``config.yaml``
+table (``table:PATH``); an incomplete one is refused (:class:`IncompleteTableError`:
+the file, the entries missing, the command that continues it). The resolved source is written to the run's ``config.yaml``
 (``latency_source``) and ``summary.json``; a resumed run loads the same source
 (:func:`load_latency_source`) instead of resolving again.
 """
@@ -36,7 +38,7 @@ from pathlib import Path
 
 from dnas.errors import DnasError, LatencyTableError
 from dnas.latency.keys import space_entries
-from dnas.latency.table import LatencyTable, find_table, table_paths
+from dnas.latency.table import IncompleteTableError, LatencyTable, find_table, table_exists, table_paths
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +131,10 @@ def _candidates(space, kind: str) -> list[tuple[Path, dict, bool]]:
                 continue
             if not isinstance(meta, dict) or meta.get("space_hash") != space.structure_hash():
                 continue
+            if meta.get("complete") is False:
+                log.info("latency cost: %s is an incomplete table (%s of %s entries measured); not used",
+                         meta_path, meta.get("entries", "?"), sum((meta.get("counts") or {}).values()) or "?")
+                continue
             if str(meta.get("device", "")).split(":")[0] != kind:
                 continue
             csv_path = table_paths(meta_path)[0]
@@ -167,11 +173,15 @@ def estimate_profile_s(space, timing, passes: int = 3, done: int = 0) -> tuple[i
 
 
 def _done_measurements(path: Path) -> int:
-    from dnas.latency.profile import partial_path
+    """Measurements an interrupted profile into ``path`` holds already (0 when none)."""
+    from dnas.latency.profile import legacy_partial_path, partial_path
 
     try:
-        return sum(len(v) for v in json.loads(partial_path(path).read_text())["samples"].values())
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        if partial_path(path).is_file():
+            table = LatencyTable.load(partial_path(path), allow_incomplete=True)
+            return sum(int(table.stats.get(k, {}).get("samples", 1)) for k in table.entries)
+        return sum(len(v) for v in json.loads(legacy_partial_path(path).read_text())["samples"].values())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, LatencyTableError):
         return 0
 
 
@@ -231,13 +241,18 @@ def resolve_latency_cost(spec: str | None, space, device, *, supernet: str, batc
                                               "nothing for speed, the architecture step minimises the task loss only")
     if str(spec).strip().lower() != "auto":
         path = find_table(spec)
-        if not table_paths(path)[0].is_file():
+        if not table_exists(path):
             raise DnasError(f"latency table {spec} not found: profile one with 'dnas-latency profile --supernet "
                             f"{supernet} --device cuda --batch 64 --dtype bf16 --out {spec}', use "
                             "--set latency_table=auto (a table for this machine, or a MACs proxy), or search "
                             "without a latency cost: --set latency_table=none")
         path = path.resolve()
-        table, model = _load(path, space, attention, bnneck)
+        try:
+            table, model = _load(path, space, attention, bnneck)
+        except IncompleteTableError as exc:
+            raise IncompleteTableError(f"latency_table {spec}: {exc}; a search needs a complete table (or use "
+                                       "--set latency_table=auto)", exc.path, exc.missing, exc.total,
+                                       exc.command) from None
         return LatencyCost(f"table:{path}", table, model, _describe(table.meta, "the recipe's table"))
     dev = torch.device(device)
     kind = dev.type
@@ -285,7 +300,7 @@ def resolve_latency_cost(spec: str | None, space, device, *, supernet: str, batc
 
 def _profile(space, timing, out: Path, passes: int, progress: bool, attention, bnneck: bool, n: int, est: float,
              what: str) -> LatencyCost:
-    from dnas.latency.profile import partial_path, profile_space
+    from dnas.latency.profile import profile_space, remove_partial
 
     log.info("latency cost: no latency table for %s; profiling one on first use: %d entries x %d passes, about "
              "%s (estimate), into %s (cached for later searches; an interrupted profile resumes)",
@@ -295,7 +310,7 @@ def _profile(space, timing, out: Path, passes: int, progress: bool, attention, b
         table = profile_space(space, out, timing, passes=passes, progress=progress, log=log.info)
     except LatencyTableError as exc:  # a partial profile of other settings: start it afresh
         log.warning("latency cost: %s; profiling afresh", exc)
-        partial_path(out).unlink(missing_ok=True)
+        remove_partial(out)
         table = profile_space(space, out, timing, passes=passes, resume=False, progress=progress, log=log.info)
     table.meta["auto_profiled"] = True
     table.save_meta(out)

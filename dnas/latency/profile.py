@@ -6,14 +6,20 @@ DCS-Attention at each width, head, classifier); each is built from the same plai
 as the derived networks (:mod:`dnas.ops`, :class:`dnas.models.head.ClassifierHead`)
 and timed with :mod:`dnas.latency.timing` in shuffled round-robin passes.
 
-An interrupted profile resumes: the per-pass results are written atomically to
-``TABLE.partial.json`` every ``checkpoint_every_s`` seconds, and a new run with the same
-space and settings continues from there (a run with other settings refuses to mix).
+An interrupted profile resumes: the per-pass results are written atomically as an
+incomplete table ``TABLE.partial.csv`` + ``TABLE.partial.meta.json``
+(:mod:`dnas.latency.table`) every ``checkpoint_every_s`` seconds, when ``time_limit_s``
+runs out, and on Ctrl-C; a new run with the same space and settings continues from
+there (a run with other settings refuses to mix) and, once every entry has all its
+passes, writes ``TABLE.csv`` and removes the partial files. The incomplete table is
+meant to be committed, so that a table too long for one GPU session fills up over
+several. (A ``TABLE.partial.json`` of older versions is read the same way.)
 """
 from __future__ import annotations
 
 import datetime as _dt
 import json
+import time
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -21,9 +27,8 @@ import torch
 from torch import nn
 
 from dnas.errors import DnasError, LatencyTableError
-from dnas.io import atomic_write_json
-from dnas.latency.keys import Entry, count_by_kind, space_entries
-from dnas.latency.table import LatencyTable, table_paths
+from dnas.latency.keys import Entry, block_op_kwargs, count_by_kind, space_entries
+from dnas.latency.table import LatencyTable, complete_path, partial_paths, table_paths
 from dnas.latency.timing import TimingConfig, check_device, device_info, measure_module, round_robin, summarize
 from dnas.models.head import ClassifierHead
 from dnas.ops.blocks import ConvBNReLU
@@ -71,7 +76,7 @@ def build_entry_module(entry: Entry, tau_m: float = 1.0) -> nn.Module:
     if entry.kind == "stem":
         return ConvBNReLU(f["in_chs"], f["out_chs"], f["stride"], kernel_size=f["kernel_size"])
     if entry.kind == "block":
-        return PLAIN_OPS.build(f["op"], f["in_chs"], f["out_chs"], f["stride"], mid_chs=f["mid_chs"])
+        return PLAIN_OPS.build(f["op"], f["in_chs"], f["out_chs"], f["stride"], **block_op_kwargs(f))
     if entry.kind == "dcs":
         return DCSAttention(f["in_chs"], tau_m=tau_m, form=f["form"], select=f["attention"] == "dcs")
     if entry.kind == "head":
@@ -117,28 +122,79 @@ def profile_meta(space, cfg: TimingConfig, passes: int, seed: int, num_classes: 
 
 
 def partial_path(out: str | Path) -> Path:
-    """Where an interrupted profile keeps its results."""
+    """Where an interrupted profile keeps its results: the incomplete table's CSV."""
+    return partial_paths(out)[0]
+
+
+def legacy_partial_path(out: str | Path) -> Path:
+    """``TABLE.partial.json``: the resume file of older versions (read, never written)."""
     csv_path, _ = table_paths(out)
     return csv_path.with_name(csv_path.name[: -len(".csv")] + ".partial.json")
 
 
-def _load_partial(path: Path, meta: dict) -> dict[str, list[float]]:
+def remove_partial(out: str | Path) -> None:
+    """Delete the incomplete table of ``out`` (both files) and a legacy resume file."""
+    for path in (*partial_paths(out), legacy_partial_path(out)):
+        path.unlink(missing_ok=True)
+
+
+def _check_resume(path: Path, old: dict, meta: dict) -> None:
+    for key in RESUME_KEYS:
+        if old.get(key) != meta.get(key):
+            raise LatencyTableError(f"{path}: partial profile made with {key}={old.get(key)!r}, this run has "
+                                    f"{meta.get(key)!r}; delete it or pass --restart")
+
+
+def load_partial_samples(out: str | Path, meta: dict) -> tuple[Path, dict[str, list[float]]] | None:
+    """``(path, key -> per-pass ms)`` of the incomplete table of ``out`` (or of a legacy
+    ``TABLE.partial.json``), checked to share ``meta``'s settings; ``None`` when there is none.
+
+    Raises:
+        LatencyTableError: unreadable, or made with other settings (:data:`RESUME_KEYS`).
+    """
+    path = partial_path(out)
+    if path.is_file():
+        table = LatencyTable.load(path, allow_incomplete=True)
+        _check_resume(path, table.meta, meta)
+        return path, {k: list(table.stats.get(k, {}).get("pass_ms") or [ms] * table.stats.get(k, {}).get("samples", 1))
+                      for k, ms in table.entries.items()}
+    path = legacy_partial_path(out)
+    if not path.is_file():
+        return None
     try:
         data = json.loads(path.read_text())
         old, samples = data["meta"], data["samples"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise LatencyTableError(f"{path}: unreadable partial profile ({exc}); delete it or pass --restart") from None
-    for key in RESUME_KEYS:
-        if old.get(key) != meta.get(key):
-            raise LatencyTableError(f"{path}: partial profile made with {key}={old.get(key)!r}, this run has "
-                                    f"{meta.get(key)!r}; delete it or pass --restart")
-    return {k: [float(v) for v in vals] for k, vals in samples.items()}
+    _check_resume(path, old, meta)
+    return path, {k: [float(v) for v in vals] for k, vals in samples.items()}
+
+
+def samples_table(samples: dict[str, list[float]], meta: dict, passes: int) -> LatencyTable:
+    """The table of per-pass ``samples`` (keys without any left out): complete when every
+    key of ``meta["counts"]`` has ``passes`` samples, else an incomplete one."""
+    values, stats = {}, {}
+    for key, vals in samples.items():
+        if vals:
+            values[key], spread = summarize(vals)
+            stats[key] = {"spread": spread, "samples": len(vals), "pass_ms": list(vals)}
+    table = LatencyTable(values, meta, stats)
+    total = sum(meta.get("counts", {}).values())
+    if len(values) < total or any(len(v) < passes for v in samples.values()):
+        table.meta["complete"] = False
+        table.meta["progress"] = table.progress()
+    return table
 
 
 def profile_space(space, out: str | Path, cfg: TimingConfig, passes: int = 3, seed: int = 0,
                   num_classes: Sequence[int] | None = None, resume: bool = True, checkpoint_every_s: float = 30.0,
-                  progress: bool = True, log: Callable[[str], None] = print) -> LatencyTable:
+                  progress: bool = True, log: Callable[[str], None] = print,
+                  time_limit_s: float | None = None) -> LatencyTable:
     """Measure every entry of ``space`` and write the table to ``out`` (atomically).
+
+    With ``time_limit_s``, no measurement starts after that many seconds: what is done
+    stays in the incomplete table ``NAME.partial.csv``, which is returned (its
+    ``is_complete`` is False); the same call later continues it.
 
     Args:
         space: the :class:`dnas.space.SearchSpace` to cover.
@@ -147,13 +203,14 @@ def profile_space(space, out: str | Path, cfg: TimingConfig, passes: int = 3, se
         passes: shuffled round-robin passes (the table holds the median over them).
         seed: shuffling seed.
         num_classes: classifier sizes to cover (default: the space's ``num_classes``).
-        resume: continue from ``NAME.partial.json`` when present.
+        resume: continue from the incomplete table ``NAME.partial.csv`` when present.
         checkpoint_every_s: how often the partial results are written.
-        progress: tqdm progress bar.
+        progress: tqdm progress bar (drawn only when stderr is a terminal).
         log: where to print status lines.
+        time_limit_s: stop starting measurements after this many seconds.
 
     Returns:
-        The written :class:`LatencyTable`.
+        The written :class:`LatencyTable`: complete, or incomplete after the time limit.
     """
     check_device(cfg)
     if passes < 1:
@@ -161,25 +218,29 @@ def profile_space(space, out: str | Path, cfg: TimingConfig, passes: int = 3, se
     sizes = [int(n) for n in (num_classes or [space.num_classes])]
     entries = {e.key: e for e in space_entries(space, num_classes=sizes)}
     meta = profile_meta(space, cfg, passes, seed, sizes, list(entries.values()))
+    deadline = None if time_limit_s is None else time.monotonic() + float(time_limit_s)
+    out = complete_path(out)  # NAME.partial.csv given: the table is still NAME.csv
     csv_path, _ = table_paths(out)
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     ppath = partial_path(out)
     samples: dict[str, list[float]] = {}
-    if resume and ppath.is_file():
-        samples = {k: v for k, v in _load_partial(ppath, meta).items() if k in entries}
-        log(f"resuming from {ppath}: {sum(len(v) for v in samples.values())} measurements done")
+    found = load_partial_samples(out, meta) if resume else None
+    if found:
+        samples = {k: v[:passes] for k, v in found[1].items() if k in entries}
+        done = sum(len(v) for v in samples.values())
+        log(f"continuing {found[0]}: {done} of {len(entries) * passes} measurements done "
+            f"({len(samples)} of {len(entries)} entries measured)")
 
     def checkpoint(current: dict[str, list[float]]) -> None:
-        atomic_write_json(ppath, {"meta": meta, "samples": {k: v for k, v in current.items() if v}})
+        samples_table(current, meta, passes).save(ppath)
 
     measure = make_measure(entries, cfg, space.tau_m)
     samples = round_robin(list(entries), measure, passes, seed, samples, checkpoint, checkpoint_every_s,
-                          desc=f"profile {space.name}", progress=progress)
-    values, stats = {}, {}
-    for key, vals in samples.items():
-        values[key], spread = summarize(vals)
-        stats[key] = {"spread": spread, "samples": len(vals)}
-    table = LatencyTable(values, meta, stats)
+                          desc=f"profile {space.name}", progress=progress, deadline=deadline)
+    table = samples_table(samples, meta, passes)
+    if not table.is_complete:
+        table.source = str(ppath)
+        return table
     table.save(csv_path)
-    ppath.unlink(missing_ok=True)
+    remove_partial(out)
     return table

@@ -9,7 +9,20 @@ CUDA and torch versions, dtype, batch, resolution, method, date, the space's
 
 CSV columns: ``key`` (from :func:`dnas.latency.keys.latency_key`), ``kind``, ``ms``
 (median over passes), ``spread`` ((max - min) / median of the per-pass medians),
-``samples`` (number of passes), then the key fields for reading by eye.
+``samples`` (number of passes), the key fields for reading by eye, then ``pass_ms``
+(the per-pass medians, space-separated: what a resumed profile continues from).
+
+An **incomplete table** (a profile stopped by its time limit, Ctrl-C or a killed job)
+is the same two files under ``NAME.partial.csv`` / ``NAME.partial.meta.json``: the
+entries measured so far (``samples`` counts their passes), and in the metadata
+``"complete": false`` and ``"progress"`` (entries expected, measured, finished). It is
+resume state meant to be committed: ``dnas-latency profile`` with the same settings
+and ``--out NAME`` continues it (:meth:`LatencyTable.continue_command` prints that
+command) and replaces it by ``NAME.csv`` once every entry has all its passes, so a
+table can fill up over several GPU sessions. :meth:`LatencyTable.load` refuses an
+incomplete table (:class:`IncompleteTableError`, naming the file, the entries missing
+and the command that continues it) unless asked for one (``allow_incomplete``), so no
+search ever runs on one.
 
 Loading a table for a space whose hash differs, or looking up a key the table lacks,
 raises :class:`dnas.errors.LatencyTableError` naming the file and the key: never a
@@ -30,8 +43,23 @@ from dnas.io import atomic_write_json, atomic_write_text
 from dnas.latency.keys import KINDS, parse_key
 
 COLUMNS = ("key", "kind", "ms", "spread", "samples", "op", "in_chs", "mid_chs", "out_chs", "stride",
-           "kernel_size", "res", "bnneck")
+           "kernel_size", "res", "bnneck", "pass_ms")
 FORMAT_VERSION = 1
+PARTIAL = ".partial"
+
+
+class IncompleteTableError(LatencyTableError):
+    """An incomplete table (``NAME.partial.csv``) given where a complete one is needed.
+
+    Attributes:
+        path: the incomplete table's CSV.
+        missing: entries not measured yet; ``total``: entries the table must hold.
+        command: the ``dnas-latency profile`` command that continues it.
+    """
+
+    def __init__(self, message: str, path: Path, missing: int, total: int, command: str):
+        super().__init__(message)
+        self.path, self.missing, self.total, self.command = path, missing, total, command
 
 
 def table_paths(path: str | Path) -> tuple[Path, Path]:
@@ -45,13 +73,34 @@ def table_paths(path: str | Path) -> tuple[Path, Path]:
     return p.with_name(name + ".csv"), p.with_name(name + ".meta.json")
 
 
+def partial_paths(path: str | Path) -> tuple[Path, Path]:
+    """``(NAME.partial.csv, NAME.partial.meta.json)``: the incomplete state of table ``NAME``
+    (given as ``NAME``, ``NAME.csv`` or the partial files themselves)."""
+    csv_path, _ = table_paths(path)
+    stem = csv_path.name[: -len(".csv")]
+    stem = stem[: -len(PARTIAL)] if stem.endswith(PARTIAL) else stem
+    return table_paths(csv_path.with_name(stem + PARTIAL + ".csv"))
+
+
+def complete_path(path: str | Path) -> Path:
+    """``NAME.csv`` of a table given as ``NAME``, ``NAME.csv`` or ``NAME.partial.csv``."""
+    partial_csv, _ = partial_paths(path)
+    return partial_csv.with_name(partial_csv.name[: -len(PARTIAL + ".csv")] + ".csv")
+
+
+def table_exists(path: str | Path) -> bool:
+    """A complete table ``NAME.csv`` or an incomplete one ``NAME.partial.csv`` is there."""
+    return table_paths(path)[0].is_file() or partial_paths(path)[0].is_file()
+
+
 def find_table(path: str | Path) -> Path:
     """A table to read, the working directory first, then a shipped one: by the path the
     recipes use (``latency_tables/cpu_tiny_b8_fp32.csv``) or by name (``cpu_tiny_b8_fp32``).
-    A path found nowhere comes back unchanged (for the caller's not-found message)."""
+    An incomplete table counts as found (so that loading it says it is incomplete). A
+    path found nowhere comes back unchanged (for the caller's not-found message)."""
     from dnas.resources import find_data_file
 
-    return find_data_file(path, "latency_tables", ".csv", exists=lambda p: table_paths(p)[0].is_file())
+    return find_data_file(path, "latency_tables", ".csv", exists=table_exists)
 
 
 class LatencyTable:
@@ -124,6 +173,58 @@ class LatencyTable:
         """Store ``measured ~= a + b * sum`` (and what it was fitted on) in the metadata."""
         self.meta["calibration"] = {"a": float(a), "b": float(b), **(info or {})}
 
+    # -- completeness -------------------------------------------------------------
+    @property
+    def is_complete(self) -> bool:
+        """False for an incomplete table (metadata ``"complete": false``)."""
+        return self.meta.get("complete", True) is not False
+
+    def progress(self) -> dict:
+        """How far the profile got: ``total`` entries the space needs, ``measured`` (at
+        least one pass), ``missing`` (none yet), ``finished`` (all ``passes``), ``fraction``
+        of the measurements done (passes counted)."""
+        total = int(sum((self.meta.get("counts") or {}).values())) or len(self.entries)
+        passes = int((self.meta.get("protocol") or {}).get("passes") or 1)
+        done = [min(passes, int(self.stats.get(k, {}).get("samples", 1))) for k in self.entries]
+        finished = sum(d >= passes for d in done)
+        return {"total": total, "measured": len(self.entries), "missing": max(0, total - len(self.entries)),
+                "finished": finished, "passes": passes,
+                "fraction": sum(done) / (total * passes) if total else 1.0}
+
+    def continue_command(self, out: str | Path | None = None) -> str:
+        """The ``dnas-latency profile`` command (same settings, ``--out NAME``) that
+        continues this incomplete table where it stopped."""
+        m, proto = self.meta, dict(self.meta.get("protocol") or {})
+        out = complete_path(out or self.source)
+        cmd = [f"dnas-latency profile --supernet {m.get('space', '?')} --device {m.get('device', '?')}",
+               f"--batch {m.get('batch', '?')} --dtype {m.get('dtype', '?')}"]
+        if m.get("channels_last"):
+            cmd.append("--channels-last")
+        if m.get("num_classes"):
+            cmd.append("--num-classes " + " ".join(str(n) for n in m["num_classes"]))
+        for option, key in (("passes", "passes"), ("windows", "windows"), ("window-ms", "window_ms"),
+                            ("warmup", "warmup"), ("min-replay-ms", "min_replay_ms"), ("threads", "threads"),
+                            ("seed", "seed")):
+            if key in proto:
+                cmd.append(f"--{option} {proto[key]:g}" if isinstance(proto[key], float) else
+                           f"--{option} {proto[key]}")
+        cmd.append(f"--out {str(out)[: -len('.csv')]}")
+        return " ".join(cmd)
+
+    def incomplete_error(self) -> IncompleteTableError:
+        """The refusal of this incomplete table: the file, what is missing, how to continue."""
+        pr = self.progress()
+        unfinished = pr["measured"] - pr["finished"]
+        parts = [f"{pr['missing']} of {pr['total']} entries missing"] if pr["missing"] else []
+        if unfinished:
+            parts.append(f"{unfinished} {'more' if parts else 'of ' + str(pr['total']) + ' entries'} with fewer "
+                         f"than {pr['passes']} passes")
+        cmd = self.continue_command()
+        return IncompleteTableError(
+            f"{self.source}: incomplete latency table: {' and '.join(parts) or 'marked incomplete'} "
+            f"({100 * pr['fraction']:.1f}% of its {pr['total'] * pr['passes']} measurements done); continue it "
+            f"with '{cmd}' (it resumes where it stopped)", Path(self.source), pr["missing"], pr["total"], cmd)
+
     def summary(self) -> dict[str, dict]:
         """Per kind: ``count``, ``min``, ``median``, ``max`` of the entries in ms."""
         by_kind: dict[str, list[float]] = {k: [] for k in KINDS}
@@ -151,7 +252,8 @@ class LatencyTable:
             row = {"key": key, "kind": kind, "ms": f"{self.entries[key]:.6g}",
                    "spread": f"{st['spread']:.4g}" if "spread" in st else "",
                    "samples": st.get("samples", ""), **{k: v for k, v in fields.items() if k != "res"},
-                   "res": f"{res[0]}x{res[1]}" if res else ""}
+                   "res": f"{res[0]}x{res[1]}" if res else "",
+                   "pass_ms": " ".join(f"{v:.6g}" for v in st.get("pass_ms", ()))}
             if "bnneck" in fields:
                 row["bnneck"] = int(bool(fields["bnneck"]))
             writer.writerow([row.get(c, "") for c in COLUMNS])
@@ -168,13 +270,19 @@ class LatencyTable:
                                              "entries": len(self.entries)})
 
     @classmethod
-    def load(cls, path: str | Path, space=None) -> "LatencyTable":
+    def load(cls, path: str | Path, space=None, allow_incomplete: bool = False) -> "LatencyTable":
         """Read a table; with ``space``, also check that it covers that space.
 
+        ``NAME`` or ``NAME.csv`` with only ``NAME.partial.csv`` there reads the incomplete
+        table, which is refused unless ``allow_incomplete``.
+
         Raises:
+            IncompleteTableError: the table is incomplete and ``allow_incomplete`` is not set.
             LatencyTableError: a file is missing or malformed, or the space hash differs.
         """
         csv_path, meta_path = table_paths(path)
+        if not csv_path.is_file() and partial_paths(path)[0].is_file():
+            csv_path, meta_path = partial_paths(path)
         for p in (csv_path, meta_path):
             if not p.is_file():
                 raise LatencyTableError(f"{p}: latency table file not found (make one with dnas-latency profile)")
@@ -185,7 +293,9 @@ class LatencyTable:
         if not isinstance(meta, dict) or "space_hash" not in meta:
             raise LatencyTableError(f"{meta_path}: missing key 'space_hash'")
         entries, stats = _read_csv(csv_path)
-        if meta.get("entries") not in (None, len(entries)):
+        # an incomplete table's two files come from one checkpoint, written CSV first; a job
+        # killed between the two writes leaves a newer CSV, whose whole rows are kept
+        if meta.get("complete") is not False and meta.get("entries") not in (None, len(entries)):
             raise LatencyTableError(f"{csv_path}: {len(entries)} rows, but {meta_path.name} says "
                                     f"{meta['entries']} (a half-copied table?)")
         meta.pop("format_version", None)
@@ -193,6 +303,8 @@ class LatencyTable:
         table = cls(entries, meta, stats, source=str(csv_path))
         if space is not None:
             table.check_space(space)
+        if not table.is_complete and not allow_incomplete:
+            raise table.incomplete_error()
         return table
 
 
@@ -223,6 +335,8 @@ def _read_csv(path: Path) -> tuple[dict[str, float], dict[str, dict]]:
                     st["spread"] = float(row["spread"])
                 if row.get("samples"):
                     st["samples"] = int(row["samples"])
+                if row.get("pass_ms"):
+                    st["pass_ms"] = [float(v) for v in row["pass_ms"].split()]
                 stats[key] = st
     except OSError as exc:
         raise LatencyTableError(f"{path}: cannot read ({exc.strerror})") from None

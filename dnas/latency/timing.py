@@ -37,6 +37,7 @@ import platform
 import random
 import statistics
 import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterator, Sequence
@@ -224,7 +225,8 @@ def round_robin(keys: Sequence[str], measure: Callable[[str], float], passes: in
                 samples: dict[str, list[float]] | None = None,
                 checkpoint: Callable[[dict[str, list[float]]], None] | None = None,
                 checkpoint_every_s: float = 30.0, desc: str = "measure",
-                progress: bool = True) -> dict[str, list[float]]:
+                progress: bool = True, unit: str = "entry",
+                deadline: float | None = None) -> dict[str, list[float]]:
     """Measure every key once per pass, in a fresh shuffled order each pass.
 
     Args:
@@ -237,7 +239,11 @@ def round_robin(keys: Sequence[str], measure: Callable[[str], float], passes: in
         checkpoint: called with the samples every ``checkpoint_every_s`` seconds and at
             the end (to write a partial table).
         desc: progress-bar label.
-        progress: show a tqdm progress bar on stderr.
+        progress: show a tqdm progress bar on stderr (only when stderr is a terminal:
+            a bar redrawn into a log file is noise).
+        unit: what one measurement is, for the bar (``entry``, ``arch``).
+        deadline: a ``time.monotonic()`` value after which no measurement starts; the
+            samples so far come back (fewer than ``passes`` for some keys).
 
     Returns:
         ``key -> [ms per pass]``.
@@ -248,11 +254,13 @@ def round_robin(keys: Sequence[str], measure: Callable[[str], float], passes: in
     total = sum(max(0, passes - len(v)) for v in samples.values())
     last = time.monotonic()
     try:
-        with tqdm(total=total, desc=desc, unit="entry", disable=not progress, leave=False) as bar:
+        with tqdm(total=total, desc=desc, unit=unit, disable=not show_progress(progress), leave=False) as bar:
             for p in range(passes):
                 todo = sorted(k for k in keys if len(samples[k]) <= p)
                 random.Random(f"{seed}-{p}").shuffle(todo)
                 for key in todo:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        return samples
                     samples[key].append(float(measure(key)))
                     bar.update(1)
                     if checkpoint is not None and time.monotonic() - last >= checkpoint_every_s:
@@ -262,6 +270,14 @@ def round_robin(keys: Sequence[str], measure: Callable[[str], float], passes: in
         if checkpoint is not None:
             checkpoint(samples)
     return samples
+
+
+def show_progress(progress: bool) -> bool:
+    """Draw a progress bar: asked for, and stderr is a terminal."""
+    try:
+        return bool(progress) and sys.stderr.isatty()
+    except (AttributeError, ValueError):  # a replaced or closed stderr
+        return False
 
 
 def summarize(values: Sequence[float]) -> tuple[float, float]:

@@ -128,7 +128,7 @@ def validate_table(space, table: LatencyTable, archs: int = 100, seed: int = 0, 
         passes: round-robin passes (default: the table's).
         num_classes: classifier size (default: the first the table covers).
         attention, bnneck: network variant (default: the space's).
-        progress: tqdm progress bar.
+        progress: tqdm progress bar, one step per architecture measured (only on a terminal).
         timing: protocol override (default: the table's protocol).
         force: measure even when this machine is not the table's (see :func:`check_machine`).
 
@@ -165,7 +165,8 @@ def validate_table(space, table: LatencyTable, archs: int = 100, seed: int = 0, 
         except RuntimeError as exc:
             raise DnasError(f"measuring arch {name} on {cfg.device} failed: {str(exc).splitlines()[0]}") from None
 
-    samples = round_robin(list(chosen), measure, passes, seed, desc=f"validate {space.name}", progress=progress)
+    samples = round_robin(list(chosen), measure, passes, seed, desc=f"validate {space.name}", progress=progress,
+                          unit="arch")
     names = list(chosen)
     meas = {n: summarize(samples[n]) for n in names}
     p = np.array([pred[n] for n in names])

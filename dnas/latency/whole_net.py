@@ -1,0 +1,106 @@
+"""``dnas-latency time-net``: the latency of one whole fixed network, no table needed.
+
+The measured counterpart of a table sum (docs/method.md section 5, the LAT term): the
+network an arch file or a ``dnas-derive`` directory describes (anything
+:func:`dnas.build_model` takes, or :func:`dnas.load_derived` for a directory with its
+weights) is timed with the protocol of the tables and of ``dnas-latency validate``
+(:mod:`dnas.latency.timing`: eval mode, ``torch.no_grad``, CUDA graphs on CUDA, eager
+windows on CPU), in ``passes`` passes; the figure is the median over the passes of
+the median window, with the same ``spread`` ((max - min) / median) a table row carries.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from dnas.errors import DnasError
+from dnas.latency.timing import TimingConfig, check_device, device_info, measure_module, round_robin, summarize
+
+
+def load_fixed_net(arch) -> tuple[torch.nn.Module, str]:
+    """``(model, how)``: a ``dnas-derive`` directory with its weights (``model.pt``), or a
+    fresh network of an arch file (weights do not change the latency)."""
+    import dnas
+
+    path = Path(arch)
+    if path.is_dir() and (path / "model.pt").is_file():
+        return dnas.load_derived(path), "dnas-derive directory (weights loaded)"
+    return dnas.build_model(arch), "architecture file (fresh weights)"
+
+
+def net_input_shape(model: torch.nn.Module, size: Sequence[int] | None = None) -> tuple[int, int, int]:
+    """``(C, H, W)`` of one input image: the arch's ``input_size``, ``size = (H, W)``
+    replacing its resolution (either may be ``None``: keep the arch's).
+
+    Raises:
+        DnasError: the model does not say its input size and ``size`` is not complete.
+    """
+    arch = getattr(model, "arch", None)
+    shape = getattr(model, "input_size", None) or getattr(arch, "input_size", None)
+    shape = list(shape) if shape else [3, None, None]
+    if size is not None:
+        shape[1:] = [s if s is not None else old for s, old in zip(size, shape[1:])]
+    if any(v is None for v in shape):
+        raise DnasError(f"{type(model).__name__}: the network does not give its input size; pass --height and --width")
+    return tuple(int(v) for v in shape)
+
+
+def time_net(arch, cfg: TimingConfig, passes: int = 3, size: Sequence[int] | None = None, progress: bool = False
+             ) -> dict:
+    """Time one whole network's forward pass.
+
+    Args:
+        arch: an arch/backbone YAML path, a ``dnas-derive`` directory, or anything
+            :func:`dnas.build_model` takes.
+        cfg: the measurement protocol (device, dtype, batch, windows, ...).
+        passes: timing passes (median and spread over them).
+        size: ``(H, W)`` replacing the arch's resolution (``None`` in either place: keep it).
+        progress: progress bar over the passes (only on a terminal).
+
+    Returns:
+        A dict with ``ms`` (median over passes, per batch), ``spread``, ``pass_ms``,
+        ``samples``, ``images_per_s``, the protocol and the device.
+    """
+    check_device(cfg)
+    if passes < 1:
+        raise DnasError(f"passes {passes}: expected >= 1")
+    model, how = load_fixed_net(arch)
+    shape = net_input_shape(model, size)
+    def measure(_key: str) -> float:
+        try:
+            return measure_module(model, shape, cfg)
+        except RuntimeError as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise DnasError(f"timing {arch} on {cfg.device} ({cfg.dtype}, batch {cfg.batch}) failed: {first}") from None
+
+    samples = round_robin(["net"], measure, passes, desc="time-net", progress=progress, unit="pass")["net"]
+    ms, spread = summarize(samples)
+    info = device_info(cfg)
+    return {"arch": str(arch), "loaded_as": how, "network": type(model).__name__,
+            "params": sum(p.numel() for p in model.parameters()), "input_size": list(shape),
+            "ms": ms, "spread": spread, "pass_ms": samples, "samples": len(samples),
+            "images_per_s": cfg.batch / ms * 1e3 if ms > 0 else None,
+            "device": cfg.device, "device_name": info["device_name"], "method": cfg.method,
+            "protocol": {**cfg.to_dict(), "passes": passes}, "torch": info["torch"], "cuda": info["cuda"],
+            "mode": "eval (inference latency, torch.no_grad, BN not fused)",
+            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+
+
+def format_net_timing(report: dict) -> str:
+    """Readable lines of a :func:`time_net` report."""
+    p = report["protocol"]
+    return "\n".join([
+        f"network   {report['arch']} ({report['network']}, {report['params']:,} parameters, {report['loaded_as']})",
+        f"device    {report['device_name']} ({report['device']}), torch {report['torch']}, CUDA {report['cuda']}",
+        f"settings  batch {p['batch']}, {p['dtype']}, input {'x'.join(map(str, report['input_size']))}, "
+        f"channels_last {p['channels_last']}, method {report['method']}, {p['passes']} passes x {p['windows']} "
+        f"windows of {p['window_ms']:g} ms, threads {p['threads']}",
+        f"latency   {report['ms']:.4g} ms per batch of {p['batch']} (median over passes; spread "
+        f"{100 * report['spread']:.1f}%; passes {' '.join(f'{v:.4g}' for v in report['pass_ms'])} ms), "
+        f"{report['images_per_s']:.1f} images/s"])
+
+
+__all__ = ["format_net_timing", "load_fixed_net", "net_input_shape", "time_net"]
