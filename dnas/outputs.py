@@ -20,9 +20,10 @@ from dnas.errors import DnasError
 
 MARKER = ".dnas-output.json"
 COMMANDS = {"derived": "dnas-derive", "search-run": "dnas-search", "reid-run": "dnas-retrain reid",
-            "imagenet-run": "dnas-retrain imagenet"}
+            "imagenet-run": "dnas-retrain imagenet", "figures": "dnas-visualize"}
 DESCRIPTIONS = {"derived": "a dnas-derive output (an exported network)", "search-run": "a dnas-search run",
-                "reid-run": "a dnas-retrain reid run", "imagenet-run": "a dnas-retrain imagenet run"}
+                "reid-run": "a dnas-retrain reid run", "imagenet-run": "a dnas-retrain imagenet run",
+                "figures": "a dnas-visualize output (figures)"}
 
 
 def describe(kind: str | None) -> str:
@@ -189,6 +190,7 @@ def require_kind(path: str | os.PathLike, kinds: tuple[str, ...], taker: str) ->
                          f"dnas-retrain reid --eval-only {path}, continue it with dnas-retrain reid --resume {path}",
              "imagenet-run": f"finetune from it with dnas-retrain reid --pretrained {path}, continue it with "
                              f"dnas-retrain imagenet --resume {path}",
-             "derived": f"retrain it with dnas-retrain reid --arch {path}"}
+             "derived": f"retrain it with dnas-retrain reid --arch {path}",
+             "figures": "it holds figures, not a network; give the model they were drawn from"}
     raise DnasError(f"{path}: is {describe(have)}, but {taker} takes {' or '.join(describe(k) for k in kinds)}; "
                     f"{hints[have]}")
