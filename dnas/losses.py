@@ -5,8 +5,10 @@
 - :func:`batch_hard_triplet` / :class:`TripletLoss`: batch-hard triplet loss
   (Hermans et al. 2017), margin 0.3, or the soft-margin variant ``softplus(d_ap - d_an)``.
 - :class:`CenterLoss`: optional center loss (Wen et al. 2016) with learnable centers.
+- :class:`ReIDLoss`: eq. 4 as one object, used by the search and by Re-ID retraining:
+  CE + triplet + eta * IBB (+ center), returning the named parts.
 
-The IB bound term of eq. 4 lives in :mod:`dnas.ib`.
+The IB bound term of eq. 4 lives in :mod:`dnas.ib` / :mod:`dnas.ib_tracker`.
 """
 from __future__ import annotations
 
@@ -118,3 +120,84 @@ class CenterLoss(nn.Module):
     def forward(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         diff = features - self.centers[labels.long()]  # (B, D)
         return 0.5 * (diff * diff).sum(dim=1).mean()
+
+
+class ReIDLoss:
+    """The Re-ID objective of eq. 4: ``CE(label smoothing) + triplet_weight * batch-hard
+    triplet + eta * IBB (+ center_weight * center loss)``, with its named parts.
+
+    The IB tracker (:class:`dnas.ib_tracker.IBTracker`, F = the pre-BNNeck embedding,
+    X = the model's ``ib_input``) runs whether or not the IBB trains (``use_ibb``): the
+    IB loss and the bound are always reported; without ``use_ibb`` they are computed on
+    detached features and left out of the loss.
+
+    Args:
+        num_classes: identities of the training split.
+        label_smoothing, triplet_margin, triplet_weight, soft_margin: CE and triplet.
+        ib_eta, ib_temperature, use_ibb: the IBB term.
+        center_weight: 0 = no center loss; else ``feat_dim`` is the embedding width.
+    """
+
+    def __init__(self, num_classes: int, *, label_smoothing: float = 0.1, triplet_margin: float = 0.3,
+                 triplet_weight: float = 1.0, soft_margin: bool = False, ib_eta: float = 0.1,
+                 ib_temperature: float = 0.1, use_ibb: bool = True, center_weight: float = 0.0,
+                 feat_dim: int | None = None) -> None:
+        from dnas.ib_tracker import IBTracker
+
+        self.label_smoothing, self.triplet_margin, self.triplet_weight = label_smoothing, triplet_margin, triplet_weight
+        self.soft_margin, self.ib_eta, self.use_ibb, self.center_weight = soft_margin, ib_eta, use_ibb, center_weight
+        self.ib = IBTracker(num_classes, temperature=ib_temperature)
+        self.center = CenterLoss(num_classes, feat_dim) if center_weight > 0 else None
+
+    @classmethod
+    def from_config(cls, cfg, num_classes: int, feat_dim: int | None = None) -> "ReIDLoss":
+        """From a recipe with the loss keys (search or retrain; absent keys: defaults)."""
+        keys = ("label_smoothing", "triplet_margin", "triplet_weight", "soft_margin", "ib_eta", "ib_temperature",
+                "use_ibb", "center_weight")
+        return cls(num_classes, feat_dim=feat_dim, **{k: getattr(cfg, k) for k in keys if hasattr(cfg, k)})
+
+    def __call__(self, out: dict, targets: torch.Tensor, labels: torch.Tensor,
+                 accumulate: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss and its parts ``ce``, ``triplet``, ``ibb`` (and ``center``).
+
+        Args:
+            out: the model's training outputs (``logits``, ``global_feat``, ``ib_input``).
+            targets: ``(B,)`` labels or ``(B, K)`` soft targets (mixup) for the CE.
+            labels: ``(B,)`` hard labels for the triplet, IB and center terms.
+            accumulate: add the batch to the IB tracker's epoch sums (the search's
+                architecture steps only read the bound).
+        """
+        logits, feat, x = out["logits"].float(), out["global_feat"].float(), out["ib_input"].float()
+        ce = cross_entropy_smooth(logits, targets, self.label_smoothing)
+        tri = batch_hard_triplet(feat, labels, self.triplet_margin, soft_margin=self.soft_margin)
+        ib = self.ib.step if accumulate else self.ib.bound
+        if self.use_ibb:
+            ibb = ib(feat, x, labels)
+        else:  # reported, not trained
+            with torch.no_grad():
+                ibb = ib(feat.detach(), x.detach(), labels)
+        loss = ce + self.triplet_weight * tri
+        if self.use_ibb:
+            loss = loss + self.ib_eta * ibb
+        parts = {"ce": ce, "triplet": tri, "ibb": ibb}
+        if self.center is not None:
+            parts["center"] = self.center(feat, labels)
+            loss = loss + self.center_weight * parts["center"]
+        return loss, parts
+
+    def to(self, device) -> "ReIDLoss":
+        self.ib.to(device)
+        if self.center is not None:
+            self.center.to(device)
+        return self
+
+    def state_dict(self) -> dict:
+        state = {"ib": self.ib.state_dict()}
+        if self.center is not None:
+            state["center"] = self.center.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.ib.load_state_dict(state["ib"])
+        if self.center is not None:
+            self.center.load_state_dict(state["center"])

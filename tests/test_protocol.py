@@ -223,12 +223,14 @@ def test_search_selects_on_validation_and_tests_on_request(tmp_path):
 
     rows = list(csv.DictReader(open(out / "metrics.csv")))
     assert all(r["test_mAP"] != "" and r["val_mAP"] != "" for r in rows)  # test curves on request
-    best_epoch = max(range(len(rows)), key=lambda i: (float(rows[i]["val_mAP"]), -i))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]  # epochs are numbered from 1
+    best = max(rows, key=lambda r: (float(r["val_mAP"]), -int(r["epoch"])))
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["checkpoint_best"]["epoch"] == best_epoch
-    best = torch.load(out / "checkpoint-best.pt", weights_only=True)
-    assert best["epoch"] == best_epoch + 1  # saved after the epoch ends
-    assert best["best_metric"] == pytest.approx(float(rows[best_epoch]["val_mAP"]), abs=1e-5)
+    assert summary["checkpoint_best"]["epoch"] == int(best["epoch"])
+    ckpt = torch.load(out / "checkpoint-best.pt", weights_only=True)
+    assert ckpt["epoch"] == int(best["epoch"])  # epochs done when it was saved
+    assert ckpt["best_epoch"] == int(best["epoch"])
+    assert ckpt["best_metric"] == pytest.approx(float(best["val_mAP"]), abs=1e-5)
 
 
 def test_retrain_selects_on_validation_and_without_one_on_loss(tmp_path):
@@ -246,7 +248,7 @@ def test_retrain_selects_on_validation_and_without_one_on_loss(tmp_path):
     assert retrain_cli.main(base + ["--out", str(out)]) == 0
     rows = list(csv.DictReader(open(out / "metrics.csv")))
     assert all(r["val_mAP"] != "" for r in rows) and [r["test_mAP"] != "" for r in rows] == [False, False, True]
-    best_epoch = max(range(len(rows)), key=lambda i: (float(rows[i]["val_mAP"]), -i))
+    best_epoch = int(max(rows, key=lambda r: (float(r["val_mAP"]), -int(r["epoch"])))["epoch"])
     summary = json.loads((out / "final/summary.json").read_text())
     assert summary["checkpoint_best"]["epoch"] == best_epoch and summary["checkpoint_best"]["selected_by"] == "val_mAP"
     assert summary["validation"]["num_ids"] == 8 and summary["num_classes"] == 52
@@ -259,7 +261,7 @@ def test_retrain_selects_on_validation_and_without_one_on_loss(tmp_path):
     assert "val_mAP" not in rows0[0] and rows0[-1]["test_mAP"] != ""
     summary0 = json.loads((out0 / "final/summary.json").read_text())
     assert summary0["checkpoint_best"]["selected_by"] == "loss" and summary0["num_classes"] == 60
-    lowest = min(range(len(rows0)), key=lambda i: (float(rows0[i]["loss"]), i))
+    lowest = int(min(rows0, key=lambda r: (float(r["loss"]), int(r["epoch"])))["epoch"])
     assert summary0["checkpoint_best"]["epoch"] == lowest
 
 

@@ -18,7 +18,8 @@ import torch
 from dnas.cli import derive as derive_cli
 from dnas.cli import retrain as retrain_cli
 from dnas.errors import CheckpointError
-from dnas.retrain.common import ModelEma, load_pretrained, param_groups
+from dnas.engine import param_groups
+from dnas.retrain.common import ModelEma, load_pretrained
 from dnas.retrain.config import ImageNetConfig, ReIDConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -161,13 +162,13 @@ def test_existing_run_needs_resume_or_overwrite(reid_run, arch_dir, capsys):
 
 def test_schedule_warmup_cosine_step():
     cfg = ReIDConfig(arch="x", epochs=10, warmup_epochs=2, warmup_factor=0.1, schedule="step", milestones=[5, 8])
-    assert cfg.lr_at(0, 1.0) == pytest.approx(0.1)
-    assert cfg.lr_at(1, 1.0) == pytest.approx(0.55)
-    assert cfg.lr_at(2, 1.0) == pytest.approx(1.0)
-    assert cfg.lr_at(6, 1.0) == pytest.approx(0.1) and cfg.lr_at(9, 1.0) == pytest.approx(0.01)
+    assert cfg.lr_schedule(1.0).at(0) == pytest.approx(0.1)
+    assert cfg.lr_schedule(1.0).at(1) == pytest.approx(0.55)
+    assert cfg.lr_schedule(1.0).at(2) == pytest.approx(1.0)
+    assert cfg.lr_schedule(1.0).at(6) == pytest.approx(0.1) and cfg.lr_schedule(1.0).at(9) == pytest.approx(0.01)
     cos = ImageNetConfig(arch="x", epochs=12, warmup_epochs=2, schedule="cosine", min_lr_ratio=0.1)
-    assert cos.lr_at(2, 1.0) == pytest.approx(1.0)
-    assert cos.lr_at(7, 1.0) == pytest.approx(0.55) and cos.lr_at(12, 1.0) == pytest.approx(0.1)
+    assert cos.lr_schedule(1.0).at(2) == pytest.approx(1.0)
+    assert cos.lr_schedule(1.0).at(7) == pytest.approx(0.55) and cos.lr_schedule(1.0).at(12) == pytest.approx(0.1)
 
 
 def test_param_groups_and_ema():
@@ -240,7 +241,7 @@ def test_resume_after_sigkill_is_exact(arch_dir, tmp_path):
     ca = torch.load(full / "checkpoint-last.pt", weights_only=True)
     cb = torch.load(killed / "checkpoint-last.pt", weights_only=True)
     assert all(torch.equal(ca["model"][k], cb["model"][k]) for k in ca["model"])
-    assert torch.equal(ca["center"]["model"]["centers"], cb["center"]["model"]["centers"])
+    assert torch.equal(ca["loss"]["center"]["centers"], cb["loss"]["center"]["centers"])
     assert ca["acc"] == cb["acc"] and ca["last_eval"] == cb["last_eval"]
     assert len((killed / "metrics.csv").read_text().splitlines()) == 4
 

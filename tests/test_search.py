@@ -17,7 +17,7 @@ import yaml
 from dnas.cli import derive as derive_cli
 from dnas.cli import search as search_cli
 from dnas.search.config import SearchConfig
-from dnas.search.loop import arch_lr, weight_lr
+from dnas.search.loop import arch_schedule, weight_schedule
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--recipe", str(ROOT / "search/tiny_synthetic.yaml"), "--set", "epochs=2", "--set", "max_steps_per_epoch=3",
@@ -103,20 +103,21 @@ def test_bad_recipe_exits_2(tmp_path, capsys, argv, needle):
 
 
 def test_non_finite_losses_stop_the_run(tmp_path, capsys, monkeypatch):
-    import dnas.search.loop as loop
+    import dnas.losses as losses
 
-    monkeypatch.setattr(loop, "cross_entropy_smooth", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
+    monkeypatch.setattr(losses, "cross_entropy_smooth", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
     assert search_cli.main(FAST + ["--set", "max_bad_steps=2", "--out", str(tmp_path / "r")]) == 2
     assert "non-finite" in capsys.readouterr().err
 
 
 def test_schedules():
     cfg = SearchConfig(epochs=10, p=16, k=16, w_lr=0.1, w_milestones=[5, 8], warmup_epochs=2)
-    assert weight_lr(cfg, 0, 1) == pytest.approx(0.1)  # batch 256
-    assert weight_lr(cfg, 0, 2) == pytest.approx(0.2)  # linear scaling with world size
-    assert weight_lr(cfg, 6, 1) == pytest.approx(0.01)
-    assert weight_lr(cfg, 9, 1) == pytest.approx(0.001)
-    assert arch_lr(cfg, 1) == pytest.approx(0.01) and arch_lr(cfg, 10) == pytest.approx(0.0)
+    assert weight_schedule(cfg, 1).at(0) == pytest.approx(0.1)  # batch 256
+    assert weight_schedule(cfg, 2).at(0) == pytest.approx(0.2)  # linear scaling with world size
+    assert weight_schedule(cfg, 1).at(6) == pytest.approx(0.01)
+    assert weight_schedule(cfg, 1).at(9) == pytest.approx(0.001)
+    arch = arch_schedule(cfg)
+    assert arch.at(1) == pytest.approx(0.01) and arch.at(6) == pytest.approx(0.005) and arch.at(10) == pytest.approx(0.0)
 
 
 def _final_state(run):

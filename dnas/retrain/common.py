@@ -1,21 +1,16 @@
-"""Trainer pieces shared by ImageNet pretraining and Re-ID finetuning (paper section 4.2):
-optimizer with one explicit weight-decay rule, EMA of the weights, mixup, checkpoints,
-pretrained-weight loading, the per-step learning rate (warm-up + cosine or step, from
-:meth:`TrainConfig.lr_at`) and the epoch/step loop with exact resume.
+"""Retraining pieces shared by ImageNet pretraining and Re-ID finetuning (paper section
+4.2): the one-phase user of the training engine (:class:`Trainer`; :mod:`dnas.engine`:
+the step, the epoch loop with exact resume, checkpoints), EMA of the weights, mixup,
+pretrained-weight loading and the final export.
 
-Exact resume: the data of a step depend only on (seed, epoch, batch position)
-(:mod:`dnas.data.seeded`); mixup draws from a generator seeded by the same position;
-the only other randomness (DCS-Attention's Gumbel noise) comes from the global RNG,
-whose state is in every checkpoint with the model, optimizer(s), EMA, IB tracker,
-position and running sums. A run killed at any point and resumed from its last
-checkpoint ends bit-identical on CPU with ``deterministic``.
+Exact resume as in :mod:`dnas.engine.loop`; mixup draws from a generator seeded by the
+step's position; the only other randomness (DCS-Attention's Gumbel noise) comes from the
+global RNG, whose state is in every checkpoint.
 """
 from __future__ import annotations
 
 import copy
 import logging
-import math
-import sys
 from pathlib import Path
 from typing import Mapping
 
@@ -23,40 +18,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from dnas.errors import CheckpointError, DnasError
-from dnas.io import atomic_torch_save, safe_torch_load
-from dnas.retrain.config import TrainConfig
 from dnas.data.seeded import seeded_loader
-from dnas.runtime import (Runtime, all_reduce_mean, autocast, epoch_batches, prepare_model, rng_state,
-                          set_rng_state)
+from dnas.engine import LAST, Engine, Phase, StepResult, build_optimizer
+from dnas.engine.checkpoint import CHECKPOINT_VERSION
+from dnas.errors import CheckpointError
+from dnas.io import safe_torch_load
+from dnas.retrain.config import TrainConfig
+from dnas.runtime import Runtime
 
 log = logging.getLogger(__name__)
-CHECKPOINT_VERSION = 1
-LAST, BEST = "checkpoint-last.pt", "checkpoint-best.pt"
 DROP_PREFIXES = ("head.classifier.", "head.neck.")  # task-specific head: never transferred
-
-
-# -- schedule and optimizer ------------------------------------------------------------
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups by one rule: weight decay on tensors with >= 2 dims (conv/linear
-    weights), none on biases and norm parameters; frozen tensors are left out."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.dim() >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def build_optimizer(cfg: TrainConfig, model: nn.Module, lr: float) -> torch.optim.Optimizer:
-    """The recipe's optimizer over :func:`param_groups`."""
-    groups = param_groups(model, cfg.weight_decay)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
-    if cfg.optimizer == "rmsprop":
-        return torch.optim.RMSprop(groups, lr=lr, alpha=cfg.rmsprop_alpha, eps=cfg.rmsprop_eps,
-                                   momentum=cfg.momentum)
-    cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
-    return cls(groups, lr=lr, betas=tuple(cfg.adam_betas))
 
 
 class ModelEma:
@@ -95,32 +66,7 @@ class ModelEma:
         self.updates = int(state["updates"])
 
 
-# -- checkpoints and pretrained weights -------------------------------------------------
-def save_checkpoint(run_dir: Path, state: dict, kind: str, best: bool = False) -> None:
-    """Write ``checkpoint-last.pt`` (and ``-best.pt``) atomically."""
-    state = {"version": CHECKPOINT_VERSION, "kind": kind, **state}
-    atomic_torch_save(state, Path(run_dir) / LAST)
-    if best:
-        atomic_torch_save(state, Path(run_dir) / BEST)
-
-
-def load_checkpoint(path: Path, kind: str | None = None) -> dict:
-    """Load a retrain checkpoint (a file, or a run directory's ``checkpoint-last.pt``).
-
-    Raises:
-        CheckpointError: missing, unreadable, another format, or another kind of run.
-    """
-    path = Path(path)
-    if path.is_dir():
-        path = path / LAST
-    state = safe_torch_load(path)
-    if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION or "model" not in state:
-        raise CheckpointError(f"{path}: not a dnas-retrain checkpoint (version {CHECKPOINT_VERSION})")
-    if kind is not None and state.get("kind") != kind:
-        raise CheckpointError(f"{path}: a {state.get('kind')} checkpoint, expected {kind}")
-    return state
-
-
+# -- pretrained weights ------------------------------------------------------------------
 def read_weights(source: str | Path) -> tuple[dict, str]:
     """Weights to start from: an ``imagenet`` run (its ``final/model.pt``, else its last
     checkpoint, EMA weights preferred), a ``dnas-derive`` directory (``model.pt``), a
@@ -184,8 +130,9 @@ def load_pretrained(model: nn.Module, state: Mapping[str, torch.Tensor], source:
 
 
 # -- the training loop --------------------------------------------------------------------
-class Trainer:
-    """One retraining run; subclasses define the loss, the evaluation and extra state.
+class Trainer(Engine):
+    """One retraining run, a one-phase (``train``) user of :class:`dnas.engine.Engine`;
+    subclasses define the loss (:meth:`compute_loss`), the evaluation and extra state.
 
     Args:
         cfg: the resolved recipe.
@@ -197,86 +144,51 @@ class Trainer:
     """
 
     kind = "retrain"
-    best_key = "loss"
-    best_mode: str | None = None  # "max" / "min" best_key; None: "min" for a *loss key, else "max"
 
     def __init__(self, cfg: TrainConfig, rt: Runtime, data, net: nn.Module, global_batch: int,
                  progress: bool = True):
-        self.cfg, self.rt, self.data = cfg, rt, data
-        self.progress = progress and sys.stderr.isatty() and rt.is_main
-        self.net = net
-        self.model = prepare_model(net, rt, cfg.channels_last, cfg.compile)
+        super().__init__(cfg, rt, data, net, progress)
         self.base_lr = cfg.base_lr(global_batch)
-        self.opt = build_optimizer(cfg, self.net, self.base_lr)
+        opt = build_optimizer(cfg.optimizer, self.net, self.base_lr, cfg.weight_decay, momentum=cfg.momentum,
+                              nesterov=cfg.nesterov, betas=cfg.adam_betas, rmsprop_alpha=cfg.rmsprop_alpha,
+                              rmsprop_eps=cfg.rmsprop_eps)
+        self.add_optimizer("opt", opt, cfg.lr_schedule(self.base_lr), "lr")
+        self.add_phase(Phase("train", seeded_loader(data.train, data.train_sampler), data.train_sampler, ["opt"]))
         self.ema = ModelEma(self.net, cfg.ema_decay) if cfg.ema else None
-        self.sampler = data.train_sampler
-        self.loader = seeded_loader(data.train, self.sampler)
-        self.epoch, self.pos, self.step, self.bad_steps = 0, 0, 0, 0
-        self.best_metric, self.best_epoch, self.last_eval = -math.inf, -1, {}
-        self.acc: dict = {}
 
     # -- hooks -------------------------------------------------------------------------
     def compute_loss(self, images: torch.Tensor, targets: torch.Tensor, labels: torch.Tensor):
         """Returns ``(loss, {part: scalar}, correct count)``; ``targets`` may be soft (mixup)."""
         raise NotImplementedError
 
-    def evaluate(self) -> dict:
+    def evaluate_held_out(self) -> dict:
         raise NotImplementedError
 
     def evaluate_final(self, done: dict) -> dict:
-        """Extra metrics after the last epoch (``done``: what :meth:`evaluate` returned),
-        e.g. the test split of a Re-ID run."""
+        """Extra metrics after the last epoch (``done``: what :meth:`evaluate_held_out`
+        returned), e.g. the test split of a Re-ID run."""
         return {}
 
-    def selection_score(self, metrics: dict) -> float | None:
-        """The score checkpoint-best.pt maximises (``best_key``, negated for ``min``), or
-        ``None`` when the epoch's metrics lack it."""
-        if self.best_key not in metrics:
-            return None
-        v = float(metrics[self.best_key])
-        mode = self.best_mode or ("min" if self.best_key.endswith("loss") else "max")
-        return v if mode == "max" else -v
-
-    def extra_state(self) -> dict:
-        return {}
-
-    def load_extra_state(self, state: dict) -> None:
-        """Restore :meth:`extra_state`."""
-
-    def after_backward(self) -> None:
-        """Extra optimizer steps (e.g. the center-loss centers)."""
+    def evaluate(self, final: bool) -> dict:
+        ev = self.evaluate_held_out()
+        if final:
+            ev.update(self.evaluate_final(ev))
+        return ev
 
     @property
     def deploy_model(self) -> nn.Module:
         """The weights to evaluate and export (the EMA when enabled)."""
         return self.ema.module if self.ema is not None else self.net
 
-    # -- state -------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"model": self.net.state_dict(), "opt": self.opt.state_dict(),
-                "ema": self.ema.state_dict() if self.ema is not None else None,
-                "epoch": self.epoch, "pos": self.pos, "step": self.step, "bad_steps": self.bad_steps,
-                "best_metric": self.best_metric, "best_epoch": self.best_epoch, "last_eval": dict(self.last_eval),
-                "acc": dict(self.acc),
-                "rng": rng_state(), "sampler": self.sampler.state_dict(self.pos),
-                "num_classes": self.data.num_classes, **self.extra_state()}
+        return {**super().state_dict(), "ema": self.ema.state_dict() if self.ema is not None else None}
 
     def load_state_dict(self, state: dict) -> None:
-        if int(state["num_classes"]) != self.data.num_classes:
-            raise CheckpointError(f"checkpoint has {state['num_classes']} classes, the data have "
-                                  f"{self.data.num_classes}")
-        self.net.load_state_dict(state["model"])
-        self.opt.load_state_dict(state["opt"])
+        super().load_state_dict(state)
         if self.ema is not None:
             if not state.get("ema"):
                 raise CheckpointError("the checkpoint has no EMA weights but the recipe asks for ema")
             self.ema.load_state_dict(state["ema"])
-        self.epoch, self.pos, self.step = int(state["epoch"]), int(state["pos"]), int(state["step"])
-        self.bad_steps, self.best_metric = int(state["bad_steps"]), float(state["best_metric"])
-        self.best_epoch = int(state.get("best_epoch", -1))
-        self.last_eval, self.acc = dict(state["last_eval"]), dict(state["acc"])
-        set_rng_state(state["rng"])
-        self.load_extra_state(state)
 
     # -- one step ----------------------------------------------------------------------
     def _mixup(self, images: torch.Tensor, labels: torch.Tensor):
@@ -289,119 +201,13 @@ class Trainer:
         mb = mixup_batch(images, labels, self.data.num_classes, self.cfg.mixup_alpha, rng)
         return mb.images, mb.targets, labels if mb.lam >= 0.5 else labels[mb.perm]
 
-    def train_step(self, batch) -> None:
-        images = batch[0].to(self.rt.device, non_blocking=True)  # (B, 3, H, W)
-        labels = batch[1].to(self.rt.device, non_blocking=True)  # (B,)
-        if self.cfg.channels_last and self.rt.device.type == "cuda":
-            images = images.contiguous(memory_format=torch.channels_last)
+    def forward_loss(self, images: torch.Tensor, labels: torch.Tensor, phase: str) -> StepResult:
         images, targets, hard = self._mixup(images, labels)
-        with autocast(self.rt.device, self.cfg.amp):
-            loss, parts, correct = self.compute_loss(images, targets, hard)
-        finite = all_reduce_mean(torch.isfinite(loss.detach()).float(), self.rt)
-        a = self.acc
-        if float(finite) < 1.0:  # every rank skips together (DDP)
-            self.bad_steps += 1
-            a["skipped"] = a.get("skipped", 0.0) + 1
-            log.warning("epoch %d step %d: non-finite loss, step skipped (%d in a row)", self.epoch, self.pos,
-                        self.bad_steps)
-            if self.bad_steps >= self.cfg.max_bad_steps:
-                raise DnasError(f"{self.bad_steps} non-finite losses in a row at epoch {self.epoch}: "
-                                "lower lr, check the data, or disable amp")
-            return
-        self.bad_steps = 0
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.grad_clip)
-        self.opt.step()
-        self.after_backward()
+        return StepResult(*self.compute_loss(images, targets, hard))
+
+    def after_step(self, phase: str) -> None:
         if self.ema is not None:
             self.ema.update(self.net)
-        for k, v in {"loss": loss, **parts}.items():
-            a[k] = a.get(k, 0.0) + float(v.detach())
-        a["correct"] = a.get("correct", 0.0) + float(correct)
-        a["seen"] = a.get("seen", 0.0) + len(labels)
-        a["steps"] = a.get("steps", 0.0) + 1
-
-    def steps_in_epoch(self) -> int:
-        total = self.sampler.num_batches(self.epoch)
-        return min(total, self.cfg.max_steps_per_epoch) if self.cfg.max_steps_per_epoch else total
-
-    def run_epoch(self, on_step) -> None:
-        """Train from the current position to the end of the epoch."""
-        self.sampler.set_epoch(self.epoch, start_batch=self.pos)
-        total = self.steps_in_epoch()
-        if self.pos >= total:
-            return
-        self.net.train()
-        for batch in epoch_batches(self.loader, self.pos, total, f"epoch {self.epoch}", self.progress):
-            lr = self.cfg.lr_at(self.epoch + self.pos / max(total, 1), self.base_lr)
-            for g in self.opt.param_groups:
-                g["lr"] = lr
-            self.train_step(batch)
-            self.pos += 1
-            self.step += 1
-            on_step()
-
-    def end_epoch(self) -> dict:
-        """The epoch's training metrics (means over its steps)."""
-        a = self.acc
-        n = max(a.get("steps", 0.0), 1.0)
-        m = {k: v / n for k, v in a.items() if k not in ("correct", "seen", "steps", "skipped")}
-        m["train_acc"] = a.get("correct", 0.0) / max(a.get("seen", 0.0), 1.0)
-        m["lr"] = self.opt.param_groups[0]["lr"]
-        m["skipped_steps"] = a.get("skipped", 0.0)
-        return m
-
-
-# -- run directory -------------------------------------------------------------------------
-def fit(t: Trainer, run_dir: Path, curve_keys: list[str], summary_line) -> None:
-    """The epoch loop: train, close the epoch, evaluate, log, plot, checkpoint.
-
-    Args:
-        t: the trainer (possibly restored from a checkpoint).
-        run_dir: the run directory.
-        curve_keys: metrics plotted in ``plots/curves.png``.
-        summary_line: ``(epoch, metrics) -> str`` printed after every epoch.
-    """
-    import time
-
-    from dnas.runlog import RunLogger, plot_curves
-
-    cfg, rt = t.cfg, t.rt
-    logger = RunLogger(run_dir, enabled=rt.is_main)
-    logger.truncate(t.epoch)
-
-    def on_step() -> None:
-        if cfg.checkpoint_every and t.step % cfg.checkpoint_every == 0 and rt.is_main:
-            save_checkpoint(run_dir, t.state_dict(), t.kind)
-
-    while t.epoch < cfg.epochs:
-        t0 = time.time()
-        t.run_epoch(on_step)
-        metrics = t.end_epoch()
-        if rt.is_main and ((t.epoch + 1) % cfg.eval_every == 0 or t.epoch + 1 == cfg.epochs):
-            ev = t.evaluate()
-            if t.epoch + 1 == cfg.epochs:
-                ev.update(t.evaluate_final(ev))
-            t.last_eval = {**ev, "epoch": t.epoch}
-            metrics.update({k: v for k, v in t.last_eval.items() if k != "epoch"})
-        metrics["epoch_time_s"] = time.time() - t0
-        done = t.epoch
-        t.epoch, t.pos, t.acc = t.epoch + 1, 0, {}
-        if rt.is_main:
-            score = t.selection_score(metrics)
-            improved = score is not None and score > t.best_metric
-            if improved:
-                t.best_metric, t.best_epoch = score, done
-            logger.log_epoch(done, metrics)
-            (run_dir / "plots").mkdir(exist_ok=True)
-            plot_curves(logger.rows, curve_keys, run_dir / "plots" / "curves.png", f"{t.kind} {run_dir.name}")
-            save_checkpoint(run_dir, t.state_dict(), t.kind, best=improved)
-            print(summary_line(done, metrics), flush=True)
-        if rt.distributed:
-            torch.distributed.barrier()
-    logger.close()
 
 
 def export_final(t: Trainer, run_dir: Path, arch: dict, extra: dict) -> dict:

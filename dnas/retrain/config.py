@@ -10,7 +10,6 @@ x0.1 at epochs 40 and 70 of 120) and of FBNetV2-style ImageNet training.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
@@ -94,25 +93,18 @@ class TrainConfig:
         """``lr`` scaled linearly from ``lr_reference_batch`` to the global batch (0: unscaled)."""
         return self.lr * global_batch / self.lr_reference_batch if self.lr_reference_batch else self.lr
 
-    def lr_at(self, epoch: float, base: float) -> float:
-        """Learning rate at a fractional epoch: linear warm-up, then cosine or step decay.
+    def lr_schedule(self, base: float):
+        """The per-step learning rate (:class:`dnas.engine.LRSchedule`): linear warm-up from
+        ``warmup_factor * base``, then cosine or step decay.
 
         Args:
-            epoch: epochs done, fractional within an epoch.
             base: the peak learning rate (:meth:`base_lr`).
-
-        Returns:
-            The learning rate of the next step.
         """
-        if self.schedule == "cosine":
-            span = max(self.epochs - self.warmup_epochs, 1e-9)
-            t = min(max(epoch - self.warmup_epochs, 0.0) / span, 1.0)
-            lr = base * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
-        else:
-            lr = base * self.gamma ** sum(epoch >= m for m in self.milestones)
-        if self.warmup_epochs > 0 and epoch < self.warmup_epochs:
-            lr *= self.warmup_factor + (1 - self.warmup_factor) * epoch / self.warmup_epochs
-        return lr
+        from dnas.engine.optim import LRSchedule
+
+        return LRSchedule(base, self.schedule, epochs=self.epochs, warmup_epochs=self.warmup_epochs,
+                          warmup_factor=self.warmup_factor, milestones=tuple(self.milestones), gamma=self.gamma,
+                          min_lr_ratio=self.min_lr_ratio)
 
     def _checks(self) -> list[tuple[bool, str, str]]:
         return [

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from dnas.config import config_to_dict
 from dnas.errors import DnasError
 from dnas.losses import cross_entropy_smooth
-from dnas.retrain.common import Trainer, export_final, fit, load_checkpoint
+from dnas.engine import fit, load_checkpoint
+from dnas.retrain.common import Trainer, export_final
 from dnas.retrain.config import ImageNetConfig, apply_attention, load_arch, suffixed
 from dnas.runtime import Runtime, autocast, seed_everything, setup_runtime, teardown_runtime
 
@@ -74,8 +75,14 @@ class ImageNetTrainer(Trainer):
         loss = cross_entropy_smooth(logits, targets, self.cfg.label_smoothing)
         return loss, {}, (logits.argmax(1) == labels).sum()
 
+    def summary_line(self, epoch: int, m: dict) -> str:
+        parts = [f"epoch {epoch}/{self.cfg.epochs}", f"loss {m['loss']:.3f}", f"train acc {100 * m['train_acc']:.1f}"]
+        if "top1" in m:
+            parts.append(f"val top-1 {100 * m['top1']:.1f} top-5 {100 * m['top5']:.1f}")
+        return " | ".join(parts + [f"lr {m['lr']:.2e}", f"{m['epoch_time_s']:.1f}s"])
+
     @torch.no_grad()
-    def evaluate(self) -> dict:
+    def evaluate_held_out(self) -> dict:
         model = self.deploy_model
         was = model.training
         model.eval()
@@ -96,16 +103,6 @@ class ImageNetTrainer(Trainer):
         finally:
             model.train(was)
         return {"top1": correct1 / max(n, 1), "top5": correct5 / max(n, 1), "val_loss": loss / max(n, 1)}
-
-
-def _summary_line(epochs: int):
-    def line(epoch: int, m: dict) -> str:
-        parts = [f"epoch {epoch + 1}/{epochs}", f"loss {m['loss']:.3f}", f"train acc {100 * m['train_acc']:.1f}"]
-        if "top1" in m:
-            parts.append(f"val top-1 {100 * m['top1']:.1f} top-5 {100 * m['top5']:.1f}")
-        return " | ".join(parts + [f"lr {m['lr']:.2e}", f"{m['epoch_time_s']:.1f}s"])
-
-    return line
 
 
 def run_imagenet(cfg: ImageNetConfig, run_dir: Path, resume: bool = False, progress: bool = True,
@@ -144,7 +141,7 @@ def run_imagenet(cfg: ImageNetConfig, run_dir: Path, resume: bool = False, progr
         t = ImageNetTrainer(cfg, rt, data, build_model(arch), progress)
         if resume:
             t.load_state_dict(load_checkpoint(run_dir, KIND))
-            log.info("resumed %s at epoch %d, batch %d", run_dir, t.epoch, t.pos)
+            log.info("%s", t.resume_line(run_dir))
         if rt.is_main:
             from dnas.outputs import claim_run_dir
 
@@ -152,7 +149,7 @@ def run_imagenet(cfg: ImageNetConfig, run_dir: Path, resume: bool = False, progr
             atomic_write_yaml(run_dir / "config.yaml", config_to_dict(cfg))
             if not resume:
                 atomic_write_yaml(run_dir / "arch.yaml", arch)
-        fit(t, run_dir, CURVES, _summary_line(cfg.epochs))
+        fit(t, run_dir, CURVES, f"{KIND} {run_dir.name}")
         if rt.is_main:
             extra = {k: t.last_eval.get(k) for k in ("top1", "top5")}
             summary = export_final(t, run_dir, arch, {**extra, "data": cfg.data, "epochs": cfg.epochs,

@@ -36,9 +36,10 @@ import torch
 
 from dnas.config import config_to_dict
 from dnas.errors import DnasError
-from dnas.ib import IBTracker, evaluate_model_ib
-from dnas.losses import CenterLoss, batch_hard_triplet, cross_entropy_smooth
-from dnas.retrain.common import LAST, Trainer, export_final, fit, load_checkpoint, load_pretrained, read_weights
+from dnas.engine import LAST, fit, load_checkpoint
+from dnas.ib import evaluate_model_ib
+from dnas.losses import ReIDLoss
+from dnas.retrain.common import Trainer, export_final, load_pretrained, read_weights
 from dnas.retrain.config import ReIDConfig, apply_attention, load_arch, suffixed
 from dnas.runtime import Runtime, seed_everything, setup_runtime, teardown_runtime
 
@@ -83,63 +84,58 @@ class ReIDTrainer(Trainer):
         super().__init__(cfg, rt, data, net, cfg.batch_size * rt.world_size, progress)
         if data.validation is None:  # never select on the test split
             self.best_key, self.best_mode = "loss", "min"
-        self.ib = IBTracker(data.num_classes, temperature=cfg.ib_temperature)
-        self.center = self.center_opt = None
-        if cfg.center_weight > 0:
-            self.center = CenterLoss(data.num_classes, net.head.conv.conv.out_channels).to(rt.device)
-            self.center_opt = torch.optim.SGD(self.center.parameters(), lr=cfg.center_lr)
+        self.loss = ReIDLoss.from_config(cfg, data.num_classes, feat_dim=net.head.conv.conv.out_channels).to(rt.device)
+        self.center_opt = None
+        if self.loss.center is not None:
+            self.center_opt = torch.optim.SGD(self.loss.center.parameters(), lr=cfg.center_lr)
 
     def compute_loss(self, images, targets, labels):
-        cfg = self.cfg
         out = self.model(images, return_features=True)
-        logits, feat, x = out["logits"].float(), out["global_feat"].float(), out["ib_input"].float()
-        ce = cross_entropy_smooth(logits, targets, cfg.label_smoothing)
-        tri = batch_hard_triplet(feat, labels, cfg.triplet_margin, soft_margin=cfg.soft_margin)
-        if cfg.use_ibb:
-            ibb = self.ib.step(feat, x, labels)
-        else:  # the IB loss and bound are still reported
-            with torch.no_grad():
-                ibb = self.ib.step(feat.detach(), x.detach(), labels)
-        loss = ce + cfg.triplet_weight * tri + (cfg.ib_eta * ibb if cfg.use_ibb else 0.0)
-        parts = {"ce": ce, "triplet": tri, "ibb": ibb}
-        if self.center is not None:
-            parts["center"] = self.center(feat, labels)
-            loss = loss + cfg.center_weight * parts["center"]
-        return loss, parts, (logits.argmax(1) == labels).sum()
+        loss, parts = self.loss(out, targets, labels)
+        return loss, parts, (out["logits"].argmax(1) == labels).sum()
 
-    def after_backward(self) -> None:
-        if self.center is None:
-            return
-        for p in self.center.parameters():  # centers learn at center_lr whatever the weight
-            if p.grad is not None:
-                p.grad.mul_(1.0 / self.cfg.center_weight)
-                if self.rt.distributed:
-                    from dnas.runtime import all_reduce_mean
+    def after_step(self, phase: str) -> None:
+        if self.center_opt is not None:
+            for p in self.loss.center.parameters():  # centers learn at center_lr whatever the weight
+                if p.grad is not None:
+                    p.grad.mul_(1.0 / self.cfg.center_weight)
+                    if self.rt.distributed:
+                        from dnas.runtime import all_reduce_mean
 
-                    p.grad.copy_(all_reduce_mean(p.grad, self.rt))
-        self.center_opt.step()
-        self.center_opt.zero_grad(set_to_none=True)
+                        p.grad.copy_(all_reduce_mean(p.grad, self.rt))
+            self.center_opt.step()
+            self.center_opt.zero_grad(set_to_none=True)
+        super().after_step(phase)
 
     def extra_state(self) -> dict:
-        state = {"ib": self.ib.state_dict()}
-        if self.center is not None:
-            state["center"] = {"model": self.center.state_dict(), "opt": self.center_opt.state_dict()}
-        return state
+        return {"loss": self.loss.state_dict(),
+                "center_opt": self.center_opt.state_dict() if self.center_opt is not None else None}
 
     def load_extra_state(self, state: dict) -> None:
-        self.ib.load_state_dict(state["ib"])
-        self.ib.to(self.rt.device)
-        if self.center is not None:
-            if not state.get("center"):
-                raise DnasError("the checkpoint has no center-loss state but the recipe sets center_weight > 0")
-            self.center.load_state_dict(state["center"]["model"])
-            self.center_opt.load_state_dict(state["center"]["opt"])
+        if self.center_opt is not None and not state.get("center_opt"):
+            raise DnasError("the checkpoint has no center-loss state but the recipe sets center_weight > 0")
+        self.loss.load_state_dict(state["loss"])
+        self.loss.to(self.rt.device)
+        if self.center_opt is not None:
+            self.center_opt.load_state_dict(state["center_opt"])
 
     def end_epoch(self) -> dict:
         m = super().end_epoch()
-        s = self.ib.end_epoch()
+        s = self.loss.ib.end_epoch()
         m.update(ib_loss=s["ib"], ibb_epoch=s["ibb"], i_xf=s["i_xf"], i_fy=s["i_fy"])
         return m
+
+    def summary_line(self, epoch: int, m: dict) -> str:
+        parts = [f"epoch {epoch}/{self.cfg.epochs}", f"loss {m['loss']:.3f}", f"ce {m['ce']:.3f}",
+                 f"tri {m['triplet']:.3f}"]
+        if not math.isnan(m.get("ibb_epoch", math.nan)):
+            parts.append(f"ibb {m['ibb_epoch']:.3f} ib {m['ib_loss']:.3f}")
+        for split in ("val", "test"):
+            if f"{split}_mAP" in m:
+                parts.append(f"{split} mAP {100 * m[f'{split}_mAP']:.1f} R1 {100 * m[f'{split}_rank1']:.1f} "
+                             f"mINP {100 * m[f'{split}_mINP']:.1f}"
+                             + (f" ({m[f'{split}_num_skipped']} skipped)" if m.get(f"{split}_num_skipped") else ""))
+        return " | ".join(parts + [f"lr {m['lr']:.2e}", f"{m['epoch_time_s']:.1f}s"])
 
     def evaluate_split(self, split: str, model=None, rerank: bool = False) -> dict:
         """``val_*`` or ``test_*`` metrics of ``model`` (default: the deploy weights);
@@ -152,7 +148,7 @@ class ReIDTrainer(Trainer):
                                       self.rt.device, max_queries=self.cfg.eval_max_queries,
                                       flip=self.cfg.eval_flip, rerank=rerank), split)
 
-    def evaluate(self) -> dict:
+    def evaluate_held_out(self) -> dict:
         out = self.evaluate_split("val") if self.data.validation is not None else {}
         if self.cfg.eval_test_every_epoch:
             out.update(self.evaluate_split("test"))
@@ -164,22 +160,6 @@ class ReIDTrainer(Trainer):
         if self.cfg.rerank:  # the plain test figures exist (eval_test_every_epoch): only re-ranking
             return {k: v for k, v in self.evaluate_split("test", rerank=True).items() if "_rerank_" in k}
         return {}
-
-
-def _summary_line(epochs: int):
-    def line(epoch: int, m: dict) -> str:
-        parts = [f"epoch {epoch + 1}/{epochs}", f"loss {m['loss']:.3f}", f"ce {m['ce']:.3f}",
-                 f"tri {m['triplet']:.3f}"]
-        if not math.isnan(m.get("ibb_epoch", math.nan)):
-            parts.append(f"ibb {m['ibb_epoch']:.3f} ib {m['ib_loss']:.3f}")
-        for split in ("val", "test"):
-            if f"{split}_mAP" in m:
-                parts.append(f"{split} mAP {100 * m[f'{split}_mAP']:.1f} R1 {100 * m[f'{split}_rank1']:.1f} "
-                             f"mINP {100 * m[f'{split}_mINP']:.1f}"
-                             + (f" ({m[f'{split}_num_skipped']} skipped)" if m.get(f"{split}_num_skipped") else ""))
-        return " | ".join(parts + [f"lr {m['lr']:.2e}", f"{m['epoch_time_s']:.1f}s"])
-
-    return line
 
 
 def prepare_reid(cfg: ReIDConfig, run_dir: Path, rt: Runtime, resume: bool, progress: bool):
@@ -213,7 +193,7 @@ def prepare_reid(cfg: ReIDConfig, run_dir: Path, rt: Runtime, resume: bool, prog
     t = ReIDTrainer(cfg, rt, data, net, progress)
     if resume:
         t.load_state_dict(load_checkpoint(run_dir, KIND))
-        log.info("resumed %s at epoch %d, batch %d", run_dir, t.epoch, t.pos)
+        log.info("%s", t.resume_line(run_dir))
     return t, arch, report
 
 
@@ -252,7 +232,7 @@ def run_reid(cfg: ReIDConfig, run_dir: Path, resume: bool = False, progress: boo
                 atomic_write_yaml(run_dir / "arch.yaml", arch)
                 if report is not None:
                     atomic_write_json(run_dir / "pretrained.json", report)
-        fit(t, run_dir, CURVES, _summary_line(cfg.epochs))
+        fit(t, run_dir, CURVES, f"{KIND} {run_dir.name}")
         if rt.is_main:
             last = _last_row(run_dir)
             extra = _protocol_summary(t, arch, run_dir)
@@ -284,7 +264,7 @@ def _protocol_summary(t: ReIDTrainer, arch: dict, run_dir: Path) -> dict:
     out: dict = {**{k: test[k] for k in ("mAP", "rank1", "rank5", "rank10", "mINP")},
                  "metrics_split": "test query/gallery, final weights (after the last epoch)",
                  "test": {**test, "weights": "final"}}
-    best = {"epoch": t.best_epoch if t.best_epoch >= 0 else None, "selected_by": t.best_key,
+    best = {"epoch": t.best_epoch, "selected_by": t.best_key,
             "split": "validation (training ids held out)" if t.data.validation is not None
             else "training loss (no validation split)"}
     rows = {int(r["epoch"]): r for r in _read_rows(run_dir)}

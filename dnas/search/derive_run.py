@@ -35,7 +35,7 @@ def top_k_indices(net: Supernet, k: int) -> list[tuple[float, dict]]:
 
 def _load_run(run_dir: Path, checkpoint: str) -> tuple[Supernet, object]:
     from dnas.config import load_config
-    from dnas.search.checkpoint import load_checkpoint
+    from dnas.engine import load_checkpoint
     from dnas.search.config import SearchConfig
 
     from dnas.outputs import require_kind
@@ -46,7 +46,7 @@ def _load_run(run_dir: Path, checkpoint: str) -> tuple[Supernet, object]:
     if not (run_dir / "config.yaml").is_file():
         raise DnasError(f"{run_dir}: not a dnas-search run directory (no config.yaml)")
     cfg = load_config(SearchConfig, run_dir / "config.yaml")
-    state = load_checkpoint(run_dir, checkpoint)
+    state = load_checkpoint(run_dir, "search", which=checkpoint)
     net = Supernet(cfg.load_space(), num_classes=int(state["num_classes"]), bnneck=cfg.bnneck)
     try:
         net.load_state_dict(state["model"])

@@ -15,24 +15,21 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
-import time
 from pathlib import Path
 
-import torch
 
 from dnas.config import config_to_dict
 from dnas.errors import DnasError
 from dnas.ib import evaluate_model_ib
 from dnas.io import atomic_write_yaml
-from dnas.runlog import RunLogger, plot_curves, read_csv_rows, write_csv_rows
+from dnas.runlog import read_csv_rows
 from dnas.runtime import Runtime, setup_runtime, teardown_runtime
-from dnas.search.checkpoint import load_checkpoint, save_checkpoint
+from dnas.engine import fit, load_checkpoint
 from dnas.search.config import SearchConfig
-from dnas.search.history import arch_probability_row, plot_arch_heatmaps
 from dnas.search.loop import Searcher
 
 log = logging.getLogger(__name__)
+CURVES = ["weights_loss", "arch_loss", "ibb_epoch", "ib_loss", "expected_latency_ms", "val_mAP", "test_mAP", "tau"]
 
 
 def build_search_data(cfg: SearchConfig, rt: Runtime):
@@ -147,12 +144,12 @@ def run_search(cfg: SearchConfig, run_dir: Path, resume: bool = False, progress:
         cfg = dataclasses.replace(cfg, latency_source=cost.source)
         s = Searcher(cfg, run_dir, rt, data, cost.model, progress=progress)
         if resume:
-            s.load_state_dict(load_checkpoint(run_dir))
-            log.info("resumed %s at epoch %d, %s phase, batch %d", run_dir, s.epoch, s.phase, s.pos)
+            s.load_state_dict(load_checkpoint(run_dir, Searcher.kind))
+            log.info("%s", s.resume_line(run_dir))
         if rt.is_main:  # every input is valid: only now the run directory is made (or replaced)
             claim_run_dir(run_dir, "search-run", replace=overwrite and not resume)
             atomic_write_yaml(run_dir / "config.yaml", config_to_dict(cfg))
-        _loop(s, cfg, run_dir, rt)
+        fit(s, run_dir, CURVES, f"search {run_dir.name}")
         if rt.distributed:
             _check_ranks_agree(s, run_dir, rt)
         if rt.is_main:
@@ -161,50 +158,6 @@ def run_search(cfg: SearchConfig, run_dir: Path, resume: bool = False, progress:
     finally:
         teardown_runtime(rt)
     return run_dir
-
-
-def _loop(s: Searcher, cfg: SearchConfig, run_dir: Path, rt: Runtime) -> None:
-    logger = RunLogger(run_dir, enabled=rt.is_main)
-    logger.truncate(s.epoch)
-    history = [r for r in read_csv_rows(run_dir / "arch_history.csv") if int(r["epoch"]) < s.epoch]
-
-    def on_step() -> None:
-        if cfg.checkpoint_every and s.step % cfg.checkpoint_every == 0 and rt.is_main:
-            save_checkpoint(run_dir, s.state_dict())
-
-    while s.epoch < cfg.epochs:
-        t0 = time.time()
-        if s.phase == "weights":
-            s.run_phase("weights", on_step)
-            s.phase, s.pos = "arch", 0
-        if s.epoch >= cfg.warmup_epochs:
-            s.run_phase("arch", on_step)
-        metrics = s.end_epoch()
-        if rt.is_main and ((s.epoch + 1) % cfg.eval_every == 0 or s.epoch + 1 == cfg.epochs):
-            metrics.update(_held_out(s, cfg, rt, test=cfg.eval_test_every_epoch or s.epoch + 1 == cfg.epochs))
-        metrics["epoch_time_s"] = time.time() - t0
-        done_epoch = s.epoch
-        s.epoch, s.phase, s.pos = s.epoch + 1, "weights", 0
-        s.acc = s._new_accumulators()
-        improved = False
-        if rt.is_main:
-            key = _selection_score(s, cfg, metrics, done_epoch)
-            improved = key is not None and key > s.best_metric
-            if improved:
-                s.best_metric = key
-            logger.log_epoch(done_epoch, metrics)
-            history.append({"epoch": done_epoch, **arch_probability_row(s.net)})
-            write_csv_rows(run_dir / "arch_history.csv", history)
-            (run_dir / "plots").mkdir(exist_ok=True)
-            plot_arch_heatmaps(history, s.net, run_dir / "plots" / "arch_heatmap.png")
-            plot_curves(logger.rows, ["weights_loss", "arch_loss", "ibb_epoch", "ib_loss", "expected_latency_ms",
-                                      "val_mAP", "test_mAP", "tau"], run_dir / "plots" / "curves.png",
-                        f"search {run_dir.name}")
-            save_checkpoint(run_dir, s.state_dict(), best=improved)
-            print(_summary_line(done_epoch, cfg.epochs, metrics), flush=True)
-        if rt.distributed:
-            torch.distributed.barrier()
-    logger.close()
 
 
 def _check_ranks_agree(s: Searcher, run_dir: Path, rt: Runtime) -> None:
@@ -227,33 +180,6 @@ def _check_ranks_agree(s: Searcher, run_dir: Path, rt: Runtime) -> None:
         raise DnasError(f"architecture parameters differ between ranks: {[e['arch_sha256'][:12] for e in every]}")
 
 
-def _selection_score(s: Searcher, cfg: SearchConfig, metrics: dict, epoch: int) -> float | None:
-    """What checkpoint-best maximises: ``val_mAP``; without a validation split, minus the
-    arch-split loss (after the warm-up); never a test figure. ``None``: not this epoch."""
-    if s.data.validation is not None:
-        return metrics.get("val_mAP")
-    return -metrics["arch_loss"] if epoch >= cfg.warmup_epochs else None
-
-
-def _held_out(s: Searcher, cfg: SearchConfig, rt: Runtime, test: bool) -> dict:
-    """``val_*`` metrics (the validation split) and, with ``test``, ``test_*`` metrics."""
-    from dnas.evaluation import evaluate_reid, prefixed
-
-    # NOTE: the supernet is evaluated under its expected architecture (softmax of the logits):
-    # that is the mixture its weights and BN statistics were trained on; a one-hot argmax
-    # subnet needs retraining (dnas-retrain) before its accuracy means anything.
-    with torch.no_grad():
-        choice = s.net.probs_choice()
-    out: dict = {}
-    splits = [("val", s.data.val_query, s.data.val_gallery)] if s.data.validation is not None else []
-    if test:
-        splits.append(("test", s.data.query, s.data.gallery))
-    for name, query, gallery in splits:
-        out.update(prefixed(evaluate_reid(s.net, query, gallery, rt.device, max_queries=cfg.eval_max_queries,
-                                          choice=choice), name))
-    return out
-
-
 def _write_summary(s: Searcher, cfg: SearchConfig, run_dir: Path) -> None:
     """``summary.json``: the final test figures, the selected epoch, and which split is which."""
     from dnas.io import atomic_write_json
@@ -263,7 +189,7 @@ def _write_summary(s: Searcher, cfg: SearchConfig, run_dir: Path) -> None:
     key = "val_mAP" if s.data.validation is not None else "arch_loss"
     scored = [r for r in rows if r.get(key) not in (None, "")]
     if key == "arch_loss":
-        scored = [r for r in scored if int(r["epoch"]) >= cfg.warmup_epochs]
+        scored = [r for r in scored if int(r["epoch"]) > cfg.warmup_epochs]  # epochs from 1
     best = (max(scored, key=lambda r: float(r[key])) if key == "val_mAP"
             else min(scored, key=lambda r: float(r[key]))) if scored else {}
     pick = {k: _num(k, v) for k, v in best.items() if (k.startswith("val_") or k == key) and v not in (None, "")}
@@ -302,18 +228,3 @@ LATENCY_NOTES = {
 def _num(key: str, v) -> float | int:
     """A metrics.csv cell as a number (counts as ints)."""
     return int(float(v)) if "num_" in key else float(v)
-
-
-def _summary_line(epoch: int, epochs: int, m: dict) -> str:
-    parts = [f"epoch {epoch + 1}/{epochs}", f"loss w {m['weights_loss']:.3f} a {m['arch_loss']:.3f}",
-             f"ce {m['weights_ce']:.3f}", f"tri {m['weights_triplet']:.3f}"]
-    if not math.isnan(m.get("ibb_epoch", float("nan"))):
-        parts.append(f"ibb {m['ibb_epoch']:.3f} ib {m['ib_loss']:.3f}")
-    if "expected_latency_ms" in m:
-        parts.append(f"lat {m['expected_latency_ms']:.3f} ms")
-    for split in ("val", "test"):
-        if f"{split}_mAP" in m:
-            parts.append(f"{split} mAP {100 * m[f'{split}_mAP']:.1f} R1 {100 * m[f'{split}_rank1']:.1f}"
-                         + (f" ({m[f'{split}_num_skipped']} skipped)" if m.get(f"{split}_num_skipped") else ""))
-    parts += [f"tau {m['tau']:.2f}", f"{m['epoch_time_s']:.1f}s"]
-    return " | ".join(parts)
