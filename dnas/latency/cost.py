@@ -2,22 +2,22 @@
 (LAT in the search loss, paper eq. 5; docs/method.md section 5; FBNet's LUT cost).
 
 For option weights ``p`` (Gumbel-softmax samples or softmax probabilities: an
-:class:`dnas.models.ArchChoice`)::
+:class:`dnas.models.ArchChoice`, ``{axis: [weights per unit]}``)::
 
-    E[LAT] = stem + classifier
-           + sum_g  p_g . (sum of DCS modules of group g + head if g is the last group)
-           + sum_{blocks b inside a group g}  sum_{k,e} p_g[k] p_b[e] T_b[k, e]
-           + sum_{first blocks b of a group}  sum_{i,e,o} p_in[i] p_b[e] p_out[o] T_b[i, e, o]
+    E[LAT] = sum over modules m of  sum_{i,j,...}  p_{a1}[i] p_{a2}[j] ...  T_m[i, j, ...]
 
-where ``T_b`` holds the table latencies of block ``b`` over its width options
-(``in == out`` inside a group) and mid options, ``p_in`` is the previous group's width
-distribution (the stem width is fixed). Since the factors are independent choices,
-this is the exact expectation of the table sum of the sampled architecture; with a
-one-hot choice it equals the table sum of that derived architecture.
+where ``T_m`` holds the table latencies of module ``m`` over the options of the axes
+its key depends on (:func:`dnas.latency.keys.module_slots`): nothing for the stem and
+the classifier, the group's width for DCS modules and the head, and for a block its
+input width (fixed after the stem), its expansion, each op-kwarg axis of the space (the
+``kernel`` axis) and its output width (one width axis when input and output share a
+group). Since the factors are independent choices and no factor appears twice in one
+module, this is the exact expectation of the table sum of the sampled architecture;
+with a one-hot choice it equals the table sum of that derived architecture.
 
-All tables are gathered once (:class:`LatencyModel`); a call is a handful of einsums
-(blocks of a group with the same number of mid options are stacked) and moves the
-tensors to the choice's device on first use.
+All tables are gathered once (:class:`LatencyModel`); modules whose tables have the same
+shape over the same axis kinds are stacked, so a call is a handful of einsums, and
+moves the tensors to the choice's device on first use.
 """
 from __future__ import annotations
 
@@ -62,9 +62,7 @@ class LatencyModel:
         self.bnneck = space.bnneck if bnneck is None else bool(bnneck)
         self.calibrated = calibrated
         const = torch.zeros((), dtype=torch.float64)
-        group_vec = [torch.zeros(len(o), dtype=torch.float64) for o in space.group_options]
-        same: dict[tuple[int, int], list[tuple[int, torch.Tensor]]] = {}
-        self._cross: list[tuple[int | None, int, int, torch.Tensor]] = []
+        stacks: dict[tuple, list[tuple[tuple, torch.Tensor]]] = {}
         for slot in module_slots(space, self.attention, self.num_classes, self.bnneck):
             try:
                 lat = _lookup(table, slot.entries)
@@ -74,20 +72,19 @@ class LatencyModel:
                 raise LatencyTableError(f"{exc}; the table covers num_classes {table.meta.get('num_classes')}: "
                                         f"profile with --num-classes {self.num_classes}, or pass num_classes=0 "
                                         "to leave the classifier out") from None
-            if not slot.axes:
+            factors = [(axis, unit) for axis, unit in slot.axes if axis != "fixed"]
+            lat = lat.reshape([n for n, (axis, _) in zip(lat.shape, slot.axes) if axis != "fixed"])
+            if not factors:
                 const = const + lat
-            elif slot.kind in ("dcs", "head"):
-                group_vec[slot.axes[0][1]] += lat  # (K_g,)
-            elif len(slot.axes) == 2:  # block inside a group: (K, E)
-                g, b = slot.axes[0][1], slot.axes[1][1]
-                same.setdefault((g, lat.shape[1]), []).append((b, lat))
-            else:  # first block of a group: (K_in, E, K_out)
-                gin = slot.axes[0][1] if slot.axes[0][0] == "width" else None
-                self._cross.append((gin, slot.axes[1][1], slot.axes[2][1], lat))
+                continue
+            if len(set(factors)) != len(factors):
+                raise ValueError(f"module {slot.name}: axes {factors} repeat (the product would not be an expectation)")
+            signature = (tuple(axis for axis, _ in factors), tuple(lat.shape))
+            stacks.setdefault(signature, []).append((tuple(factors), lat))
         self._const = const
-        self._group_vec = group_vec
-        self._same = [(g, [b for b, _ in items], torch.stack([t for _, t in items]))  # (n, K, E)
-                      for (g, _), items in same.items()]
+        # (axis names, [(axis, unit) per module and factor], (n, *shape) latencies)
+        self._stacks = [(names, [f for f, _ in items], torch.stack([t for _, t in items]))
+                        for (names, _), items in stacks.items()]
         self._device_cache: dict[tuple, dict] = {}
 
     @classmethod
@@ -104,34 +101,32 @@ class LatencyModel:
             def mv(t: torch.Tensor) -> torch.Tensor:
                 return t.to(device=device, dtype=dtype)
 
-            self._device_cache[key] = {
-                "const": mv(self._const), "group_vec": [mv(v) for v in self._group_vec],
-                "same": [(g, idx, mv(t)) for g, idx, t in self._same],
-                "cross": [(gi, b, go, mv(t)) for gi, b, go, t in self._cross],
-            }
+            self._device_cache[key] = {"const": mv(self._const),
+                                       "stacks": [(names, f, mv(t)) for names, f, t in self._stacks]}
         return self._device_cache[key]
 
     def expected_ms(self, choice, calibrated: bool | None = None) -> torch.Tensor:
         """Expected latency (ms) under ``choice``, differentiable w.r.t. its weights.
 
         Args:
-            choice: an :class:`dnas.models.ArchChoice` (``width``: one (K_g,) tensor per
-                width group, ``expansion``: one (E_b,) tensor per block).
+            choice: an :class:`dnas.models.ArchChoice` or any mapping ``{axis: [weights
+                per unit]}`` over the space's axes (``width``: one (K_g,) tensor per
+                width group, ``expansion``: one (E_b,) tensor per block, ...).
             calibrated: override the model's ``calibrated`` setting.
 
         Returns:
             A scalar tensor on the choice's device and dtype.
         """
-        pw, pe = choice.width, choice.expansion
-        t = self._tensors(pw[0].device, pw[0].dtype)
+        first = choice["width"][0]
+        t = self._tensors(first.device, first.dtype)
         total = t["const"]
-        for g, vec in enumerate(t["group_vec"]):
-            total = total + pw[g] @ vec
-        for g, idx, lat in t["same"]:
-            total = total + torch.einsum("k,nke,ne->", pw[g], lat, torch.stack([pe[b] for b in idx]))
-        for gin, b, gout, lat in t["cross"]:
-            p_in = pw[gin] if gin is not None else lat.new_ones(1)
-            total = total + torch.einsum("i,e,o,ieo->", p_in, pe[b], pw[gout], lat)
+        for names, factors, lat in t["stacks"]:  # lat: (n, K_1, ..., K_r)
+            weights = [torch.stack([choice[axis][unit] for axis, unit in (f[i] for f in factors)])  # (n, K_i)
+                       for i in range(len(names))]
+            operands = [lat, [0, *range(1, len(names) + 1)]]
+            for i, w in enumerate(weights, 1):
+                operands += [w, [0, i]]
+            total = total + torch.einsum(*operands, [])
         use_cal = self.calibrated if calibrated is None else calibrated
         return self.table.calibrate(total) if use_cal else total
 
@@ -143,7 +138,7 @@ class LatencyModel:
         return derived_entries(arch, self.attention, self.num_classes, self.bnneck)
 
     def arch_ms(self, indices: dict, calibrated: bool | None = None) -> float:
-        """Table sum (ms) of the derived architecture ``{"width": [...], "expansion": [...]}``.
+        """Table sum (ms) of the derived architecture of index choices ``{axis: [index per unit]}``.
 
         Computed from the derived arch's own entries (not the tensors above), so it
         checks :meth:`expected_ms` with a one-hot choice.

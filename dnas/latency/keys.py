@@ -10,16 +10,22 @@ input resolution ``res`` (``HxW``)::
 
     stem/in_chs=3/out_chs=16/stride=2/kernel_size=3/res=256x128
     block/op=ir/in_chs=16/mid_chs=48/out_chs=24/stride=2/res=128x64
+    block/op=ir/in_chs=16/mid_chs=48/out_chs=24/stride=2/kernel_size=5/res=128x64
     dcs/attention=dcs/form=linear/in_chs=24/res=64x32   # or attention=self; form=softmax
     head/in_chs=216/out_chs=1984/res=8x4          # conv1x1 + BN + ReLU + global pool
     classifier/in_chs=1984/out_chs=751/bnneck=0   # optional BNNeck + Linear
 
+A block key carries the op's keyword arguments (:mod:`dnas.space.op_specs`, e.g. the
+depthwise ``kernel_size``) after ``stride`` where they differ from the op's default, so
+the keys of spaces that never set them are the keys they always had.
+
 Kinds and entry counts: a block whose input and output belong to the same width group
 has ``in_chs == out_chs`` in every architecture, so it is keyed on (width, mid) only
 (``K * E`` entries); the first block of a group is keyed on (in, mid, out)
-(``K_in * E * K_out``). Blocks with identical keys (the repeats of a row) share
-entries. DCS-Attention modules are keyed by their group's width, the head by the last
-group's width. Nothing here imports torch.
+(``K_in * E * K_out``); every op-kwarg axis of the space multiplies a block's entries
+by its option count. Blocks with identical keys (the repeats of a row) share entries.
+DCS-Attention modules are keyed by their group's width, the head by the last group's
+width. Nothing here imports torch.
 """
 from __future__ import annotations
 
@@ -28,6 +34,7 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from dnas.errors import LatencyTableError
+from dnas.space.op_specs import OP_SPECS
 from dnas.space.schema import resolve_attention
 
 KINDS = ("stem", "block", "dcs", "head", "classifier")
@@ -38,8 +45,33 @@ KIND_FIELDS: dict[str, tuple[str, ...]] = {
     "head": ("in_chs", "out_chs", "res"),
     "classifier": ("in_chs", "out_chs", "bnneck"),
 }
+# op keyword arguments a block key may carry, in key order (after "stride"), when not the default
+BLOCK_KWARG_FIELDS: tuple[str, ...] = tuple(dict.fromkeys(k.name for spec in OP_SPECS.values() for k in spec.kwargs))
 STRING_FIELDS = ("op", "attention", "form")
-BLOCK_KERNEL = 3  # depthwise kernel of every bottleneck (Tables III/IV)
+BLOCK_KERNEL = 3  # default depthwise kernel of a bottleneck (Tables III/IV); a key names any other
+
+
+def _field_order(kind: str, present: Iterable[str]) -> tuple[str, ...]:
+    """The fields of a key of ``kind`` in key order: the required ones and the optional present ones."""
+    names = KIND_FIELDS[kind]
+    if kind != "block":
+        return names
+    extra = tuple(n for n in BLOCK_KWARG_FIELDS if n in set(present))
+    return names[:-1] + extra + names[-1:]  # op kwargs between stride and res
+
+
+def _drop_defaults(kind: str, fields: dict) -> dict:
+    """Block fields without the op keyword arguments that equal the op's default."""
+    if kind != "block" or fields.get("op") not in OP_SPECS:
+        return fields
+    spec = OP_SPECS[fields["op"]]
+    return {n: v for n, v in fields.items()
+            if n not in BLOCK_KWARG_FIELDS or spec.kwarg(n) is None or v != spec.kwarg(n).default}
+
+
+def block_op_kwargs(fields: dict) -> dict:
+    """The op keyword arguments of a block key's fields (``mid_chs`` and those the key carries)."""
+    return {"mid_chs": fields["mid_chs"], **{n: fields[n] for n in BLOCK_KWARG_FIELDS if n in fields}}
 
 
 def _fmt(name: str, value: object) -> str:
@@ -62,8 +94,10 @@ def latency_key(kind: str, **fields: object) -> str:
 
     Args:
         kind: one of :data:`KINDS`.
-        **fields: exactly the fields :data:`KIND_FIELDS` lists for ``kind``; ``res``
-            is an ``(H, W)`` pair (the module's input resolution).
+        **fields: exactly the fields :data:`KIND_FIELDS` lists for ``kind`` (a block
+            may add op keyword arguments of :data:`BLOCK_KWARG_FIELDS`; one equal to the
+            op's default is left out); ``res`` is an ``(H, W)`` pair (the module's input
+            resolution).
 
     Returns:
         ``kind/name=value/...`` with the fields in their fixed order.
@@ -71,9 +105,11 @@ def latency_key(kind: str, **fields: object) -> str:
     if kind not in KIND_FIELDS:
         raise ValueError(f"latency key kind {kind!r}: expected one of {', '.join(KINDS)}")
     names = KIND_FIELDS[kind]
-    if set(fields) != set(names):
+    optional = set(BLOCK_KWARG_FIELDS) if kind == "block" else set()
+    if not set(names) <= set(fields) <= set(names) | optional:
         raise ValueError(f"latency key {kind}: fields {sorted(fields)}, expected {list(names)}")
-    return "/".join([kind] + [f"{n}={_fmt(n, fields[n])}" for n in names])
+    fields = _drop_defaults(kind, fields)
+    return "/".join([kind] + [f"{n}={_fmt(n, fields[n])}" for n in _field_order(kind, fields)])
 
 
 def parse_key(key: str) -> tuple[str, dict[str, object]]:
@@ -93,7 +129,7 @@ def parse_key(key: str) -> tuple[str, dict[str, object]]:
             fields[name] = text
         else:
             fields[name] = int(text)
-    if tuple(fields) != KIND_FIELDS[kind]:
+    if tuple(fields) != _field_order(kind, fields) or _drop_defaults(kind, fields) != fields:
         raise LatencyTableError(f"latency key {key!r}: fields {list(fields)}, expected {list(KIND_FIELDS[kind])}")
     return kind, fields
 
@@ -121,9 +157,11 @@ class Entry:
 
 
 def make_entry(kind: str, input_shape: Sequence[int], **fields: object) -> Entry:
-    """An :class:`Entry` with its fields in key order (validated by :func:`latency_key`)."""
+    """An :class:`Entry` with its fields in key order (validated by :func:`latency_key`;
+    op keyword arguments equal to the op's default left out)."""
     latency_key(kind, **fields)
-    return Entry(kind, tuple((n, fields[n]) for n in KIND_FIELDS[kind]), tuple(int(v) for v in input_shape))
+    fields = _drop_defaults(kind, fields)
+    return Entry(kind, tuple((n, fields[n]) for n in _field_order(kind, fields)), tuple(int(v) for v in input_shape))
 
 
 def conv_out(size: int, kernel_size: int, stride: int) -> int:
@@ -139,7 +177,9 @@ class ModuleSlot:
         kind: entry kind.
         name: ``stem``, ``blocks.i``, ``dcs.<row>``, ``head`` or ``classifier``.
         axes: what each option axis indexes: ``("width", g)`` (a width group),
-            ``("expansion", b)`` (a block's mid options); empty for fixed modules.
+            ``("expansion", b)`` (a block's mid options), ``("kernel", b)`` (a block's
+            options of an op-kwarg axis), ``("fixed", 0)`` (a single option: the stem
+            width); empty for fixed modules. No ``(axis, unit)`` pair appears twice.
         entries: nested by axes: ``entries[i][j]...`` is an :class:`Entry`.
     """
 
@@ -149,22 +189,39 @@ class ModuleSlot:
     entries: object
 
 
-def _block_slot(b, res: tuple[int, int], stem_chs: int) -> ModuleSlot:
-    """Slot of a block: (width, mid) when in/out share a group, else (in, mid, out)."""
+def _grid(dims: Sequence[Sequence], make, chosen: tuple = ()) -> object:
+    """Nested lists over the option lists ``dims``: ``make(*options)`` at the leaves."""
+    if len(chosen) == len(dims):
+        return make(*chosen)
+    return [_grid(dims, make, chosen + (v,)) for v in dims[len(chosen)]]
+
+
+def _block_slot(b, res: tuple[int, int], stem_chs: int, kwarg_axes: Sequence[tuple[str, str]]) -> ModuleSlot:
+    """Slot of a block: (width, mid, *kwargs) when in/out share a group, else (in, mid, *kwargs, out).
+
+    ``kwarg_axes``: the space's op-kwarg axes as ``(axis, kwarg)``; other op keyword
+    arguments of the block take their single option.
+    """
     h, w = res
+    searched = [(axis, kw) for axis, kw in kwarg_axes if b.kwarg_options(kw) is not None]
+    fixed = {k: opts[0] for k, opts in b.op_kwargs if k not in {kw for _, kw in searched}}
+    kw_dims = [b.kwarg_options(kw) for _, kw in searched]
+    kw_axes = tuple((axis, b.index) for axis, _ in searched)
 
-    def entry(i: int, m: int, o: int) -> Entry:
-        return make_entry("block", (i, h, w), op=b.op, in_chs=i, mid_chs=m, out_chs=o, stride=b.stride, res=res)
+    def entry(i: int, m: int, o: int, *kw_values) -> Entry:
+        kwargs = {**fixed, **{kw: v for (_, kw), v in zip(searched, kw_values)}}
+        return make_entry("block", (i, h, w), op=b.op, in_chs=i, mid_chs=m, out_chs=o, stride=b.stride, res=res,
+                          **kwargs)
 
-    mids = b.mid_options
     if b.in_group is not None and b.in_group == b.out_group:
-        grid = [[entry(c, m, c) for m in mids] for c in b.out_options]
-        return ModuleSlot("block", f"blocks.{b.index}", (("width", b.out_group), ("expansion", b.index)), grid)
+        grid = _grid([b.out_options, b.mid_options, *kw_dims], lambda c, m, *k: entry(c, m, c, *k))
+        axes = (("width", b.out_group), ("expansion", b.index), *kw_axes)
+        return ModuleSlot("block", f"blocks.{b.index}", axes, grid)
     ins = b.in_options if b.in_group is not None else (stem_chs,)
-    grid3 = [[[entry(i, m, o) for o in b.out_options] for m in mids] for i in ins]
-    axes = (("width", b.in_group) if b.in_group is not None else ("fixed", 0), ("expansion", b.index),
+    grid = _grid([ins, b.mid_options, *kw_dims, b.out_options], lambda i, m, *rest: entry(i, m, rest[-1], *rest[:-1]))
+    axes = (("width", b.in_group) if b.in_group is not None else ("fixed", 0), ("expansion", b.index), *kw_axes,
             ("width", b.out_group))
-    return ModuleSlot("block", f"blocks.{b.index}", axes, grid3)
+    return ModuleSlot("block", f"blocks.{b.index}", axes, grid)
 
 
 def module_slots(space, attention: str | bool | None = None, num_classes: int | None = None,
@@ -194,9 +251,11 @@ def module_slots(space, attention: str | bool | None = None, num_classes: int | 
     h, w = conv_out(h, st["kernel_size"], st["stride"]), conv_out(w, st["kernel_size"], st["stride"])
     last = {s: max(b.index for b in space.blocks if b.stage == s) for s in range(len(space.stages))}
     dcs_after = {last[s]: s for s in space.dcs_stages}
+    kwarg_axes = [(a.name, a.kwarg) for a in space.axes.values() if a.kwarg]
     for b in space.blocks:
-        slots.append(_block_slot(b, (h, w), st["out_chs"]))
-        h, w = conv_out(h, BLOCK_KERNEL, b.stride), conv_out(w, BLOCK_KERNEL, b.stride)
+        slots.append(_block_slot(b, (h, w), st["out_chs"], kwarg_axes))
+        k = max(b.kwarg_options("kernel_size") or (BLOCK_KERNEL,))  # odd sizes: the same output size for each
+        h, w = conv_out(h, k, b.stride), conv_out(w, k, b.stride)
         if attention != "none" and b.index in dcs_after:
             grid = [make_entry("dcs", (k, h, w), attention=attention, form=space.attention_form, in_chs=k, res=(h, w))
                     for k in b.out_options]

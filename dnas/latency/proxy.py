@@ -47,7 +47,7 @@ def entry_macs(entry: Entry) -> int:
         h, w = f["res"]
         cin, mid, cout, s = f["in_chs"], f["mid_chs"], f["out_chs"], f["stride"]
         pw, _, _ = _conv(h, w, cin, mid, 1, 1)
-        dw, ho, wo = _conv(h, w, mid, mid, BLOCK_KERNEL, s, groups=mid)
+        dw, ho, wo = _conv(h, w, mid, mid, f.get("kernel_size", BLOCK_KERNEL), s, groups=mid)
         pwl, _, _ = _conv(ho, wo, mid, cout, 1, 1)
         return pw + dw + pwl
     if kind == "dcs":

@@ -47,7 +47,8 @@ class PlainNet(nn.Module):
         stem = arch.stem
         self.stem = ConvBNReLU(3, stem["out_chs"], stem["stride"], kernel_size=stem["kernel_size"])
         self.blocks = nn.ModuleList(
-            PLAIN_OPS.build(b.op, b.in_options[0], b.out_options[0], b.stride, mid_chs=b.mid_options[0])
+            PLAIN_OPS.build(b.op, b.in_options[0], b.out_options[0], b.stride, mid_chs=b.mid_options[0],
+                            **b.op_kwargs_at())
             for b in arch.blocks
         )
         self._ends = stage_ends(arch)

@@ -2,9 +2,11 @@
 
 Every op is built as ``cls(in_chs, out_chs, stride, **kw)``; variants are keyword
 arguments, not new names. Plain ops (for derived networks) and their super-op twins
-(for the supernet) live in two registries under the same name; a stage's ``op`` must
-name an op registered in both (:data:`SEARCHABLE_OPS`). Registering a name twice
-raises.
+(for the supernet) live in two registries under the same name (:data:`SEARCHABLE_OPS`:
+the names in both). Spaces are validated without torch against the declared op specs
+(:mod:`dnas.space.op_specs`: names and searchable keyword arguments); a searchable op is
+declared there and registered here in both registries (tests/test_ops.py checks that
+the two sides agree). Registering a name twice raises.
 """
 from __future__ import annotations
 

@@ -1,9 +1,10 @@
 """``dnas-derive RUN_DIR``: export the argmax architecture of a search run, or its K most
 probable distinct architectures, with weights sliced from the supernet checkpoint.
 
-The probability of an architecture is the product of its width and expansion option
-probabilities (the factors are independent softmaxes), so the exact top K is found by
-merging the factors one at a time and keeping the K best partial products.
+The probability of an architecture is the product of its option probabilities over
+every choice axis (width, expansion, kernel, ...: the factors are independent
+softmaxes), so the exact top K is found by merging the factors one at a time and
+keeping the K best partial products.
 """
 from __future__ import annotations
 
@@ -23,14 +24,18 @@ from dnas.runlog import write_csv_rows
 def top_k_indices(net: Supernet, k: int) -> list[tuple[float, dict]]:
     """The ``k`` most probable index choices as ``(log_prob, indices)``, best first."""
     probs = net.probs_choice()
-    factors = [("width", i, torch.log(p.detach().double()).tolist()) for i, p in enumerate(probs.width)]
-    factors += [("expansion", i, torch.log(p.detach().double()).tolist()) for i, p in enumerate(probs.expansion)]
+    factors = [(axis, torch.log(p.detach().double()).tolist()) for axis, ps in probs.items() for p in ps]
     beams: list[tuple[float, tuple[int, ...]]] = [(0.0, ())]
-    for _, _, logps in factors:
+    for _, logps in factors:
         cand = [(lp + lq, choice + (j,)) for lp, choice in beams for j, lq in enumerate(logps)]
         beams = heapq.nlargest(k, cand, key=lambda c: c[0])
-    n_width = len(probs.width)
-    return [(lp, {"width": list(c[:n_width]), "expansion": list(c[n_width:])}) for lp, c in beams]
+    out = []
+    for lp, flat in beams:
+        indices: dict[str, list[int]] = {axis: [] for axis in probs}
+        for (axis, _), j in zip(factors, flat):
+            indices[axis].append(j)
+        out.append((lp, indices))
+    return out
 
 
 def _load_run(run_dir: Path, checkpoint: str) -> tuple[Supernet, object]:
@@ -73,7 +78,7 @@ def derive_from_run(run_dir: Path, out: Path, top_k: int = 1, checkpoint: str = 
     except DnasError:
         latency, lut_source = None, None  # the table moved or changed; export without latency figures
     probs = net.probs_choice()
-    distinct = math.prod(len(p) for p in (*probs.width, *probs.expansion))
+    distinct = math.prod(len(p) for p in probs.tensors())
     if top_k > distinct:
         print(f"dnas-derive: --top-k {top_k}: space {net.space.name!r} has only {distinct} distinct "
               f"architectures; exporting all {distinct}", file=sys.stderr)

@@ -15,8 +15,10 @@ scalar. A file looks like::
         n: 2                      # repeats; only the first block has the row's stride
         stride: 1
         dcs_after: true           # a DCS-Attention module after this row
+        kernel_size: [3, 5]       # optional op keyword argument (dnas/space/op_specs.py):
+                                  # a scalar, or options (a choice axis, here ``kernel``)
         blocks:                   # optional, one entry per repeat: per-block overrides
-          - {expansion: 1.25, mid_chs: 24}
+          - {expansion: 1.25, mid_chs: 24, kernel_size: 3}
     head: {out_chs: 1984}
     dcs: {tau_m: 1.0}             # optional DCS-Attention settings
     space: fbnetv2                # optional provenance of a derived arch
@@ -27,7 +29,8 @@ scalar. A file looks like::
 
 Rows with the same ``channels`` option list that follow each other form one *width
 group*: all their blocks share one width choice (residual adds need equal widths).
-Every block has its own expansion choice. Validation is strict: an unknown key, an
+Every block has its own expansion choice, and its own choice of every op keyword
+argument given as a list (:mod:`dnas.space.op_specs`). Validation is strict: an unknown key, an
 unknown op, or a value of the wrong type or range raises :class:`SpaceError` naming the
 file, the stage/block index and the key.
 """
@@ -36,6 +39,7 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping
 
 from dnas.errors import SpaceError
+from dnas.space.op_specs import OP_SPECS, OpSpec
 
 TOP_KEYS = {"name", "input_size", "num_classes", "stem", "stages", "head", "dcs", "space", "bnneck", "use_dcs",
             "attention", "attention_form"}
@@ -144,18 +148,24 @@ def _expansion_ok(x: Any) -> bool:
     return _is_number(x) and 0 < x <= MAX_EXPANSION
 
 
-def validate_space_dict(data: Any, source: str, known_ops: set[str]) -> dict:
+def _kwarg_names(ops: Mapping[str, OpSpec]) -> set[str]:
+    return {k.name for spec in ops.values() for k in spec.kwargs}
+
+
+def validate_space_dict(data: Any, source: str, ops: Mapping[str, OpSpec] | None = None) -> dict:
     """Validate a loaded space/arch mapping and return a normalised copy.
 
     The normalised form keeps the user's layout but makes every searchable field a
     list (a scalar ``x`` becomes ``[x]``) and fills defaults, so downstream code reads
     one shape. Each stage gains ``blocks``: a list of ``n`` dicts with ``expansion``
-    (option list) and ``mid_chs`` (option list or ``None`` when not fixed by the file).
+    (option list) and ``mid_chs`` (option list or ``None`` when not fixed by the file),
+    and an option list under each op keyword argument the file sets for it (absent:
+    the op's default).
 
     Args:
         data: the result of ``yaml.safe_load``.
         source: file name (or ``<dict>``) used in error messages.
-        known_ops: names of registered ops.
+        ops: the searchable ops (default: :data:`dnas.space.op_specs.OP_SPECS`).
 
     Returns:
         The normalised dict.
@@ -205,14 +215,33 @@ def validate_space_dict(data: Any, source: str, known_ops: set[str]) -> dict:
     stages = data["stages"]
     if not isinstance(stages, list) or not stages:
         raise _fail(source, "key 'stages': expected a non-empty list of stages")
-    out["stages"] = [_validate_stage(s, f"{source}: stage {i}", known_ops) for i, s in enumerate(stages)]
+    ops = OP_SPECS if ops is None else ops
+    out["stages"] = [_validate_stage(s, f"{source}: stage {i}", ops) for i, s in enumerate(stages)]
     return out
 
 
-def _validate_stage(stage: Any, where: str, known_ops: set[str]) -> dict:
-    _check_keys(stage, STAGE_KEYS, REQUIRED_STAGE, where)
-    if stage["op"] not in known_ops:
-        raise _fail(where, f"key 'op': unknown op {stage['op']!r} (known: {', '.join(sorted(known_ops))})")
+def _op_kwargs(obj: Mapping, spec: OpSpec, where: str, keys: set[str],
+               inherited: Mapping[str, list] | None = None) -> dict:
+    """The op keyword arguments ``obj`` sets (option lists) over ``inherited`` ones, in the op's order."""
+    for key in sorted(keys & set(obj)):
+        if spec.kwarg(key) is None:
+            raise _fail(where, f"key {key!r}: op {spec.name!r} takes no such argument")
+    out = {}
+    for kw in spec.kwargs:
+        if kw.name in obj:
+            out[kw.name] = _options(obj[kw.name], where, kw.name, kw.check, kw.what)
+        elif inherited and kw.name in inherited:
+            out[kw.name] = list(inherited[kw.name])
+    return out
+
+
+def _validate_stage(stage: Any, where: str, ops: Mapping[str, OpSpec]) -> dict:
+    kwarg_keys = _kwarg_names(ops)
+    _check_keys(stage, STAGE_KEYS | kwarg_keys, REQUIRED_STAGE, where)
+    if stage["op"] not in ops:
+        raise _fail(where, f"key 'op': unknown op {stage['op']!r} (known: {', '.join(sorted(ops))})")
+    spec = ops[stage["op"]]
+    stage_kwargs = _op_kwargs(stage, spec, where, kwarg_keys)
     n = _int_in(stage["n"], 1, 1000, where, "n")
     stride = _int_in(stage["stride"], 1, 2, where, "stride")
     if not isinstance(stage["dcs_after"], bool):
@@ -230,7 +259,7 @@ def _validate_stage(stage: Any, where: str, known_ops: set[str]) -> dict:
     for j in range(n):
         bwhere = f"{where} block {j}"
         b = blocks_in[j] if blocks_in is not None else {}
-        _check_keys(b, BLOCK_KEYS, (), bwhere)
+        _check_keys(b, BLOCK_KEYS | kwarg_keys, (), bwhere)
         exp = b.get("expansion", stage_exp)
         if exp is None:
             raise _fail(bwhere, "missing key 'expansion'")
@@ -240,7 +269,8 @@ def _validate_stage(stage: Any, where: str, known_ops: set[str]) -> dict:
             mid = _options(mid, bwhere, "mid_chs", _channel_ok, f"an integer in [1, {MAX_CHANNELS}]")
             if len(mid) != len(exp):
                 raise _fail(bwhere, f"key 'mid_chs': expected one value per expansion option ({len(exp)}), got {len(mid)}")
-        blocks.append({"expansion": [float(e) for e in exp], "mid_chs": mid})
+        blocks.append({"expansion": [float(e) for e in exp], "mid_chs": mid,
+                       **_op_kwargs(b, spec, bwhere, kwarg_keys, stage_kwargs)})
     return {
         "op": stage["op"],
         "channels": channels,

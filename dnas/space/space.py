@@ -1,9 +1,12 @@
 """SearchSpace: a validated space (or derived architecture) and its pure helpers.
 
 Implements the layout rules of docs/method.md section 1: width groups (consecutive rows
-sharing a channel range share one width choice), per-block expansion choices, and
-mid-width options ``make_divisible(expansion * max(in_chs options), 8)``. Nothing here
-imports torch, so spaces can be inspected and tested without it.
+sharing a channel range share one width choice), per-block expansion choices, per-block
+choices of op keyword arguments given as lists (the ``kernel`` axis), and mid-width
+options ``make_divisible(expansion * max(in_chs options), 8)``. Architectures in index
+form are ``{axis: [index per unit]}`` over :attr:`SearchSpace.axes`
+(:mod:`dnas.space.axes`). Nothing here imports torch (ops are validated against the
+torch-free :mod:`dnas.space.op_specs`), so spaces can be inspected and tested without it.
 """
 from __future__ import annotations
 
@@ -19,6 +22,8 @@ import yaml
 
 from dnas.errors import SpaceError
 from dnas.resources import data_dir, data_root, find_data_file  # noqa: F401 (data_root: re-exported)
+from dnas.space.axes import ChoiceAxis, build_axes
+from dnas.space.op_specs import OP_SPECS
 from dnas.space.schema import resolve_attention, validate_space_dict
 
 # Bumped whenever an op computes differently, so latency tables of the old ops are refused:
@@ -55,6 +60,8 @@ class BlockSpec:
         in_options / out_options: channel options of input and output.
         expansion: expansion options; ``mid_options`` the matching mid widths.
         stride: 1 or 2.
+        op: the op name; ``op_kwargs`` its keyword arguments as ``(name, options)``
+            pairs in the op's order (a single default option where the file sets none).
     """
 
     index: int
@@ -68,12 +75,15 @@ class BlockSpec:
     mid_options: tuple[int, ...]
     stride: int
     op: str
+    op_kwargs: tuple[tuple[str, tuple], ...] = ()
 
+    def kwarg_options(self, name: str) -> tuple | None:
+        """Options of the op keyword argument ``name`` (``None``: the op takes none)."""
+        return dict(self.op_kwargs).get(name)
 
-def _known_ops() -> set[str]:
-    from dnas.ops.registry import SEARCHABLE_OPS
-
-    return set(SEARCHABLE_OPS)
+    def op_kwargs_at(self, index: dict[str, int] | None = None) -> dict:
+        """The keyword arguments for option indices ``{kwarg name: index}`` (default: 0)."""
+        return {k: opts[(index or {}).get(k, 0)] for k, opts in self.op_kwargs}
 
 
 def resolve_space_path(name_or_path: str | Path) -> Path:
@@ -118,11 +128,12 @@ class SearchSpace:
         self.attention_form: str = data["attention_form"]
         self.group_options, self.stage_group = self._width_groups()
         self.blocks = self._flatten()
+        self.axes: dict[str, ChoiceAxis] = build_axes(self.group_options, self.blocks)
 
     # -- construction -------------------------------------------------------------
     @classmethod
     def from_dict(cls, data: Any, source: str = "<dict>") -> "SearchSpace":
-        return cls(validate_space_dict(data, source, _known_ops()), source)
+        return cls(validate_space_dict(data, source), source)
 
     @classmethod
     def load(cls, name_or_path: str | Path) -> "SearchSpace":
@@ -166,6 +177,7 @@ class SearchSpace:
                     index=len(blocks), stage=s, block=j, in_group=in_group, out_group=g,
                     in_options=in_opts, out_options=out_opts, expansion=tuple(b["expansion"]),
                     mid_options=mids, stride=st["stride"] if j == 0 else 1, op=st["op"],
+                    op_kwargs=tuple((kw.name, tuple(b.get(kw.name, [kw.default]))) for kw in OP_SPECS[st["op"]].kwargs),
                 ))
                 prev_group, prev_opts = g, out_opts
         return blocks
@@ -174,7 +186,7 @@ class SearchSpace:
     @property
     def is_derived(self) -> bool:
         """True when every choice is fixed (a derived architecture)."""
-        return all(len(o) == 1 for o in self.group_options) and all(len(b.expansion) == 1 for b in self.blocks)
+        return all(len(o) == 1 for axis in self.axes.values() for o in axis.options)
 
     @property
     def dcs_stages(self) -> list[int]:
@@ -182,8 +194,7 @@ class SearchSpace:
 
     @property
     def log10_num_archs(self) -> float:
-        total = sum(math.log10(len(o)) for o in self.group_options)
-        return total + sum(math.log10(len(b.expansion)) for b in self.blocks)
+        return sum(sum(math.log10(len(o)) for o in axis.options) for axis in self.axes.values())
 
     def with_attention(self, attention: str | bool | None = None, form: str | None = None) -> "SearchSpace":
         """This space (or arch) with another ``attention`` / ``attention_form`` (``None`` keeps it)."""
@@ -203,10 +214,12 @@ class SearchSpace:
         """SHA-256 of everything that shapes the ops (not the name or class count).
 
         Includes :data:`OPS_VERSION`, so tables profiled before an op's computation
-        changed are refused.
+        changed are refused. An op keyword argument set to its default alone (``kernel_size:
+        3``) is the same op as one left out, and hashes the same.
         """
-        keys = ("input_size", "stem", "stages", "head")
-        canon = json.dumps({"ops_version": OPS_VERSION, **{k: self.data[k] for k in keys}},
+        keys = ("input_size", "stem", "head")
+        stages = [{**st, "blocks": [self._without_defaults(st["op"], b) for b in st["blocks"]]} for st in self.stages]
+        canon = json.dumps({"ops_version": OPS_VERSION, "stages": stages, **{k: self.data[k] for k in keys}},
                            sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canon.encode()).hexdigest()
 
@@ -222,7 +235,9 @@ class SearchSpace:
             seed: for ``random``.
 
         Returns:
-            ``{"width": [index per width group], "expansion": [index per block]}``.
+            ``{"width": [index per width group], "expansion": [index per block], ...}``:
+            one list per axis of :attr:`axes` (``max``/``min`` by width, mid width and
+            kernel size).
         """
         if mode not in ("max", "min", "random"):
             raise SpaceError(f"sample mode {mode!r}: expected max, min or random")
@@ -234,22 +249,24 @@ class SearchSpace:
             best = max(values) if mode == "max" else min(values)
             return list(values).index(best)
 
-        return {
-            "width": [pick(o) for o in self.group_options],
-            "expansion": [pick(b.mid_options) for b in self.blocks],
-        }
+        return {name: [pick(sizes) for sizes in axis.sizes] for name, axis in self.axes.items()}
 
     def arch_from_indices(self, indices: dict, num_classes: int | None = None, name: str | None = None,
                           attention: str | bool | None = None, bnneck: bool | None = None) -> dict:
         """The derived-architecture dict (every choice a scalar) for index choices."""
         widths = [self.group_options[g][i] for g, i in enumerate(indices["width"])]
+        kwarg_axes = [(a.kwarg, indices[a.name]) for a in self.axes.values() if a.kwarg]
         stages = []
         for s, st in enumerate(self.stages):
-            blocks = [
-                {"expansion": b.expansion[indices["expansion"][b.index]],
-                 "mid_chs": b.mid_options[indices["expansion"][b.index]]}
-                for b in self.blocks if b.stage == s
-            ]
+            blocks = []
+            for b in self.blocks:
+                if b.stage != s:
+                    continue
+                e = indices["expansion"][b.index]
+                chosen = b.op_kwargs_at({k: idx[b.index] for k, idx in kwarg_axes})
+                declared = st["blocks"][b.block]  # op kwargs the space sets are written, defaults are not
+                blocks.append({"expansion": b.expansion[e], "mid_chs": b.mid_options[e],
+                               **{k: v for k, v in chosen.items() if k in declared}})
             stages.append({"op": st["op"], "channels": widths[self.stage_group[s]], "n": st["n"],
                            "stride": st["stride"], "dcs_after": st["dcs_after"], "blocks": blocks})
         return {
@@ -304,7 +321,17 @@ class SearchSpace:
                 raise SpaceError(f"{bwhere}: key 'expansion' is {e} with mid_chs {m}, expected one of "
                                  f"{[(eo, mo) for eo, mo in zip(bs.expansion, bs.mid_options)]}")
             expansion.append(matches[0])
-        return {"width": width, "expansion": expansion}
+        out = {"width": width, "expansion": expansion}
+        for bs, ba in zip(self.blocks, arch.blocks):
+            for (name, opts), (_, (value, *more)) in zip(bs.op_kwargs, ba.op_kwargs):
+                if more or value not in opts:
+                    raise SpaceError(f"{where}: stage {bs.stage} block {bs.block}: key {name!r} is "
+                                     f"{[value, *more]!r}, expected one of {list(opts)}")
+        for axis in self.axes.values():
+            if axis.kwarg:
+                out[axis.name] = [bs.kwarg_options(axis.kwarg).index(ba.kwarg_options(axis.kwarg)[0])
+                                  for bs, ba in zip(self.blocks, arch.blocks)]
+        return out
 
     # -- views --------------------------------------------------------------------
     def to_json(self) -> dict:
@@ -317,7 +344,7 @@ class SearchSpace:
             "stages": [
                 {"op": st["op"], "expansion": list(st["blocks"][0]["expansion"]),
                  "channels": list(st["channels"]), "n": st["n"], "stride": st["stride"],
-                 "dcs_after": st["dcs_after"]}
+                 "dcs_after": st["dcs_after"], **self._declared_kwargs(st)}
                 for st in self.stages
             ],
             "attention": self.attention,
@@ -327,6 +354,17 @@ class SearchSpace:
             "log10_num_archs": round(self.log10_num_archs, 3),
             "structure_hash": self.structure_hash(),
         }
+
+    @staticmethod
+    def _without_defaults(op: str, block: dict) -> dict:
+        defaults = {kw.name: [kw.default] for kw in OP_SPECS[op].kwargs}
+        return {k: v for k, v in block.items() if k not in defaults or v != defaults[k]}
+
+    @staticmethod
+    def _declared_kwargs(stage: dict) -> dict:
+        """Op keyword arguments the file sets for a row, as its first block has them."""
+        first = stage["blocks"][0]
+        return {k: list(v) for k, v in first.items() if k not in ("expansion", "mid_chs")}
 
     def describe(self) -> str:
         """A readable table of the space."""
@@ -346,7 +384,9 @@ class SearchSpace:
         for i, st in enumerate(self.stages, 1):
             exp = fmt(st["blocks"][0]["expansion"])
             lines.append(f"{i:>3}  {st['op']:<10} {exp:<26} {fmt(st['channels']):<26} {st['n']:>3} "
-                         f"{st['stride']:>2}  {self.stage_group[i - 1]:>5}  {'DCS' if st['dcs_after'] else ''}")
+                         f"{st['stride']:>2}  {self.stage_group[i - 1]:>5}  "
+                         + f"{'DCS' if st['dcs_after'] else '':<{3 if self._declared_kwargs(st) else 0}}"
+                         + "".join(f"  {k} {fmt(v)}" for k, v in self._declared_kwargs(st).items()))
         lines.append(f"{len(self.stages) + 1:>3}  {'conv1x1':<10} {'-':<26} {self.head['out_chs']:<26} {1:>3} {1:>2}")
         lines.append(f"{len(self.stages) + 2:>3}  avgpool + fc -> {self.num_classes} classes")
         kind = {"dcs": "DCS-Attention", "self": "self-attention", "none": "no attention"}[self.attention]
