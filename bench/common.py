@@ -38,6 +38,8 @@ class BenchSettings:
         channels_last: NHWC models and inputs (CUDA only, as ``dnas-search``).
         num_classes: classifier size (751: the Market-1501 training identities).
         smoke: tiny settings for tests.
+        compile_backend: backend of the ``compile`` benchmark.
+        proposals: also time the proposals of :mod:`bench.proposals` (A/B figures).
     """
 
     device: str = "cuda"
@@ -51,6 +53,7 @@ class BenchSettings:
     num_classes: int = 751
     smoke: bool = False
     compile_backend: str = "inductor"
+    proposals: bool = True
     extra: dict = field(default_factory=dict)
 
     @property

@@ -52,10 +52,19 @@ def masked_bn(bn: nn.BatchNorm2d, x: torch.Tensor, mask: torch.Tensor) -> torch.
 
 
 def folded_ir_forward(self: SuperInvertedResidual, x: torch.Tensor, mid_mask: torch.Tensor, out_mask: torch.Tensor,
-                      residual_weight) -> torch.Tensor:
-    """:meth:`SuperInvertedResidual.forward` with the masks folded into ``bn2``/``bn3``."""
+                      residual_weight, kwarg_masks=None) -> torch.Tensor:
+    """:meth:`SuperInvertedResidual.forward` with the masks folded into ``bn2``/``bn3``
+    (a searched kernel size, ``kwarg_masks["kernel_size"]``, weights the depthwise taps
+    as the current forward does)."""
     h = self.act(self.bn1(self.pw(x)))  # (B, M, H, W)
-    h = self.act(masked_bn(self.bn2, self.dw(h), mid_mask))  # relu(m * z) == m * relu(z), m >= 0
+    kernel_mask = (kwarg_masks or {}).get("kernel_size")
+    if kernel_mask is None:
+        h = self.dw(h)
+    else:
+        dw = self.dw
+        h = F.conv2d(h, dw.weight * kernel_mask.to(dw.weight.dtype), None, dw.stride, dw.padding, dw.dilation,
+                     dw.groups)
+    h = self.act(masked_bn(self.bn2, h, mid_mask))  # relu(m * z) == m * relu(z), m >= 0
     y = masked_bn(self.bn3, self.pwl(h), out_mask)  # (B, O, H/s, W/s)
     if residual_weight is None:
         return y
@@ -95,8 +104,8 @@ def fast_dcs_forward(self: DCSAttention, x: torch.Tensor, width_mask: torch.Tens
 def batched_sample_choice(self: Supernet, tau: float, hard: bool = False,
                           generator: torch.Generator | None = None) -> ArchChoice:
     """:meth:`Supernet.sample_choice` with one noise draw and at most one host-to-device copy."""
-    w, e = self._logits()
-    logits = w + e
+    by_axis = _logits_by_axis(self)
+    logits = [t for ts in by_axis.values() for t in ts]
     sizes = [t.numel() for t in logits]
     dev = logits[0].device
     if generator is None:
@@ -114,7 +123,23 @@ def batched_sample_choice(self: Supernet, tau: float, hard: bool = False,
             onehot = torch.zeros_like(soft).scatter_(0, soft.argmax().view(1), 1.0)
             soft = onehot + (soft - soft.detach())
         out.append(soft)
-    return ArchChoice(out[: len(w)], out[len(w):])
+    it = iter(out)
+    return _choice({axis: [next(it) for _ in ts] for axis, ts in by_axis.items()})
+
+
+def _logits_by_axis(net: Supernet) -> dict[str, list[torch.Tensor]]:
+    """``{axis: [logits]}`` (``Supernet.logits()``; ``_logits()`` of the width/expansion-only supernet)."""
+    if callable(getattr(net, "logits", None)):
+        return net.logits()
+    w, e = net._logits()
+    return {"width": w, "expansion": e}
+
+
+def _choice(by_axis: dict[str, list[torch.Tensor]]) -> ArchChoice:
+    """An :class:`ArchChoice` of ``{axis: weights}`` (a dict, or the width/expansion pair)."""
+    if issubclass(ArchChoice, dict):
+        return ArchChoice(by_axis)
+    return ArchChoice(by_axis["width"], by_axis["expansion"])
 
 
 _PATCHES = {

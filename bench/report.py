@@ -99,6 +99,9 @@ def _fmt(v, unit: str = "") -> str:
     return f"{v}{unit}"
 
 
+format_figure = _fmt  # a measured figure as bench.md shows it (fractions with unit "%" as percentages)
+
+
 def markdown(report: dict) -> str:
     """The report as a Markdown table: what, measured, target, met?"""
     env = report["environment"]

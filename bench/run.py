@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "a shared machine, where OpenMP threads contend; 0 leaves torch's setting)")
     p.add_argument("--resume", action="store_true", help="skip what OUT/bench.json already holds with status ok "
                    "(a time-boxed run that was cut off continues where it stopped)")
+    p.add_argument("--no-proposals", action="store_true", help="skip the A/B figures of bench/proposals.py "
+                   "(the supernet item's patched steps): about 40%% of its time")
     p.add_argument("--onnx-tensorrt", action="store_true", help="try onnxruntime's TensorRT provider first "
                    "(engine build can take minutes)")
     return p
@@ -67,7 +69,7 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
     if args.smoke:
         return BenchSettings(device="cpu", batch=8, height=64, width=32, steps=2, warmup=1, amp=False,
                              channels_last=False, num_classes=10, smoke=True,
-                             compile_backend=args.compile_backend or "aot_eager")
+                             compile_backend=args.compile_backend or "aot_eager", proposals=not args.no_proposals)
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -76,7 +78,7 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
     return BenchSettings(device=device, batch=args.batch, height=args.height, width=args.width,
                          steps=args.steps, warmup=args.warmup, amp=not args.no_amp,
                          channels_last=not args.no_channels_last, num_classes=args.num_classes,
-                         compile_backend=args.compile_backend or "inductor")
+                         compile_backend=args.compile_backend or "inductor", proposals=not args.no_proposals)
 
 
 def plan(args: argparse.Namespace) -> list[tuple[str, str]]:

@@ -3,17 +3,22 @@ timed step by step.
 
 Runs :func:`dnas.search.run.run_search` (the real loop: data loaders on the synthetic
 Re-ID set, weight and architecture phases, checkpoints, plots, held-out evaluation)
-for about ``--steps`` steps, with ``Searcher.train_step`` wrapped in this process to
-time every step (synchronised on CUDA) and the CUDA peak memory taken over the run.
-The latency loss is ``hard`` with a target of ``--target-frac`` times the expected
-latency of the initial (uniform) architecture distribution, so the distribution has
-to move: ``search.json`` records the expected latency before and after (and per
-epoch), the target, the step times per phase and the peak memory.
+for about ``--steps`` steps (whole epochs, at least 2), with ``Searcher.train_step``
+wrapped in this process to time every step (synchronised on CUDA) and the CUDA peak
+memory taken over the run. The latency loss is ``hard`` with a target of
+``--target-frac`` times the expected latency of the initial (uniform) architecture
+distribution, so the distribution has to move: ``search.json`` records the expected
+latency before and after (and per epoch), the target, the step times per phase, the
+peak memory and the latency cost used.
+
+The cost is ``--table`` (default ``auto`` without profiling: a complete table of the
+space for this device kind if one is shipped, else the MACs proxy, which has the same
+keys and so the same compute in the architecture step; an incomplete table is never
+used). ``search.json`` says which (``latency_source``).
 
 Usage (GPU)::
 
-    python -m bench.search_run --space xlarge --table latency_tables/h200_fbnetv2_xlarge_b64_bf16.csv \\
-        --batch 256 --steps 300 --out runs/bench-search
+    python -m bench.search_run --space xlarge --batch 256 --steps 50 --out runs/bench-search
 """
 from __future__ import annotations
 
@@ -30,26 +35,21 @@ from pathlib import Path
 import torch
 
 
-def _uniform_choice(net):
-    from dnas.models.supernet import ArchChoice
-
-    w, e = net._logits()
-    return ArchChoice([torch.full_like(x, 1 / x.numel()) for x in w], [torch.full_like(x, 1 / x.numel()) for x in e])
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.search_run", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="run directory (search.json goes here)")
     p.add_argument("--space", default="xlarge")
-    p.add_argument("--table", help="latency table (default: the best one of the space in latency_tables/)")
+    p.add_argument("--table", default="auto", help="latency table path, or auto (default: a complete shipped "
+                   "table of the space for this device kind, else the MACs proxy; never profiles)")
     p.add_argument("--batch", type=int, default=256, help="p x 4")
     p.add_argument("--height", type=int)
     p.add_argument("--width", type=int)
-    p.add_argument("--steps", type=int, default=300, help="about this many steps (whole epochs)")
+    p.add_argument("--steps", type=int, default=50, help="about this many steps (whole epochs, at least 2)")
     p.add_argument("--target-frac", type=float, default=0.8, help="target = frac x initial expected latency")
     p.add_argument("--lam", type=float, default=5.0, help="lambda of the hard latency loss")
     p.add_argument("--a-lr", type=float, default=0.05, help="Adam lr of the architecture parameters")
-    p.add_argument("--ids", type=int, default=600, help="synthetic training identities")
+    p.add_argument("--ids", type=int, default=200, help="synthetic training identities (200 x 20 images: "
+                   "13 steps per epoch at batch 256)")
     p.add_argument("--images-per-id", type=int, default=20)
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--device", default="auto")
@@ -70,37 +70,35 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from bench.arch_tools import find_table
-    from dnas.latency.cost import LatencyModel
-    from dnas.latency.table import LatencyTable
+    from dnas.latency.auto import resolve_latency_cost
     from dnas.models import Supernet
     from dnas.runtime import Runtime
     from dnas.search import loop
     from dnas.search.config import SearchConfig
     from dnas.search.run import build_search_data, run_search
-    from dnas.space import data_root, load_space
+    from dnas.space import load_space
 
     space = load_space(args.space)
     cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     if not cuda:
         torch.set_num_threads(1)  # OpenMP threads contend badly on a shared CPU
-    table_path = Path(args.table) if args.table else find_table(space, "cuda" if cuda else "cpu")
-    if table_path is None:
-        raise SystemExit(f"search_run: no latency table for {space.name} in latency_tables/ (pass --table)")
-    if not table_path.is_absolute() and not table_path.exists():
-        table_path = data_root() / table_path
-    table = LatencyTable.load(table_path, space)
     cfg = SearchConfig(supernet=args.space, data="synthetic", height=args.height, width=args.width, epochs=1,
                        p=args.batch // 4, k=4, workers=args.workers, seed=0, a_lr=args.a_lr, warmup_epochs=0,
-                       latency_table=str(table_path), latency_loss="hard", latency_lambda=args.lam,
-                       device="cuda" if cuda else "cpu", amp=True, channels_last=True, checkpoint_every=0,
-                       eval_every=10_000, eval_max_queries=200, synthetic_ids=args.ids,
+                       latency_table=args.table, latency_profile_budget_s=0, latency_loss="hard",
+                       latency_lambda=args.lam, device="cuda" if cuda else "cpu", amp=True, channels_last=True,
+                       checkpoint_every=0, eval_every=10_000, eval_max_queries=200, synthetic_ids=args.ids,
                        synthetic_images_per_id=args.images_per_id, w_schedule="cosine")
+    # the cost the search will resolve to (the same call, never profiling)
+    cost = resolve_latency_cost(args.table, cfg.load_space(), cfg.device, supernet=args.space, batch=cfg.batch_size,
+                                amp=cfg.amp, channels_last=cfg.channels_last, bnneck=cfg.bnneck, budget_s=0,
+                                progress=False)
+    if cost.model is None:
+        raise SystemExit("search_run: needs a latency cost (--table none has none)")
     # initial expected latency (logits start at zero: the uniform distribution)
     probe = Supernet(space, num_classes=10, bnneck=cfg.bnneck)
-    lat_model = LatencyModel(table, space, num_classes=0, bnneck=cfg.bnneck)
+    lat_model = cost.model
     with torch.no_grad():
-        before = float(lat_model.expected_ms(_uniform_choice(probe)))
+        before = float(lat_model.expected_ms(probe.probs_choice()))
     lo, hi = lat_model.bounds_ms()
     target = max(args.target_frac * before, lo * 1.02)
     cfg = dataclasses.replace(cfg, latency_target_ms=round(target, 6))
@@ -112,16 +110,18 @@ def _run(args: argparse.Namespace) -> int:
     del data, probe
 
     times: dict[str, list[float]] = {"weights": [], "arch": []}
+    own = "train_step" in vars(loop.Searcher)  # the method may be the engine's, inherited
     original = loop.Searcher.train_step
 
     def timed_step(self, batch, phase):  # wraps the real step: sync, time, sync
         if cuda:
             torch.cuda.synchronize()
         s = time.perf_counter()
-        original(self, batch, phase)
+        result = original(self, batch, phase)
         if cuda:
             torch.cuda.synchronize()
-        times[phase].append((time.perf_counter() - s) * 1e3)
+        times.setdefault(phase, []).append((time.perf_counter() - s) * 1e3)
+        return result
 
     out = Path(args.out)
     shutil.rmtree(out / "run", ignore_errors=True)
@@ -132,7 +132,10 @@ def _run(args: argparse.Namespace) -> int:
     try:
         run_search(cfg, out / "run", progress=False)
     finally:
-        loop.Searcher.train_step = original
+        if own:
+            loop.Searcher.train_step = original
+        else:
+            del loop.Searcher.train_step
     wall = time.perf_counter() - t0
     peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
     rows = _metrics(out / "run" / "metrics.csv")
@@ -144,7 +147,8 @@ def _run(args: argparse.Namespace) -> int:
                 "median_after_first_epoch_ms": statistics.median(v[len(v) // max(cfg.epochs, 1):]) if v else None}
 
     report = {
-        "space": space.name, "table": str(table_path), "device": torch.cuda.get_device_name(0) if cuda else "cpu",
+        "space": space.name, "table": cost.table.source, "latency_source": cost.source, "latency_note": cost.note,
+        "device": torch.cuda.get_device_name(0) if cuda else "cpu",
         "torch": torch.__version__, "batch": args.batch, "resolution": [args.height or space.input_size[1],
                                                                         args.width or space.input_size[2]],
         "amp_bf16": cuda and cfg.amp, "channels_last": cuda and cfg.channels_last, "epochs": cfg.epochs,
