@@ -19,7 +19,8 @@ from dnas.models.derive import slice_state_dict
 from dnas.ops import (PLAIN_OPS, SEARCHABLE_OPS, SUPER_OPS, ConvBNReLU, DCSAttention, InvertedResidual,
                       OpRegistry, SuperInvertedResidual)
 from dnas.ops.dcs import gumbel_like
-from dnas.ops.super_blocks import match_channels, option_masks
+from dnas.ops.super_blocks import KWARG_MASKS, kernel_masks, match_channels, option_masks
+from dnas.space.op_specs import OP_SPECS
 
 
 def randomize_bn(module: nn.Module, gen: torch.Generator) -> None:
@@ -91,6 +92,21 @@ def test_registered_names():
     assert {"ir", "conv_bn_relu", "dcs"} <= set(PLAIN_OPS)
     assert set(SEARCHABLE_OPS) == set(PLAIN_OPS) & set(SUPER_OPS)
     assert "ir" in SEARCHABLE_OPS and "dcs" not in SEARCHABLE_OPS
+
+
+def test_op_specs_and_registries_agree():
+    """The torch-free op specs the schema validates against list exactly the searchable ops,
+    every declared keyword argument is one the plain and the super op take, and the super op
+    has masks for it."""
+    import inspect
+
+    assert set(OP_SPECS) == set(SEARCHABLE_OPS)
+    for name, spec in OP_SPECS.items():
+        for cls in (PLAIN_OPS.get(name), SUPER_OPS.get(name)):
+            params = inspect.signature(cls.__init__).parameters
+            for kw in spec.kwargs:
+                assert kw.name in params and params[kw.name].default == kw.default, (name, kw.name)
+        assert all(kw.name in KWARG_MASKS for kw in spec.kwargs)
 
 
 # -- every plain op -----------------------------------------------------------------------
@@ -498,3 +514,44 @@ def test_super_ir_residual_weight_scales_input():
         base = sup(x, m, o, None)
         torch.testing.assert_close(sup(x, m, o, 1.0), base + x)
         torch.testing.assert_close(sup(x, m, o, torch.tensor(0.25)), base + 0.25 * x)
+
+
+def test_kernel_masks_are_centred_squares():
+    m = kernel_masks((1, 3, 5), 5)
+    assert m.shape == (3, 5, 5) and m.sum((1, 2)).tolist() == [1.0, 9.0, 25.0]
+    assert m[0, 2, 2] == 1 and torch.equal(m[1, 1:4, 1:4], torch.ones(3, 3)) and m[1].sum() == 9
+    assert torch.equal(kernel_masks((3,), 3), torch.ones(1, 3, 3))
+
+
+@pytest.mark.parametrize("k, stride", [(3, 1), (3, 2), (5, 1), (5, 2)])
+def test_super_ir_kernel_choice_equals_plain_with_the_centre_kernel(k, stride):
+    """A one-hot kernel choice k of a 5x5 super-op == the plain op with the centre k x k weight."""
+    gen = torch.Generator().manual_seed(k + stride)
+    sup = SuperInvertedResidual(8, 16, stride, mid_chs=24, kernel_size=5)
+    _randomize_params(sup, gen)
+    sup.eval()
+    plain = InvertedResidual(8, 12, stride, mid_chs=16, kernel_size=k)
+    plain.load_state_dict(slice_state_dict(sup.state_dict(), plain.state_dict()))
+    plain.eval()
+    lo = (5 - k) // 2
+    assert torch.equal(plain.dw.weight, sup.dw.weight[:16, :, lo:lo + k, lo:lo + k])
+    x = torch.randn(2, 8, 9, 7, generator=gen)
+    mid_mask = option_masks((16, 24), 24)[0]
+    out_mask = option_masks((12, 16), 16)[0]
+    kernel_mask = torch.tensordot(_onehot((3, 5).index(k), 2), kernel_masks((3, 5), 5), 1)  # (5, 5)
+    with torch.no_grad():
+        y = sup(x, mid_mask, out_mask, None, {"kernel_size": kernel_mask})
+        ref = plain(x)
+        mixed = sup(x, mid_mask, out_mask, None, {"kernel_size": torch.tensordot(torch.tensor([0.3, 0.7]), kernel_masks((3, 5), 5), 1)})
+    torch.testing.assert_close(y[:, :12], ref, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(mixed, y, atol=1e-4)  # a soft choice mixes the two kernels
+
+
+def test_slice_state_dict_cuts_kernels_around_their_centre():
+    src = {"w": torch.arange(2 * 1 * 5 * 5.0).view(2, 1, 5, 5)}
+    out = slice_state_dict(src, {"w": torch.zeros(1, 1, 3, 3)})
+    assert torch.equal(out["w"], src["w"][:1, :, 1:4, 1:4])
+    from dnas.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="no centre"):
+        slice_state_dict(src, {"w": torch.zeros(1, 1, 4, 4)})

@@ -603,3 +603,37 @@ def test_describe_mentions_every_row():
     assert "fbnetv2" in text and "1984" in text
     assert "3, 5, 8, 10" in text  # DCS rows, 1-based
     assert "0.75..3.25 step 0.5" in text
+
+
+def test_spaces_load_without_torch():
+    """dnas.space validates against the torch-free op specs: loading, describing and keying a
+    space imports no torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from dnas.space import load_space; from dnas.latency.keys import space_entries\n"
+            "for n in ('tiny', 'fbnetv2', 'supernets/tiny_kernel.yaml'):\n"
+            "    sp = load_space(n); sp.describe(); sp.to_json(); space_entries(sp)\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_shipped_space_hashes_are_unchanged():
+    """The structure hashes the shipped latency tables and runs were made with (OPS_VERSION 2)."""
+    assert space("tiny").structure_hash().startswith("5d810bfa48dc")
+    assert space("fbnetv2").structure_hash().startswith("5cb03b59198b")
+    assert space("large").structure_hash().startswith("4211c97c3db0")
+    assert space("xlarge").structure_hash().startswith("131414171ce4")
+
+
+def test_op_kwarg_keys_are_validated_per_op(tmp_path):
+    data = copy.deepcopy(BASE)
+    data["stages"][1]["kernel_size"] = [3, 5]
+    data["stages"][2]["blocks"] = [{"kernel_size": 5}, {}]
+    sp = load_space(write_yaml(tmp_path, data))
+    assert [b.kwarg_options("kernel_size") for b in sp.blocks] == [(3,), (3, 5), (5,), (3,)]
+    assert list(sp.axes) == ["width", "expansion", "kernel"]
+    data["stages"][2]["kernel"] = 5
+    with pytest.raises(SpaceError, match="stage 2: unknown key 'kernel' .*kernel_size"):
+        load_space(write_yaml(tmp_path, data, "bad.yaml"))

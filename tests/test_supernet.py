@@ -110,7 +110,7 @@ def assert_one_hot_equivalence(net: Supernet, idx: dict, x: torch.Tensor) -> Pla
 
 # -- parameter partition --------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["tiny", "fbnetv2"])
+@pytest.mark.parametrize("name", ["tiny", "fbnetv2", "supernets/tiny_kernel.yaml"])
 @pytest.mark.parametrize("attention", ["dcs", "self", "none"])
 def test_arch_and_weight_parameters_partition(name, attention):
     torch.manual_seed(0)
@@ -125,6 +125,9 @@ def test_arch_and_weight_parameters_partition(name, attention):
     sp = space(name)
     expected = [net.arch_width_logits[g] for g in range(len(sp.group_options))]
     expected += [net.arch_expansion_logits[b.index] for b in sp.blocks]
+    if "kernel" in sp.axes:  # a third axis: one kernel logit vector per block
+        expected += [net.arch_kernel_logits[b.index] for b in sp.blocks]
+    assert list(net.logits()) == list(sp.axes)
     if use_dcs:
         for s in sp.dcs_stages:
             if attention == "dcs":
