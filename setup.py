@@ -13,6 +13,7 @@ DATA = {
     "search": ["*.yaml"],
     "retrain": ["*.yaml"],  # the recipes; ablation.py and results/ stay in the checkout
     "latency_tables": ["*.csv", "*.meta.json"],
+    "backbones": ["*.yaml"],  # the DCS-FB fixed-backbone arch files
 }
 
 

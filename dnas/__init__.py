@@ -2,7 +2,8 @@
 
 Public API for users:
     dnas.load_space(name_or_path)          -> SearchSpace (``tiny``, ``fbnetv2``, ``large``, ``xlarge`` or a YAML path)
-    dnas.build_model(arch, num_classes=..) -> a fresh plain nn.Module of a derived arch (YAML path or dict)
+    dnas.build_model(arch, num_classes=..) -> a fresh plain nn.Module of a derived arch (YAML path or dict),
+                                              or of a fixed backbone with attention (DCS-FB: ``resnet50``, ...)
     dnas.load_derived(dir)                 -> the plain nn.Module of a ``dnas-derive`` output, in eval mode
 """
 from __future__ import annotations
@@ -12,15 +13,20 @@ __version__ = "0.1.0"
 from dnas.space import load_space  # noqa: E402
 
 
-def build_model(arch, num_classes: int | None = None, attention: str | bool | None = None):
-    """Build a fresh plain network from a derived arch (YAML path, directory or dict).
+def build_model(arch, num_classes: int | None = None, attention: str | bool | None = None,
+                pretrained: bool = False, pretrained_file: str | None = None):
+    """Build a fresh network from a derived arch (YAML path, directory or dict) or a
+    fixed-backbone arch (a DCS-FB short name: ``mobilenetv2``, ``mobilenetv2_200``,
+    ``resnet50``, ``hrnet_w32``, ``osnet_x1_0``, ``transreid``, or its YAML).
 
     ``attention`` (``none``, ``self`` or ``dcs``) overrides the arch's; a bool is the
-    legacy ``use_dcs``.
+    legacy ``use_dcs``. Fixed backbones only: ``pretrained`` (timm's weights) or
+    ``pretrained_file`` (a local checkpoint of the plain backbone, loaded strictly).
     """
     from dnas.export import build_model as _build
 
-    return _build(arch, num_classes=num_classes, attention=attention)
+    return _build(arch, num_classes=num_classes, attention=attention, pretrained=pretrained,
+                  pretrained_file=pretrained_file)
 
 
 def load_derived(directory):

@@ -5,11 +5,15 @@ A derived directory holds ``arch.yaml`` (every choice a scalar, same schema as a
 outputs ``logits`` and ``embedding``, checked with ``onnx.checker`` and compared with
 PyTorch through onnxruntime), ``summary.json`` (parameters, MACs counted by fvcore and
 labelled as multiply-accumulates, per-stage widths) and ``arch.dot`` (the network as a
-graph, built with networkx). The directory is built in a temporary sibling and renamed
+graph, built with networkx). A fixed-backbone arch (DCS-FB, :mod:`dnas.backbones`) takes
+the same path: :func:`read_arch` is the one loader of both forms (and of the backbone
+short names), :func:`build_model` builds either. The directory is built in a temporary sibling and renamed
 into place, so a failure leaves nothing behind.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import warnings
@@ -29,35 +33,104 @@ ONNX_TOLERANCE = 1e-4
 ONNX_OPSET = 17
 
 
-def _arch_space(arch: Any) -> SearchSpace:
-    if isinstance(arch, SearchSpace):
-        return arch
-    if isinstance(arch, Mapping):
-        return SearchSpace.from_dict(dict(arch), "<arch dict>")
-    path = Path(arch)
-    if path.is_dir():
-        path = path / "arch.yaml"
-    if not path.is_file():
-        raise SpaceError(f"{path}: architecture file not found")
-    space = SearchSpace.load(path)
-    if not space.is_derived:
-        raise SpaceError(f"{path}: not a derived architecture (some field still lists several options)")
-    return space
-
-
-def build_model(arch: Any, num_classes: int | None = None, attention: str | bool | None = None) -> PlainNet:
-    """A fresh plain network of a derived arch.
+def read_arch(arch: Any, **changes) -> dict:
+    """The one arch loader: the validated arch dict of a derived or fixed-backbone arch.
 
     Args:
-        arch: arch YAML path, a ``dnas-derive`` directory, a dict or a SearchSpace.
+        arch: an ``arch.yaml`` path, a ``dnas-derive`` directory, a backbone short name
+            (``resnet50``, ... : the shipped ``backbones/NAME.yaml``) or a dict.
+        changes: keys to replace before validation (``None`` values are ignored).
+
+    Raises:
+        SpaceError: not found, unreadable, invalid, or a space that still lists options.
+    """
+    import copy
+
+    import yaml
+
+    from dnas.backbones import BackboneArch, backbone_arch_path, is_backbone_arch
+    from dnas.space import resolve_space_path
+
+    if isinstance(arch, SearchSpace):
+        data, source = copy.deepcopy(arch.data), arch.source
+    elif isinstance(arch, BackboneArch):
+        data, source = arch.to_dict(), arch.source
+    elif isinstance(arch, Mapping):
+        data, source = copy.deepcopy(dict(arch)), "<arch dict>"
+    else:
+        path = backbone_arch_path(str(arch))
+        if path is None:
+            try:
+                path = resolve_space_path(arch)
+            except SpaceError:
+                from dnas.backbones import SHORT_NAMES
+
+                raise SpaceError(f"{arch}: architecture file not found (nor a backbone short name: "
+                                 f"{', '.join(SHORT_NAMES)})") from None
+        try:
+            data = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise SpaceError(f"{path}: cannot read ({str(exc).splitlines()[0][:160]})") from None
+        if not isinstance(data, dict):
+            raise SpaceError(f"{path}: expected a mapping at the top level")
+        source = str(path)
+    data.update({k: v for k, v in changes.items() if v is not None})
+    if is_backbone_arch(data):
+        return BackboneArch(data, source).to_dict()
+    if not SearchSpace.from_dict(data, source).is_derived:
+        raise SpaceError(f"{source}: not a derived architecture (some field still lists several options); "
+                         "run dnas-derive first")
+    return data
+
+
+def arch_spec(arch: Any):
+    """A :class:`SearchSpace` (derived FBNetV2 arch) or a :class:`~dnas.backbones.BackboneArch`."""
+    from dnas.backbones import BackboneArch, is_backbone_arch
+
+    if isinstance(arch, (SearchSpace, BackboneArch)):
+        if not arch.is_derived:
+            raise SpaceError(f"{arch.source}: not a derived architecture (some field still lists several options)")
+        return arch
+    source = "<arch dict>" if isinstance(arch, Mapping) else str(arch)
+    data = read_arch(arch)
+    return BackboneArch(data, source) if is_backbone_arch(data) else SearchSpace.from_dict(data, source)
+
+
+def _arch_space(arch: Any) -> SearchSpace:
+    """The derived FBNetV2 arch (refuses a fixed-backbone one)."""
+    spec = arch_spec(arch)
+    if not isinstance(spec, SearchSpace):
+        raise SpaceError(f"{spec.source}: a fixed-backbone arch, not a derived FBNetV2 arch")
+    return spec
+
+
+def build_model(arch: Any, num_classes: int | None = None, attention: str | bool | None = None,
+                pretrained: bool = False, pretrained_file: str | None = None) -> nn.Module:
+    """A fresh network of a derived or fixed-backbone arch.
+
+    Args:
+        arch: arch YAML path, a ``dnas-derive`` directory, a backbone short name
+            (``resnet50``), a dict, a SearchSpace or a BackboneArch.
         num_classes: classifier outputs (default: the arch's).
         attention: ``none``, ``self`` or ``dcs`` (default: the arch's; a bool is the
             legacy ``use_dcs``).
+        pretrained, pretrained_file: fixed backbones only: timm's ImageNet weights, or a
+            local checkpoint of the plain backbone (loaded strictly; the report is
+            ``model.pretrained_report``).
     """
     if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
                                     or num_classes < 1):
         raise DnasError(f"num_classes {num_classes!r}: expected a positive integer")
-    return PlainNet(_arch_space(arch), num_classes=num_classes, attention=attention)
+    spec = arch_spec(arch)
+    if isinstance(spec, SearchSpace):
+        if pretrained or pretrained_file:
+            raise DnasError(f"{spec.source}: pretrained weights apply to fixed backbones; "
+                            "a derived FBNetV2 net takes --pretrained in dnas-retrain")
+        return PlainNet(spec, num_classes=num_classes, attention=attention)
+    from dnas.backbones import build_backbone_model
+
+    return build_backbone_model(spec, num_classes=num_classes, attention=attention, pretrained=pretrained,
+                                pretrained_file=pretrained_file)
 
 
 def load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
@@ -75,7 +148,7 @@ def load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], source: st
     model.load_state_dict(state)
 
 
-def load_derived(directory: str | Path) -> PlainNet:
+def load_derived(directory: str | Path) -> nn.Module:
     """The plain network of a ``dnas-derive`` directory with its weights, in eval mode."""
     directory = Path(directory)
     model = build_model(directory)
@@ -115,14 +188,15 @@ def export_onnx(model: nn.Module, input_size: list[int], path: Path, seed: int =
     gen = torch.Generator().manual_seed(seed)
     example = torch.randn(1, *input_size, generator=gen)
     kwargs = dict(input_names=["images"], output_names=["logits", "embedding"], opset_version=ONNX_OPSET)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # the exporters' chatter names
+        warnings.simplefilter("ignore")                                            # the temporary directory
         try:  # the TorchScript-based exporter is fast and handles this graph
             torch.onnx.export(wrapper, (example,), str(path), dynamo=False,
                               dynamic_axes={n: {0: "batch"} for n in ("images", "logits", "embedding")}, **kwargs)
         except Exception:  # noqa: BLE001 - fall back to the dynamo exporter
             batch = torch.export.Dim("batch", min=1, max=4096)
-            torch.onnx.export(wrapper, (example,), str(path), dynamo=True, dynamic_shapes={"images": {0: batch}}, **kwargs)
+            torch.onnx.export(wrapper, (example,), str(path), dynamo=True, dynamic_shapes={"images": {0: batch}},
+                              verbose=False, **kwargs)
     onnx.checker.check_model(onnx.load(str(path)))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     x = torch.randn(2, *input_size, generator=gen)
@@ -135,9 +209,18 @@ def export_onnx(model: nn.Module, input_size: list[int], path: Path, seed: int =
     return diff
 
 
+def fvcore_flop_count_analysis():
+    """fvcore's ``FlopCountAnalysis``, imported without torch's ``torch.jit.script is
+    deprecated`` warning (fvcore scripts a loss function at import time)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=FutureWarning)
+        from fvcore.nn import FlopCountAnalysis
+    return FlopCountAnalysis
+
+
 def count_macs(model: nn.Module, input_size: list[int]) -> int:
     """Multiply-accumulates of one image, counted by fvcore (plus SDPA, which it lacks)."""
-    from fvcore.nn import FlopCountAnalysis
+    FlopCountAnalysis = fvcore_flop_count_analysis()
 
     def sdpa_macs(inputs: list, outputs: list) -> int:
         q, k, v = (i.type().sizes() for i in inputs[:3])  # (B, h, N, C), (B, h, M, C), (B, h, M, Cv)
@@ -192,8 +275,67 @@ def graph_to_dot(g) -> str:
     return "\n".join(lines + ["}"]) + "\n"
 
 
-def summarize(model: PlainNet, arch: dict, onnx_diff: float | None, extra: Mapping[str, Any] | None = None) -> dict:
+def backbone_graph(model: nn.Module):
+    """A fixed-backbone network as a networkx DiGraph: stages, attention modules, head."""
+    import networkx as nx
+
+    arch = model.arch
+    g = nx.DiGraph(name=arch.name)
+    c, h, w = arch.input_size
+    g.add_node("input", label=f"input {c}x{h}x{w}")
+    prev = "input"
+    kind = {"dcs": "DCS-Attention", "self": "Self-Attention"}.get(model.attention)
+    if arch.family == "vit":
+        blocks = len(model.backbone.blocks)
+        nodes = [("patch_embed", f"patches {arch.transreid['patch_stride']}-stride + SIE"),
+                 ("blocks", f"{blocks} blocks" + (f", {kind} (softmax)" if model.use_dcs else "")),
+                 ("jpm", f"last block + JPM x{model.groups}")]
+    else:
+        nodes = []
+        for stage, width in model.stage_widths.items():
+            nodes.append((stage, f"{stage} {width}"))
+            if model.use_dcs and stage in arch.attention_after:
+                nodes.append((f"attn.{stage}", f"{kind} ({arch.attention_form}) {width}"))
+    for node, label in nodes + [("head", f"avgpool + {'BNNeck + ' if arch.bnneck else ''}fc {model.num_classes}")]:
+        g.add_node(node, label=label)
+        g.add_edge(prev, node)
+        prev = node
+    return g
+
+
+def params_without_classifier(model: nn.Module) -> int:
+    """Parameters of everything but the classifier (the paper's counts)."""
+    return sum(p.numel() for n, p in model.named_parameters() if not n.startswith("head.classifier."))
+
+
+def _backbone_summary(model: nn.Module, arch: dict, onnx_diff: float | None) -> dict:
+    spec = model.arch
+    params = sum(p.numel() for p in model.parameters())
+    summary = {
+        "name": arch["name"], "backbone": spec.backbone, "family": spec.family,
+        "input_size": list(spec.input_size), "num_classes": model.num_classes,
+        "params": params, "params_millions": round(params / 1e6, 4),
+        "params_without_classifier": params_without_classifier(model),
+        "macs": count_macs(model, spec.input_size),
+        "macs_note": "multiply-accumulates per image, counted by fvcore (attention matmuls included)",
+        "attention": model.attention, "attention_form": "softmax" if spec.family == "vit" else spec.attention_form,
+        "attention_after": list(spec.attention_after) if spec.family != "vit" else "every block",
+        "attention_params": sum(p.numel() for n, p in model.named_parameters() if n.startswith("dcs.")),
+        "last_stride": spec.last_stride, "embedding_dim": model.embedding_dim,
+        "onnx_max_abs_diff": onnx_diff,
+    }
+    if spec.family != "vit":
+        summary["stage_widths"] = dict(model.stage_widths)
+    summary["gmacs"] = round(summary["macs"] / 1e9, 4)
+    return summary
+
+
+def summarize(model: nn.Module, arch: dict, onnx_diff: float | None, extra: Mapping[str, Any] | None = None) -> dict:
     """The ``summary.json`` content."""
+    if not isinstance(model, PlainNet):
+        summary = _backbone_summary(model, arch, onnx_diff)
+        summary.update(dict(extra or {}))
+        return summary
     space = model.arch
     params = sum(p.numel() for p in model.parameters())
     summary = {
@@ -203,6 +345,7 @@ def summarize(model: PlainNet, arch: dict, onnx_diff: float | None, extra: Mappi
         "num_classes": model.num_classes,
         "params": params,
         "params_millions": round(params / 1e6, 4),
+        "params_without_classifier": params_without_classifier(model),
         "macs": count_macs(model, space.input_size),
         "macs_note": "multiply-accumulates per image, counted by fvcore (attention matmuls included)",
         "attention": model.attention,
@@ -217,7 +360,7 @@ def summarize(model: PlainNet, arch: dict, onnx_diff: float | None, extra: Mappi
     return summary
 
 
-def export_derived(out: str | Path, arch: dict, model: PlainNet, *, onnx: bool = True, overwrite: bool = False,
+def export_derived(out: str | Path, arch: dict, model: nn.Module, *, onnx: bool = True, overwrite: bool = False,
                    extra_summary: Mapping[str, Any] | None = None, extra_files: Mapping[str, Any] | None = None,
                    inputs: Sequence = ()) -> dict:
     """Write a derived directory (atomically: all files or none).
@@ -236,6 +379,10 @@ def export_derived(out: str | Path, arch: dict, model: PlainNet, *, onnx: bool =
         The summary dict.
     """
     model = model.eval()
+    from dnas.backbones import BackboneArch, is_backbone_arch
+
+    if is_backbone_arch(arch):
+        arch = BackboneArch(arch, str(out)).to_dict()  # its normalised form (defaults written out)
     with atomic_directory(out, overwrite=overwrite, kind="derived", inputs=tuple(inputs)) as tmp:
         atomic_write_yaml(tmp / "arch.yaml", arch)
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -244,7 +391,8 @@ def export_derived(out: str | Path, arch: dict, model: PlainNet, *, onnx: bool =
         diff = export_onnx(model, model.arch.input_size, tmp / "model.onnx") if onnx else None
         summary = summarize(model, arch, diff, extra_summary)
         atomic_write_json(tmp / "summary.json", summary)
-        atomic_write_text(tmp / "arch.dot", graph_to_dot(arch_graph(model.arch, model.attention)))
+        graph = arch_graph(model.arch, model.attention) if isinstance(model, PlainNet) else backbone_graph(model)
+        atomic_write_text(tmp / "arch.dot", graph_to_dot(graph))
         for name, writer in (extra_files or {}).items():
             writer(tmp / name)
     log.info("exported %s: %s params, %s MACs%s", out, summary["params"], summary["macs"],

@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable
 
-DATA_FOLDERS = ("supernets", "search", "retrain", "latency_tables")
+DATA_FOLDERS = ("supernets", "search", "retrain", "latency_tables", "backbones")  # backbones: DCS-FB arch files
 
 
 def data_root() -> Path:

@@ -1,5 +1,6 @@
 """``dnas-derive``: export a derived network (arch.yaml, model.pt, model.onnx,
-summary.json, arch.dot) from a search run or from a space without search."""
+summary.json, arch.dot) from a search run, from a space without search, or a fixed
+backbone with attention (DCS-FB, paper section 3.3: ``--backbone NAME``)."""
 from __future__ import annotations
 
 import argparse
@@ -16,6 +17,9 @@ EPILOG = """examples:
   dnas-derive --supernet fbnetv2 --sample max --attention self --out derived/fb-max-sa   # ablation variant
   dnas-derive runs/search1 --out derived/search1            # argmax of a search run
   dnas-derive runs/search1 --top-k 5 --out derived/top5     # the 5 most probable archs
+  dnas-derive --backbone resnet50 --num-classes 751 --out derived/dcs-fb-r50     # DCS-FB (fixed backbone)
+  dnas-derive --backbone mobilenetv2 --attention none --out derived/mbv2         # the plain backbone
+  dnas-derive --backbone transreid --pretrained-file vit_b16.pth --out derived/tr # a local timm checkpoint
 
 The output directory is written atomically: on any error nothing is left behind.
 --overwrite replaces only an earlier dnas-derive output (never the working directory,
@@ -29,6 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dnas-derive", description="Export a derived architecture and its plain PyTorch/ONNX model.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", nargs="?", help="a dnas-search run directory to derive from (argmax of its arch parameters)")
+    p.add_argument("--backbone", help="a fixed backbone with attention (DCS-FB): short name (mobilenetv2, "
+                                      "mobilenetv2_200, resnet50, hrnet_w32, osnet_x1_0, transreid) or arch YAML")
+    p.add_argument("--pretrained", action="store_true", help="with --backbone: timm's ImageNet weights (a download)")
+    p.add_argument("--pretrained-file", help="with --backbone: a local checkpoint of the plain backbone, loaded "
+                                             "strictly; new attention modules start as the identity")
     p.add_argument("--supernet", help="space name (tiny, fbnetv2, large, xlarge) or YAML path, to derive without search")
     p.add_argument("--sample", choices=["max", "min", "random"], help="architecture picked without search")
     p.add_argument("--seed", type=int, default=0, help="seed of --sample random (default 0)")
@@ -67,6 +76,34 @@ def derive_without_search(args: argparse.Namespace) -> dict:
                           extra_summary={"derived_from": f"--sample {args.sample}", "seed": args.seed})
 
 
+def derive_backbone(args: argparse.Namespace) -> dict:
+    """Export a fixed-backbone network (DCS-FB) with fresh or pretrained weights."""
+    from dnas.export import build_model, export_derived, read_arch
+
+    if args.no_dcs and args.attention not in (None, "none"):
+        raise DnasError(f"--no-dcs and --attention {args.attention} disagree: give one of them")
+    if args.sample or args.top_k != 1:
+        raise DnasError("--sample/--top-k apply to searched spaces, not to --backbone")
+    if args.num_classes is not None and args.num_classes < 1:
+        raise DnasError(f"--num-classes {args.num_classes}: expected a positive integer")
+    if args.pretrained and args.pretrained_file:
+        raise DnasError("give --pretrained (timm's weights) or --pretrained-file PATH, not both")
+    attention = "none" if args.no_dcs else args.attention
+    arch = read_arch(args.backbone, attention=attention, attention_form=args.attention_form,
+                     num_classes=args.num_classes)
+    if "backbone" not in arch:
+        raise DnasError(f"--backbone {args.backbone}: not a fixed-backbone arch (no 'backbone' key)")
+    model = build_model(arch, pretrained=args.pretrained, pretrained_file=args.pretrained_file)
+    report = model.pretrained_report
+    if report is not None:
+        print(f"pretrained: {report['loaded']} backbone tensors from {report['source']}; new: "
+              f"{', '.join(report['new']) or 'none'}" + (f"; copied from the last block: {len(report['copied'])} "
+                                                          "tensors (JPM)" if report["copied"] else ""))
+    extra = {"derived_from": f"--backbone {args.backbone}", "pretrained": report}
+    return export_derived(args.out, arch, model, onnx=not args.no_onnx, overwrite=args.overwrite,
+                          extra_summary=extra, inputs=[p for p in (args.pretrained_file,) if p])
+
+
 @cli_entry("dnas-derive")
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
@@ -75,8 +112,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise DnasError(f"--top-k {args.top_k}: expected a positive integer")
     from dnas.outputs import check_replace
 
-    check_replace(args.out, "derived", args.overwrite, inputs=[args.run, args.supernet])  # before any work
-    if args.run:
+    check_replace(args.out, "derived", args.overwrite, inputs=[args.run, args.supernet, args.pretrained_file])
+    if (args.pretrained or args.pretrained_file) and not args.backbone:
+        raise DnasError("--pretrained/--pretrained-file apply to --backbone")
+    if args.backbone:
+        if args.run or args.supernet:
+            raise DnasError("give one of a run directory, --supernet or --backbone")
+        summaries = [derive_backbone(args)]
+    elif args.run:
         if args.supernet or args.sample:
             raise DnasError("give either a run directory or --supernet/--sample, not both")
         if args.num_classes is not None:
@@ -91,7 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                     onnx=not args.no_onnx, overwrite=args.overwrite)
     else:
         if not (args.supernet and args.sample):
-            raise DnasError("without a run directory, give --supernet NAME and --sample max|min|random")
+            raise DnasError("without a run directory, give --supernet NAME and --sample max|min|random, "
+                            "or --backbone NAME")
         summaries = [derive_without_search(args)]
     for s in summaries:
         onnx = "" if s.get("onnx_max_abs_diff") is None else f", ONNX max abs diff {s['onnx_max_abs_diff']:.2e}"

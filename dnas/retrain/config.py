@@ -267,28 +267,15 @@ class ReIDConfig(TrainConfig):
 
 
 def load_arch(arch: str, **changes) -> dict:
-    """The derived-arch dict of ``arch`` (directory or YAML) with keys replaced.
+    """The derived-arch dict of ``arch`` (directory, YAML, or a fixed-backbone short name
+    such as ``resnet50``) with keys replaced: :func:`dnas.export.read_arch`.
 
     Raises:
         SpaceError: not found, invalid, or not a derived architecture.
     """
-    import yaml
+    from dnas.export import read_arch
 
-    from dnas.errors import SpaceError
-    from dnas.space import SearchSpace, resolve_space_path
-
-    path = resolve_space_path(arch)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise SpaceError(f"{path}: cannot read ({str(exc).splitlines()[0][:160]})") from None
-    if not isinstance(data, dict):
-        raise SpaceError(f"{path}: expected a mapping at the top level")
-    data.update({k: v for k, v in changes.items() if v is not None})
-    if not SearchSpace.from_dict(data, str(path)).is_derived:
-        raise SpaceError(f"{path}: not a derived architecture (some field still lists several options); "
-                         "run dnas-derive first")
-    return data
+    return read_arch(arch, **changes)
 
 
 def suffixed(name: str, suffix: str) -> str:

@@ -1,0 +1,88 @@
+"""Pretrained weights of a DCS-FB backbone (paper section 4: "ImageNet-pretrained"
+variants of Table I): timm's own weights (a download, where timm has them) or a local
+checkpoint file of the plain timm network.
+
+A local file is read with timm's checkpoint reader (a state dict, or one wrapped under
+``state_dict`` / ``model``; EMA weights preferred), passed through the model's own timm
+filter where it has one (the ViT's resamples the position embedding to the overlapping
+patch grid), stripped of the ImageNet classifier, and loaded into ``model.backbone``
+strictly: a missing or unexpected key, or a shape that differs, is an error naming the
+file and the key. The attention modules, the SIE and the head stay as built, so a new
+DCS module starts as the identity (a CNN module's output BN weight is 0; a ViT block's
+selection keeps every channel in inference); the JPM branch is copied from the loaded
+last block. The report lists every key that did not come from the file.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from dnas.errors import CheckpointError
+
+
+def _classifier_keys(backbone: nn.Module) -> tuple[str, ...]:
+    cfg = getattr(backbone, "pretrained_cfg", None) or {}
+    names = cfg.get("classifier") or ("fc", "classifier", "head")
+    names = (names,) if isinstance(names, str) else tuple(names)
+    return tuple(f"{n}.{p}" for n in names for p in ("weight", "bias"))
+
+
+def read_backbone_checkpoint(model: nn.Module, path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict of ``path`` in ``model.backbone``'s key space (classifier dropped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: pretrained file not found")
+    from timm.models import load_state_dict
+
+    try:
+        state = load_state_dict(str(path))
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is one line
+        raise CheckpointError(f"{path}: cannot read a checkpoint ({str(exc).splitlines()[0][:160]})") from None
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise CheckpointError(f"{path}: expected a state dict of the backbone (name -> tensor)")
+    if model.family == "vit":
+        from timm.models.vision_transformer import checkpoint_filter_fn
+
+        state = checkpoint_filter_fn(state, model.backbone)
+    for key in _classifier_keys(model.backbone):
+        if key not in model.backbone.state_dict():
+            state.pop(key, None)
+    return state
+
+
+def load_backbone_weights(model: nn.Module, path: str | Path) -> dict:
+    """Load a checkpoint of the plain backbone into ``model`` strictly.
+
+    Args:
+        model: a :class:`~dnas.backbones.model.BackboneNet` or
+            :class:`~dnas.backbones.vit.TransReIDNet`.
+        path: the checkpoint file.
+
+    Returns:
+        ``{"source", "loaded", "new", "copied"}``: the number of backbone tensors loaded,
+        the model keys not in the file (attention modules, SIE, head), and the keys
+        copied from the loaded last block (the JPM branch).
+
+    Raises:
+        CheckpointError: the file does not fit the backbone (naming the key).
+    """
+    state = read_backbone_checkpoint(model, path)
+    own = model.backbone.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        raise CheckpointError(f"{path}: does not fit backbone {model.arch.backbone} ({what})")
+    for key, t in own.items():
+        if tuple(state[key].shape) != tuple(t.shape):
+            raise CheckpointError(f"{path}: key {key!r} has shape {tuple(state[key].shape)}, backbone "
+                                  f"{model.arch.backbone} needs {tuple(t.shape)}")
+    model.backbone.load_state_dict(state, strict=True)
+    copied = []
+    if hasattr(model, "init_jpm_from_last_block") and model.jpm_block is not None:
+        model.init_jpm_from_last_block()
+        copied = sorted(k for k in model.state_dict() if k.startswith(("jpm_block.", "jpm_norm.")))
+    new = sorted(k for k in model.state_dict() if not k.startswith("backbone.") and k not in copied)
+    return {"source": str(path), "loaded": len(state), "new": new, "copied": copied}
