@@ -73,14 +73,18 @@ def fisher_ratio(features: np.ndarray, labels: np.ndarray) -> float:
 
 
 def tsne_2d(features: np.ndarray, seed: int, perplexity: float | None = None) -> tuple[np.ndarray, float]:
-    """``(N, 2)`` t-SNE coordinates and the perplexity used (default ``min(30, (N-1)/3)``)."""
+    """``(N, 2)`` t-SNE coordinates and the perplexity used (default ``min(30, (N-1)/3)``).
+
+    Up to 1000 points the exact gradient is used (faster there than Barnes-Hut, whose
+    threads contend on a busy machine); more points use Barnes-Hut.
+    """
     from sklearn.manifold import TSNE
 
     n = len(features)
     perplexity = float(perplexity or max(2.0, min(30.0, (n - 1) / 3.0)))
     perplexity = min(perplexity, n - 1.0)
     coords = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed,
-                  learning_rate="auto").fit_transform(np.asarray(features, dtype=np.float32))
+                  learning_rate="auto", method="exact" if n <= 1000 else "barnes_hut").fit_transform(np.asarray(features, dtype=np.float32))
     return coords, perplexity
 
 
