@@ -5,7 +5,7 @@
   DCS-Attention overhead, dnas vs timm, ONNX Runtime, ``torch.compile``), written to
   ``DIR/bench.json`` and ``DIR/bench.md``;
 - :mod:`bench.search_run`: a short latency-targeted search with step timings;
-- ``bench/device_run.sh``: everything the GPU machine runs, in time-boxed parts;
+- ``bench/device_run.sh``: everything the GPU machine runs, one time-boxed call and a continuation;
 - ``bench/eval_msmt17_size.py``: time and memory of an MSMT17-size Re-ID evaluation.
 
 See ``bench/README.md``.

@@ -85,9 +85,10 @@ def summary_markdown(data: dict) -> str:
                          f"{_fmt(c['met'])} |" + (f" {c['note']}" if c.get("note") else ""))
     if head.get("search"):
         s = head["search"]
-        lines += ["", "## search", "", f"{_fmt(s['steps'])} steps in {_fmt(s['wall_s'])} s (data {_fmt(s['data_prep_s'])}"
-                  f" s); weight step {_fmt(s['weights_step_ms'])} ms, arch step {_fmt(s['arch_step_ms'])} ms (medians "
-                  f"after the first epoch); peak {_fmt(s['peak_mib'])} MiB; cost {s['latency_source']}; expected "
+        lines += ["", "## search", "", f"{_fmt(s['steps'])} steps in {_fmt(s['wall_s'])} s (data "
+                  f"{_fmt(s['data_prep_s'])} s); weight step {_fmt(s['weights_step_ms'])} ms, arch step "
+                  f"{_fmt(s['arch_step_ms'])} ms (medians after the first epoch); peak {_fmt(s['peak_mib'])} MiB; "
+                  f"cost {s['latency_source']}; expected "
                   f"latency {_fmt(s['expected_latency_before_ms'])} -> {_fmt(s['after_ms'])} ms (target "
                   f"{_fmt(s['target_ms'])}; moved toward it: {_fmt(s['moved_toward_target'])})"]
     return "\n".join(lines) + "\n"

@@ -86,7 +86,7 @@ class Settings:
     """What the steps run with (GPU defaults; :func:`smoke_settings` for the CPU check)."""
 
     device: str = "cuda"
-    space: str = "xlarge"
+    table_space: str = "xlarge"
     table_batch: int = 64
     dtype: str = "bf16"
     profile_args: list[str] = field(default_factory=lambda: ["--channels-last", "--passes", "3", "--windows", "5",
@@ -102,7 +102,7 @@ class Settings:
 
 
 def smoke_settings() -> Settings:
-    return Settings(device="cpu", space="tiny", table_batch=8, dtype="fp32",
+    return Settings(device="cpu", table_space="tiny", table_batch=8, dtype="fp32",
                     profile_args=["--passes", "2", "--windows", "1", "--window-ms", "0.5", "--warmup", "1"],
                     validate_archs=6, bench_args=["--smoke"], search_args=["--smoke"],
                     tests=["tests/test_latency_keys_table.py"],
@@ -114,7 +114,7 @@ def table_name(tag: str, s: Settings) -> str:
     """``h200_fbnetv2_xlarge_b64_bf16``: the name the GPU recipes in ``search/`` use."""
     from dnas.space import load_space
 
-    return f"{tag}_{load_space(s.space).name}_b{s.table_batch}_{s.dtype}"
+    return f"{tag}_{load_space(s.table_space).name}_b{s.table_batch}_{s.dtype}"
 
 
 class DeviceRun:
@@ -254,9 +254,10 @@ class DeviceRun:
             return
         name, (box, least) = "table", self.s.boxes["table"]
         box = min(box, self.left() - PACK_RESERVE_S - reserve_s)
-        argv = [self.py, "-m", "dnas.cli.latency", "profile", "--supernet", self.s.space, "--device", self.s.device,
-                "--batch", str(self.s.table_batch), "--dtype", self.s.dtype, *self.s.profile_args,
-                "--checkpoint-every", "15", "--no-progress", "--time-limit", "{BOX}", "--out", str(self.table)]
+        argv = [self.py, "-m", "dnas.cli.latency", "profile", "--supernet", self.s.table_space,
+                "--device", self.s.device, "--batch", str(self.s.table_batch), "--dtype", self.s.dtype,
+                *self.s.profile_args, "--checkpoint-every", "15", "--no-progress", "--time-limit", "{BOX}",
+                "--out", str(self.table)]
         r = self.run_step(Step(name, max(box, 0.0), float(least), argv, what))
         state = self.table_state()
         if r.status == "ok" and state["state"] == "partial":
@@ -278,7 +279,7 @@ class DeviceRun:
             self.skip("validate", what, "validated already")
             return
         self.run_step(self.step("validate", [
-            self.py, "-m", "dnas.cli.latency", "validate", "--supernet", self.s.space, "--table",
+            self.py, "-m", "dnas.cli.latency", "validate", "--supernet", self.s.table_space, "--table",
             str(self.table) + ".csv", "--archs", str(self.s.validate_archs), "--passes", "2", "--save-calibration",
             "--no-progress", "--out", str(report), "--plot", str(report.with_suffix(".png"))], what))
 
@@ -376,6 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=float, help=f"seconds in all (default {RUN_BUDGET_S:g} for run, "
                    f"{CONTINUE_BUDGET_S:g} for continue)")
     p.add_argument("--smoke", action="store_true", help="the same steps on the CPU, tiny space and settings")
+    p.add_argument("--table-space", help="space of the table steps (default xlarge; tiny with --smoke): later "
+                   "sessions fill the other tables with continue --table-space fbnetv2 ...")
+    p.add_argument("--table-batch", type=int, help="batch of the table steps (default 64; 8 with --smoke)")
     p.add_argument("--table-limit", type=float, help="at most this many seconds of table profiling (default: "
                    "all the time left)")
     return p
@@ -387,6 +391,10 @@ def main(argv: list[str] | None = None) -> int:
         print("device_run: --out (or $OUT) is required", file=sys.stderr)
         return 2
     s = smoke_settings() if args.smoke else Settings()
+    if args.table_space:
+        s.table_space = args.table_space
+    if args.table_batch:
+        s.table_batch = args.table_batch
     budget = args.budget or (CONTINUE_BUDGET_S if args.mode == "continue" else RUN_BUDGET_S)
     run = DeviceRun(args.mode, Path(args.out), Path(args.work), args.tag, budget, s, args.table_limit)
 

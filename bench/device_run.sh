@@ -11,8 +11,9 @@
 #   OUT=/tmp/x bash bench/device_run.sh continue --smoke --budget 120
 #
 # Extra arguments go to bench.device_run (--budget S, --tag T, --work DIR, --table-limit S).
-# Installs nothing; wheels in .whl/ (carried to the device, see bench/README.md) are unpacked
-# into /tmp/site first. On exit everything is packed into $OUT (at most 7 files).
+# Installs nothing: bench/vendor (pure-Python packages the device image lacks, made here by
+# python -m bench.vendor and carried) goes on PYTHONPATH, and wheels in .whl/ (carried too)
+# are unpacked into /tmp/site first. On exit everything is packed into $OUT (at most 7 files).
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -26,5 +27,6 @@ if compgen -G ".whl/*.whl" > /dev/null; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
+if [ -d bench/vendor ]; then export PYTHONPATH="$ROOT/bench/vendor${PYTHONPATH:+:$PYTHONPATH}"; fi
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 exec "$PY" -m bench.device_run "$MODE" --out "$OUT" "$@"

@@ -87,3 +87,16 @@ def test_a_step_past_its_time_box_is_stopped(tmp_path):
     assert r.status == "failed" and r.rc == 3
     data = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert [s["name"] for s in data["steps"]] == ["sleeper", "quick"]
+
+
+def test_vendor_copies_the_pure_python_packages_the_device_lacks(tmp_path):
+    from bench.vendor import PACKAGES, vendor
+
+    lines = vendor(tmp_path / "vendor")
+    assert len(lines) == len(PACKAGES) and all("->" in line for line in lines), lines
+    assert not list((tmp_path / "vendor").rglob("__pycache__"))
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import fvcore.nn, yacs, iopath, termcolor; "
+            "print(fvcore.__file__)")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "vendor")], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip().startswith(str(tmp_path / "vendor")), proc.stderr[-2000:]

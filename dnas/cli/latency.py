@@ -327,7 +327,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(f"complete  yes: {progress['measured']} entries, {progress['passes']} passes each")
     else:
         print(f"complete  NO: {progress['measured']} of {progress['total']} entries measured, {progress['missing']} "
-              f"missing, {progress['finished']} with all {progress['passes']} passes ({100 * progress['fraction']:.1f}% "
+              f"missing, {progress['finished']} with all {progress['passes']} passes "
+              f"({100 * progress['fraction']:.1f}% "
               f"of the measurements); searches refuse it until it is complete")
         print(f"continue  {table.continue_command()}")
     cal = m.get("calibration")

@@ -23,9 +23,9 @@ In order (the first that applies):
 
 ``latency_table: none`` is a search without a latency cost (``none``); a path is that
 table (``table:PATH``); an incomplete one is refused (:class:`IncompleteTableError`:
-the file, the entries missing, the command that continues it). The resolved source is written to the run's ``config.yaml``
-(``latency_source``) and ``summary.json``; a resumed run loads the same source
-(:func:`load_latency_source`) instead of resolving again.
+the file, the entries missing, the command that continues it). The resolved source is
+written to the run's ``config.yaml`` (``latency_source``) and ``summary.json``; a resumed
+run loads the same source (:func:`load_latency_source`) instead of resolving again.
 """
 from __future__ import annotations
 
