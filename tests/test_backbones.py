@@ -1,0 +1,260 @@
+"""DCS-FB fixed backbones (dnas/backbones): every backbone x attention builds, runs
+forward and backward, exports to ONNX and round-trips through dnas-derive and
+dnas.load_derived; new attention modules start as the identity; DCS on the ViT without
+the fused kernel; strict pretrained-file loading; OSNet x1.0 and TransReID at their
+published sizes; bad arch files are one-line errors. Random init only (no downloads)."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import yaml
+
+import dnas
+from dnas.backbones import SHORT_NAMES, BackboneArch
+from dnas.cli import derive as derive_cli
+from dnas.errors import CheckpointError, SpaceError
+from dnas.export import export_onnx, params_without_classifier, read_arch
+
+SMALL = [3, 64, 32]
+TINY_VIT = {"embed_dim": 48, "depth": 2, "num_heads": 2}
+# small variants of each family for the exports (the shipped files at 64x32 otherwise)
+SMALL_VARIANT = {"resnet50": {"timm_kwargs": {"layers": [1, 1, 1, 1]}},
+                 "hrnet_w32": {"backbone": "hrnet_w18_small"},
+                 "mobilenetv2_200": {"block_repeats": [1, 1, 2, 2, 1, 1, 1]},
+                 "transreid": {"timm_kwargs": TINY_VIT}}
+
+
+def small_arch(name: str, attention: str = "dcs", variant: bool = True, **changes) -> dict:
+    extra = dict(SMALL_VARIANT.get(name, {})) if variant or name == "transreid" else {}
+    return read_arch(name, input_size=SMALL, num_classes=10, attention=attention, **extra, **changes)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.mark.parametrize("attention", ["none", "self", "dcs"])
+@pytest.mark.parametrize("name", sorted(SHORT_NAMES))
+def test_forward_backward_every_backbone(name, attention):
+    model = dnas.build_model(small_arch(name, attention, variant=name in ("hrnet_w32", "transreid")))
+    x = torch.randn(4, *SMALL)
+    out = model(x, return_features=True)
+    assert out["logits"].shape == (4, 10)
+    assert out["embedding"].shape == out["global_feat"].shape == (4, model.embedding_dim)
+    assert out["ib_input"].shape[0] == 4
+    (out["logits"].sum() + out["global_feat"].square().mean()).backward()
+    no_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None and n != "sie"]
+    assert not no_grad, no_grad[:5]
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    n_att = sum(p.numel() for n, p in model.named_parameters() if n.startswith("dcs."))
+    assert (n_att > 0) == (attention == "dcs" or (attention == "self" and name != "transreid"))
+
+
+@pytest.mark.parametrize("name", sorted(SHORT_NAMES))
+def test_new_attention_modules_start_as_the_identity(name):
+    plain = dnas.build_model(small_arch(name, "none" if name != "transreid" else "self")).eval()
+    with_dcs = dnas.build_model(small_arch(name, "dcs")).eval()
+    missing, unexpected = with_dcs.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith("dcs.") for k in missing)
+    x = torch.randn(2, *SMALL)
+    with torch.no_grad():
+        torch.testing.assert_close(with_dcs(x), plain(x), rtol=1e-5, atol=1e-5)
+
+
+def test_mobilenetv2_positions_and_last_stride():
+    model = dnas.build_model("mobilenetv2")
+    assert [model.stage_widths[s] for s in model.arch.attention_after] == [24, 32, 64, 320]
+    assert sorted(model.dcs) == ["blocks_1", "blocks_2", "blocks_3", "blocks_6"]
+    feat = model.forward_features(torch.zeros(1, 3, 256, 128))
+    assert feat.shape[-2:] == (16, 8)  # last stride 1: 1/16 of the input
+    deep = dnas.build_model("mobilenetv2_200")
+    assert [len(s) for s in deep.backbone.blocks] == [1, 3, 21, 19, 18, 3, 1]
+    assert deep.backbone.conv_stem.out_channels == 32 and deep.backbone.blocks[-1][-1].conv_pwl.out_channels == 320
+
+
+def test_resnet50_last_stride_one():
+    model = dnas.build_model(read_arch("resnet50", attention="none"))
+    assert model.forward_features(torch.zeros(1, 3, 64, 32)).shape[-2:] == (4, 2)  # 1/16
+
+
+def test_osnet_x1_0_published_size():
+    model = dnas.build_model("osnet_x1_0", attention="none")
+    n = params_without_classifier(model)
+    assert abs(n - 2.2e6) / 2.2e6 < 0.03, n  # Zhou et al. 2019, Table 1: 2.2 M
+
+
+def test_transreid_real_configuration():
+    """ViT-B/16 at 256x128, stride-12 patches (21 x 10), SIE, JPM: construction only."""
+    model = dnas.build_model("transreid")
+    vit = model.backbone
+    assert vit.patch_embed.proj.stride == (12, 12) and vit.pos_embed.shape == (1, 1 + 21 * 10, 768)
+    assert len(vit.blocks) == 12 and model.groups == 4 and model.sie.shape == (6, 1, 768)
+    selectors = 13 * 12 * (64 * 64 + 64)  # 12 blocks + JPM, 12 heads of 64 channels
+    plain_vit = sum(p.numel() for p in vit.parameters())  # the selectors are registered under dcs. only
+    assert plain_vit == sum(p.numel() for n, p in model.named_parameters() if n.startswith("backbone."))
+    assert 85.6e6 < plain_vit - (211 - 197) * 768 < 86.6e6  # ViT-B/16: 85.8 M without its classifier
+    block = sum(p.numel() for p in vit.blocks[-1].parameters()) + sum(p.numel() for p in vit.norm.parameters())
+    expect = plain_vit + block + 6 * 768 + 2 * 5 * 768 + selectors  # + JPM, SIE, BNNeck (weight, bias)
+    assert params_without_classifier(model) == expect
+
+
+def test_vit_dcs_without_fused_kernel_matches_fused():
+    model = dnas.build_model(small_arch("transreid")).eval()
+    x = torch.randn(2, *SMALL)
+    with torch.no_grad():
+        fused = model(x, return_features=True)["embedding"]
+        for blk in list(model.backbone.blocks) + [model.jpm_block]:
+            blk.attn.fused_attn = False
+        explicit = model(x, return_features=True)["embedding"]
+    torch.testing.assert_close(explicit, fused, rtol=1e-4, atol=1e-5)
+    # a selection that drops channels changes the affinity on both paths alike
+    with torch.no_grad():
+        for sel in model.dcs.values():
+            sel.bias.uniform_(-2, 2)
+        dropped = model(x, return_features=True)["embedding"]
+        for blk in list(model.backbone.blocks) + [model.jpm_block]:
+            blk.attn.fused_attn = True
+        torch.testing.assert_close(model(x, return_features=True)["embedding"], dropped, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(dropped, fused)
+
+
+def test_vit_sie_camera_embedding():
+    model = dnas.build_model(small_arch("transreid")).eval()
+    x = torch.randn(2, *SMALL)
+    with torch.no_grad():
+        a = model(x, camera=torch.tensor([0, 1]))
+        b = model(x, camera=torch.tensor([1, 0]))
+    assert not torch.allclose(a, b)
+
+
+def test_deepcopy_keeps_selectors_with_their_copy():
+    model = dnas.build_model(small_arch("transreid"))
+    twin = copy.deepcopy(model)
+    assert twin.backbone.blocks[0].attn.selector is twin.dcs["block0"]
+    assert twin.jpm_block.attn.selector is twin.dcs["jpm"]
+    assert len(twin.state_dict()) == len(model.state_dict())
+
+
+@pytest.mark.parametrize("name", ["mobilenetv2", "osnet_x1_0", "resnet50", "transreid"])
+def test_onnx_export(name, tmp_path):
+    model = dnas.build_model(small_arch(name)).eval()
+    assert export_onnx(model, SMALL, tmp_path / "m.onnx") < 1e-4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["hrnet_w32", "mobilenetv2_200"])
+def test_onnx_export_slow(name, tmp_path):
+    model = dnas.build_model(small_arch(name)).eval()
+    assert export_onnx(model, SMALL, tmp_path / "m.onnx") < 1e-4
+
+
+def _save_small_yaml(tmp_path, name, **changes):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(small_arch(name, **changes)))
+    return path
+
+
+def test_derive_backbone_round_trip(tmp_path, capsys):
+    arch = _save_small_yaml(tmp_path, "osnet_x1_0")
+    out = tmp_path / "derived"
+    assert derive_cli.main(["--backbone", str(arch), "--num-classes", "7", "--no-onnx", "--out", str(out)]) == 0
+    assert "derived model written" in capsys.readouterr().out
+    summary = dnas.export.read_summary(out)
+    assert summary["backbone"] == "osnet_x1_0" and summary["num_classes"] == 7
+    assert summary["params"] - summary["params_without_classifier"] == 512 * 7  # bias-free after the BNNeck
+    assert summary["macs"] > 0 and summary["attention_params"] > 0  # ONNX: test_onnx_export
+    assert (out / "arch.dot").read_text().count("DCS-Attention") == 3
+    model = dnas.load_derived(out)
+    fresh = dnas.build_model(out)
+    fresh.load_state_dict(torch.load(out / "model.pt"))
+    x = torch.randn(2, *SMALL)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), fresh.eval()(x))
+    none = tmp_path / "none"
+    assert derive_cli.main(["--backbone", str(arch), "--attention", "none", "--no-onnx", "--out", str(none)]) == 0
+    assert dnas.export.read_summary(none)["attention_params"] == 0
+
+
+def test_derive_backbone_bad_input_exits_2(tmp_path, capsys):
+    out = tmp_path / "o"
+    assert derive_cli.main(["--backbone", "resnet51", "--out", str(out)]) == 2
+    assert "resnet51" in capsys.readouterr().err
+    assert derive_cli.main(["--backbone", "osnet_x1_0", "--sample", "max", "--out", str(out)]) == 2
+    assert derive_cli.main(["--supernet", "tiny", "--sample", "max", "--pretrained-file", "x.pt",
+                            "--out", str(out)]) == 2
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("change, needle", [
+    ({"attention_after": ["layer9"]}, "layer9"),
+    ({"colour": "red"}, "colour"),
+    ({"last_stride": 3}, "last_stride"),
+    ({"block_repeats": [1, 2]}, "block_repeats"),
+    ({"backbone": "densenet121"}, "densenet121"),
+    ({"transreid": {"jpm": True}}, "transreid"),
+])
+def test_bad_backbone_arch_names_the_key(change, needle):
+    data = {**read_arch("resnet50"), **change}
+    with pytest.raises(SpaceError, match=needle):
+        BackboneArch(data, "x.yaml")
+
+
+def _random_checkpoint(model, path, classes=5):
+    """A saved random checkpoint of the plain timm backbone, with an ImageNet-style classifier."""
+    import timm
+
+    arch = model.arch
+    plain = timm.create_model(arch.backbone, num_classes=classes, **arch.timm_kwargs)  # a ViT at 224x224
+    torch.save(plain.state_dict(), path)
+    return plain.state_dict()
+
+
+@pytest.mark.parametrize("name", ["resnet50", "transreid"])
+def test_pretrained_file_strict_identity_and_report(name, tmp_path):
+    ckpt = tmp_path / "backbone.pth"
+    model = dnas.build_model(small_arch(name))
+    state = _random_checkpoint(model, ckpt)
+    loaded = dnas.build_model(small_arch(name), pretrained_file=str(ckpt))
+    report = loaded.pretrained_report
+    own = loaded.backbone.state_dict()
+    same = [k for k in own if k in state and state[k].shape == own[k].shape]
+    assert all(torch.equal(own[k], state[k]) for k in same if k != "pos_embed")
+    assert report["new"] and all(k.startswith(("dcs.", "head.", "sie")) for k in report["new"])
+    assert any(k.startswith("dcs.") for k in report["new"])
+    if name == "transreid":  # JPM copied from the loaded last block; pos_embed resampled to the patch grid
+        assert report["copied"] and torch.equal(loaded.jpm_block.mlp.fc1.weight, own[f"blocks.{len(loaded.backbone.blocks) - 1}.mlp.fc1.weight"])
+        assert own["pos_embed"].shape[1] == 1 + loaded.backbone.patch_embed.grid_size[0] * loaded.backbone.patch_embed.grid_size[1]
+    # the attention starts as the identity: the plain backbone with the same weights computes the same
+    plain = dnas.build_model(small_arch(name, "none" if name != "transreid" else "self"), pretrained_file=str(ckpt))
+    plain.head.load_state_dict(loaded.head.state_dict())
+    x = torch.randn(2, *SMALL)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(x), plain.eval()(x), rtol=1e-5, atol=1e-5)
+    # strict: a missing backbone key is an error naming the file
+    key = next(k for k in state if k.endswith("weight"))
+    del state[key]
+    torch.save(state, ckpt)
+    with pytest.raises(CheckpointError, match="backbone.pth"):
+        dnas.build_model(small_arch(name), pretrained_file=str(ckpt))
+
+
+@pytest.mark.slow
+def test_retrain_reid_and_eval_only_on_a_backbone(tmp_path, capsys):
+    from dnas.cli import retrain as retrain_cli
+
+    arch = _save_small_yaml(tmp_path, "mobilenetv2")
+    out = tmp_path / "run"
+    argv = ["reid", "--arch", str(arch), "--data", "synthetic", "--set", "epochs=2", "--set", "max_steps_per_epoch=3",
+            "--set", "warmup_epochs=1", "--set", "eval_every=1", "--set", "eval_max_queries=30", "--set", "p=4",
+            "--set", "workers=0", "--no-progress", "--out", str(out)]
+    assert retrain_cli.main(argv) == 0
+    summary = dnas.export.read_summary(out / "final")
+    assert summary["backbone"] == "mobilenetv2_100" and summary["ibb"] >= summary["ib_loss"]
+    assert summary["onnx_max_abs_diff"] < 1e-4
+    capsys.readouterr()
+    assert retrain_cli.main(["reid", "--eval-only", str(out / "final"), "--data", "synthetic",
+                             "--set", "eval_max_queries=30"]) == 0
+    assert "mAP" in capsys.readouterr().out
