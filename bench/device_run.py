@@ -73,7 +73,7 @@ class Step:
 class StepResult:
     name: str
     what: str
-    status: str  # ok | failed | timeout | partial | skipped | pending
+    status: str  # ok | failed | timeout | partial | skipped | pending | interrupted
     seconds: float = 0.0
     box_s: float = 0.0
     rc: int | None = None
@@ -178,7 +178,8 @@ class DeviceRun:
               f"{' '.join(argv)}", flush=True)
         t0 = time.monotonic()
         with log_path.open("w") as log:
-            proc = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            # its own process group (same session): SIGINT reaches the step and its workers
+            proc = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, process_group=0,
                                     env=self.env())
             timed_out = False
             try:
@@ -186,6 +187,12 @@ class DeviceRun:
             except subprocess.TimeoutExpired:
                 timed_out = True
                 rc = _stop(proc)
+            except KeyboardInterrupt:  # the run itself is stopped: stop the step first, record it
+                rc = _stop(proc)
+                self.results.append(StepResult(step.name, step.what, "interrupted", round(time.monotonic() - t0, 1),
+                                               round(box, 1), rc, str(log_path.relative_to(self.work)),
+                                               _tail(log_path)))
+                raise
         seconds = time.monotonic() - t0
         status = "timeout" if timed_out else ("ok" if rc == 0 else "failed")
         note = "" if status == "ok" else _tail(log_path)
@@ -422,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
         print("device_run: interrupted; packing what there is", flush=True)
     finally:
         run.pack()
-    bad = [r.name for r in run.results if r.status in ("failed", "timeout")]
+    bad = [r.name for r in run.results if r.status in ("failed", "timeout", "interrupted")]
     print(f"device_run: {args.mode} done in {time.monotonic() - run.start:.0f} s; "
           f"{', '.join(f'{r.name} {r.status}' for r in run.results)}; table {run.table_state()['state']}", flush=True)
     return 1 if bad else 0
