@@ -258,3 +258,21 @@ def test_retrain_reid_and_eval_only_on_a_backbone(tmp_path, capsys):
     assert retrain_cli.main(["reid", "--eval-only", str(out / "final"), "--data", "synthetic",
                              "--set", "eval_max_queries=30"]) == 0
     assert "mAP" in capsys.readouterr().out
+
+
+def test_backbone_recipes_load_and_name_their_arch():
+    import glob
+
+    from dnas.config import load_config
+    from dnas.resources import data_dir
+    from dnas.retrain.config import ReIDConfig
+
+    paths = sorted(glob.glob(str(data_dir("retrain") / "*_*.yaml")))
+    names = {p.split("/")[-1].rsplit("_", 1)[0] for p in paths}
+    assert set(SHORT_NAMES) <= names
+    for name in SHORT_NAMES:
+        for ds in ("market1501", "dukemtmc", "msmt17", "cuhk03"):
+            cfg = load_config(ReIDConfig, data_dir("retrain") / f"{name}_{ds}.yaml")
+            cfg.validate()
+            assert cfg.arch == name and cfg.optimizer == "sgd" and cfg.schedule == "step" and cfg.batch_size == 64
+            assert read_arch(cfg.arch)["backbone"]
