@@ -62,6 +62,7 @@ def test_time_limit_leaves_an_incomplete_table_and_its_command_continues_it(tmp_
     table = LatencyTable.load(out)
     assert table.is_complete and len(table) == 62 and not partial_csv.exists() and not partial_meta.exists()
     assert all(len(table.stats[k]["pass_ms"]) == 2 for k in table.entries)
+    assert len(table.meta["sessions"]) == 2 and table.meta["sessions"][0] == partial.meta["date"]
     for key, kept in before.items():  # what the first run measured is kept, not measured again
         assert table.stats[key]["pass_ms"][: len(kept)] == kept
 

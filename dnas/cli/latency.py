@@ -322,7 +322,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(f"settings  batch {m.get('batch')}, {m.get('dtype')}, channels_last {m.get('channels_last')}, "
           f"method {m.get('method')}, {proto.get('passes')} passes x {proto.get('windows')} windows, "
           f"threads {proto.get('threads')}")
-    print(f"date      {m.get('date')}  mode: {m.get('mode', 'eval')}")
+    sessions = f" (profiled in {len(m['sessions'])} sessions, from {m['sessions'][0]})" if m.get("sessions") else ""
+    print(f"date      {m.get('date')}{sessions}  mode: {m.get('mode', 'eval')}")
     if table.is_complete:
         print(f"complete  yes: {progress['measured']} entries, {progress['passes']} passes each")
     else:

@@ -145,9 +145,10 @@ def _check_resume(path: Path, old: dict, meta: dict) -> None:
                                     f"{meta.get(key)!r}; delete it or pass --restart")
 
 
-def load_partial_samples(out: str | Path, meta: dict) -> tuple[Path, dict[str, list[float]]] | None:
-    """``(path, key -> per-pass ms)`` of the incomplete table of ``out`` (or of a legacy
-    ``TABLE.partial.json``), checked to share ``meta``'s settings; ``None`` when there is none.
+def load_partial_samples(out: str | Path, meta: dict) -> tuple[Path, dict[str, list[float]], dict] | None:
+    """``(path, key -> per-pass ms, its metadata)`` of the incomplete table of ``out`` (or
+    of a legacy ``TABLE.partial.json``), checked to share ``meta``'s settings; ``None``
+    when there is none.
 
     Raises:
         LatencyTableError: unreadable, or made with other settings (:data:`RESUME_KEYS`).
@@ -156,8 +157,9 @@ def load_partial_samples(out: str | Path, meta: dict) -> tuple[Path, dict[str, l
     if path.is_file():
         table = LatencyTable.load(path, allow_incomplete=True)
         _check_resume(path, table.meta, meta)
-        return path, {k: list(table.stats.get(k, {}).get("pass_ms") or [ms] * table.stats.get(k, {}).get("samples", 1))
-                      for k, ms in table.entries.items()}
+        samples = {k: list(table.stats.get(k, {}).get("pass_ms") or [ms] * table.stats.get(k, {}).get("samples", 1))
+                   for k, ms in table.entries.items()}
+        return path, samples, table.meta
     path = legacy_partial_path(out)
     if not path.is_file():
         return None
@@ -167,7 +169,7 @@ def load_partial_samples(out: str | Path, meta: dict) -> tuple[Path, dict[str, l
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise LatencyTableError(f"{path}: unreadable partial profile ({exc}); delete it or pass --restart") from None
     _check_resume(path, old, meta)
-    return path, {k: [float(v) for v in vals] for k, vals in samples.items()}
+    return path, {k: [float(v) for v in vals] for k, vals in samples.items()}, old
 
 
 def samples_table(samples: dict[str, list[float]], meta: dict, passes: int) -> LatencyTable:
@@ -228,6 +230,8 @@ def profile_space(space, out: str | Path, cfg: TimingConfig, passes: int = 3, se
     if found:
         samples = {k: v[:passes] for k, v in found[1].items() if k in entries}
         done = sum(len(v) for v in samples.values())
+        # provenance of a table measured over several sessions: when each one started
+        meta["sessions"] = list(found[2].get("sessions") or [found[2].get("date")]) + [meta["date"]]
         log(f"continuing {found[0]}: {done} of {len(entries) * passes} measurements done "
             f"({len(samples)} of {len(entries)} entries measured)")
 

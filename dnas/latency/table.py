@@ -19,7 +19,8 @@ entries measured so far (``samples`` counts their passes), and in the metadata
 resume state meant to be committed: ``dnas-latency profile`` with the same settings
 and ``--out NAME`` continues it (:meth:`LatencyTable.continue_command` prints that
 command) and replaces it by ``NAME.csv`` once every entry has all its passes, so a
-table can fill up over several GPU sessions. :meth:`LatencyTable.load` refuses an
+table can fill up over several GPU sessions (``sessions`` in the metadata: when each
+one started). :meth:`LatencyTable.load` refuses an
 incomplete table (:class:`IncompleteTableError`, naming the file, the entries missing
 and the command that continues it) unless asked for one (``allow_incomplete``), so no
 search ever runs on one.
