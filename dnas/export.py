@@ -324,8 +324,9 @@ def _backbone_summary(model: nn.Module, arch: dict, onnx_diff: float | None) -> 
         "last_stride": spec.last_stride, "embedding_dim": model.embedding_dim,
         "onnx_max_abs_diff": onnx_diff,
     }
-    if spec.family != "vit":
-        summary["stage_widths"] = dict(model.stage_widths)
+    summary["params_classifier"] = params - summary["params_without_classifier"]
+    summary["stage_widths"] = (dict(model.stage_widths) if spec.family != "vit"
+                               else {"blocks": model.backbone.embed_dim})
     summary["gmacs"] = round(summary["macs"] / 1e9, 4)
     return summary
 

@@ -276,3 +276,24 @@ def test_backbone_recipes_load_and_name_their_arch():
             cfg.validate()
             assert cfg.arch == name and cfg.optimizer == "sgd" and cfg.schedule == "step" and cfg.batch_size == 64
             assert read_arch(cfg.arch)["backbone"]
+
+
+@pytest.mark.slow
+def test_ablation_backbone_smoke(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, str(root / "retrain" / "ablation_backbone.py"), "--backbone", "osnet_x1_0", "--seeds", "0",
+           "--etas", "0.1", "--set", "epochs=1", "--set", "max_steps_per_epoch=2", "--set", "warmup_epochs=0",
+           "--set", "eval_max_queries=20", "--set", "p=4", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path)]
+    subprocess.run(cmd, check=True, cwd=tmp_path, capture_output=True,
+                   env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = json.loads((tmp_path / "ablation_osnet_x1_0_synthetic.json").read_text())
+    v = result["variants"]
+    assert set(v) == {"base", "base_ibb", "sa", "sa_ibb", "dcs", "dcs_ibb"}
+    assert v["base"]["macs"]["mean"] < v["sa"]["macs"]["mean"] < v["dcs"]["macs"]["mean"]
+    assert result["meta"]["input"] == "64x32"
