@@ -112,10 +112,21 @@ def test_tsne_one_row_per_image_and_trained_separates_better(models, tmp_path):
     assert all(math.isfinite(float(r[f"{m}_{c}"])) for r in rows for m in ("trained", "random") for c in "xy")
     trained, random = summary["models"]
     for m in (trained, random):
-        assert 0 <= m["knn_accuracy"] <= 1 and m["fisher_ratio"] > 0
-    assert trained["knn_accuracy"] > random["knn_accuracy"]
-    assert trained["fisher_ratio"] > random["fisher_ratio"]
+        assert 0 <= m["knn_accuracy"] <= 1 and m["fisher_ratio"] > 0, m
+    assert trained["knn_accuracy"] > random["knn_accuracy"], (trained, random)
+    assert trained["fisher_ratio"] > random["fisher_ratio"], (trained, random)
     assert (out / "tsne.png").is_file()
+
+
+def test_tsne_lda_projection_as_in_the_paper(models, tmp_path):
+    out = tmp_path / "tsne"
+    assert _visualize("tsne", models["trained"], "--num-ids", 5, "--lda", 3, "--out", out) == 0
+    summary = json.loads((out / "tsne.json").read_text())
+    m = summary["models"][0]
+    assert summary["lda_components"] == 3 and m["features_dim"] == 3
+    assert 0 <= m["knn_accuracy"] <= 1 and 0 <= m["embedding_knn_accuracy"] <= 1
+    # LDA fitted on the shown images separates them at least as well as the embedding
+    assert m["fisher_ratio"] > m["embedding_fisher_ratio"]
 
 
 def test_knn_accuracy_and_fisher_ratio_definitions():
@@ -225,6 +236,32 @@ def test_gradcam_of_a_tiny_timm_vit():
     assert r["grid"] == (4, 2) and r["layer"] == "blocks.1.norm1"
     assert r["maps"].shape == (3, 32, 16) and np.isfinite(r["maps"]).all()
     assert r["classes"].tolist() == vit(images).argmax(1).tolist()
+
+
+def test_gradcam_of_a_reid_net_wrapping_a_vit():
+    """A Re-ID net holding a timm ViT as ``backbone`` (as dnas.backbones does): grid and layer found."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = VisionTransformer(img_size=(24, 16), patch_size=8, embed_dim=16, depth=1, num_heads=2,
+                                              num_classes=0)
+            self.classifier = torch.nn.Linear(16, 4)
+
+        def forward(self, x, return_features=False):
+            e = self.backbone(x)
+            out = {"embedding": e, "logits": self.classifier(e)}
+            return out if return_features else out["logits"]
+
+    torch.manual_seed(0)
+    net = Wrapped()
+    images = torch.randn(2, 3, 24, 16)
+    refs = net(torch.randn(2, 3, 24, 16), return_features=True)["embedding"]
+    r = gradcam_maps(net, images, "match", references=refs)
+    assert r["grid"] == (3, 2) and r["layer"] == "backbone.blocks.0.norm1"
+    assert r["maps"].shape == (2, 24, 16) and np.isfinite(r["maps"]).all()
+    assert np.all(np.abs(r["scores"]) <= 1 + 1e-6)
 
 
 def test_feature_extraction_progress_bar_only_on_a_terminal(monkeypatch, capsys):

@@ -16,6 +16,7 @@ EPILOG = r"""examples:
       --labels baseline "DCS w/o IBB" "DCS with IBB" --ids 12 40 77 --target match --out figs/fig1
   dnas-visualize tsne runs/base --compare runs/dcs --num-ids 10 --out figs/tsne
   dnas-visualize tsne runs/dcs --split train --num-ids 20 --out figs/tsne-train
+  dnas-visualize tsne runs/base --compare runs/dcs --lda 9 --out figs/tsne-lda    # the paper's Appendix B
   dnas-visualize rank runs/dcs --data market1501:/data/market --num 5 --topk 10 --out figs/rank
   dnas-visualize curves runs/dcs --out figs/curves                          # from metrics.csv
 
@@ -104,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0, help="seed of the identity choice and of t-SNE (default 0)")
     t.add_argument("--knn", type=_positive, default=5, help="k of the kNN accuracy (default 5)")
     t.add_argument("--perplexity", type=float, help="t-SNE perplexity (default min(30, (images - 1) / 3))")
+    t.add_argument("--lda", type=int, default=0, metavar="K",
+                   help="the paper's Appendix B: project to K LDA components (at most identities - 1), "
+                        "standardise, then t-SNE; the title's figures are then those of the projection "
+                        "(default 0: the embeddings themselves)")
     r = sub.add_parser("rank", help="ranked gallery lists of the worst and best queries by AP", epilog=EPILOG,
                        formatter_class=fmt)
     _model_arguments(r, compare=False)
@@ -135,8 +140,11 @@ def _run(args: argparse.Namespace, tmp: Path) -> dict:
     if args.command == "tsne":
         if args.perplexity is not None and args.perplexity <= 0:
             raise DnasError(f"--perplexity {args.perplexity}: expected a positive number")
+        if args.lda < 0:
+            raise DnasError(f"--lda {args.lda}: expected 0 (no LDA) or a positive number of components")
         return commands.tsne_command(models, data, tmp, split=args.split, num_ids=args.num_ids, seed=args.seed,
-                                     knn=args.knn, perplexity=args.perplexity, device=device, progress=progress)
+                                     knn=args.knn, perplexity=args.perplexity, lda=args.lda, device=device,
+                                     progress=progress)
     if args.max_queries < 0:
         raise DnasError(f"--max-queries {args.max_queries}: expected 0 (all) or a positive integer")
     return commands.rank_command(models[0], data, tmp, num=args.num, topk=args.topk, max_queries=args.max_queries,
@@ -145,8 +153,10 @@ def _run(args: argparse.Namespace, tmp: Path) -> dict:
 
 def _summary_line(args: argparse.Namespace, summary: dict) -> str:
     if args.command == "tsne":
-        return "; ".join(f"{m['label']}: {m['knn_k']}-NN accuracy {100 * m['knn_accuracy']:.1f}%, Fisher ratio "
-                         f"{m['fisher_ratio']:.3f}" for m in summary["models"])
+        return "; ".join(f"{m['label']}: {m['knn_k']}-NN accuracy {100 * m['embedding_knn_accuracy']:.1f}%, Fisher "
+                         f"ratio {m['embedding_fisher_ratio']:.3f}"
+                         + (f" (LDA projection: {100 * m['knn_accuracy']:.1f}%, {m['fisher_ratio']:.3f})"
+                            if summary["lda_components"] else "") for m in summary["models"])
     if args.command == "rank":
         return (f"{summary['num_with_match']} queries ranked: mean AP {100 * summary['mean_ap']:.2f}% "
                 f"(evaluation mAP {100 * summary['evaluation_mAP']:.2f}%)")

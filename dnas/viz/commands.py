@@ -114,11 +114,13 @@ def gradcam_command(models: Sequence[LoadedModel], data: ReIDImages, out: Path, 
 
 # -- tsne ----------------------------------------------------------------------------------
 def tsne_command(models: Sequence[LoadedModel], data: ReIDImages, out: Path, *, split: str = "test",
-                 num_ids: int = 10, seed: int = 0, knn: int = 5, perplexity: float | None = None,
+                 num_ids: int = 10, seed: int = 0, knn: int = 5, perplexity: float | None = None, lda: int = 0,
                  device: torch.device = torch.device("cpu"), progress: bool = True) -> dict:
     """t-SNE of the images of ``num_ids`` identities per model: ``tsne.png``, ``tsne.csv``
-    (one row per image, ``<label>_x``/``<label>_y`` per model), ``tsne.json``."""
-    from dnas.viz.tsne import choose_identities, draw_tsne, fisher_ratio, knn_accuracy, tsne_2d
+    (one row per image, ``<label>_x``/``<label>_y`` per model), ``tsne.json``. With ``lda``
+    the t-SNE and the figures in the title use the standardised LDA projection (the
+    embedding's figures are in the JSON too)."""
+    from dnas.viz.tsne import choose_identities, draw_tsne, fisher_ratio, knn_accuracy, lda_features, tsne_2d
 
     items_all = data.split(split)
     pids_all = np.asarray([p for _, p, _ in items_all])
@@ -131,18 +133,23 @@ def tsne_command(models: Sequence[LoadedModel], data: ReIDImages, out: Path, *, 
     panels, table = [], [{"image": p, "pid": pid, "camid": c} for p, pid, c in items]
     for m in models:
         f = embed(m, data, items, device, progress).numpy()
-        coords, used = tsne_2d(f, seed, perplexity)
-        panel = {"label": m.label, "coords": coords, "knn_accuracy": knn_accuracy(f, pids, knn), "knn_k": knn,
-                 "fisher_ratio": fisher_ratio(f, pids), "perplexity": used}
+        raw = {"embedding_knn_accuracy": knn_accuracy(f, pids, knn), "embedding_fisher_ratio": fisher_ratio(f, pids)}
+        shown = lda_features(f, pids, lda) if lda else f
+        coords, used = tsne_2d(shown, seed, perplexity)
+        panel = {"label": m.label, "coords": coords, "knn_k": knn, "perplexity": used, "features_dim": shown.shape[1],
+                 "knn_accuracy": knn_accuracy(shown, pids, knn) if lda else raw["embedding_knn_accuracy"],
+                 "fisher_ratio": fisher_ratio(shown, pids) if lda else raw["embedding_fisher_ratio"], **raw}
         panels.append(panel)
         for row, (x, y) in zip(table, coords):
             row[f"{m.label}_x"], row[f"{m.label}_y"] = f"{x:.5g}", f"{y:.5g}"
-    title = f"t-SNE of the embeddings: {len(ids)} identities, {len(items)} images ({split} split of {data.spec})"
+    what = f"LDA-projected embeddings ({panels[0]['features_dim']} dims, standardised)" if lda else "embeddings"
+    title = f"t-SNE of the {what}: {len(ids)} identities, {len(items)} images ({split} split of {data.spec})"
     save_figure(draw_tsne(panels, pids, title), out / "tsne.png")
     _write_csv(out / "tsne.csv", table)
     summary = {"data": data.spec, "split": split, "identities": ids.tolist(), "num_images": len(items),
-               "separability_on": "the embeddings (not the 2-D projection)",
-               "models": [{**meta, **{k: p[k] for k in ("knn_accuracy", "knn_k", "fisher_ratio", "perplexity")}}
+               "separability_on": ("the standardised LDA projection" if lda else "the embeddings")
+               + " (not the 2-D t-SNE map)", "lda_components": lda,
+               "models": [{**meta, **{k: v for k, v in p.items() if k not in ("label", "coords")}}
                           for meta, p in zip(_models_json(models), panels)]}
     _write_json(out / "tsne.json", summary)
     return summary

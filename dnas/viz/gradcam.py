@@ -12,8 +12,8 @@ Target (what the map explains):
 
 Layer: a model may name its layer (``gradcam_layer``, a module or a module name); the
 derived networks use the head's last convolution (the feature map the embedding pools),
-token models (ViT) the first norm of their last block, any other network the last
-module with a 4-D output. Token models: the tokens ``(B, N, C)`` are reshaped to the patch
+token models (ViT, also one wrapped as ``model.backbone``) the first norm of their last
+block, any other network the last module with a 4-D output. Token models: the tokens ``(B, N, C)`` are reshaped to the patch
 grid ``(B, C, gh, gw)`` after dropping the ``N - gh * gw`` leading class/distillation
 tokens; the grid is the model's ``patch_grid`` or ``grid_size`` (timm's
 ``patch_embed.grid_size``), or given, e.g. 21x10 for TransReID at 256x128 (stride 12).
@@ -33,13 +33,20 @@ from torch import nn
 from dnas.errors import DnasError
 
 
+def _owners(model: nn.Module) -> list[nn.Module]:
+    """The model and the network it wraps (``model.backbone``, e.g. a timm ViT inside a Re-ID net)."""
+    inner = getattr(model, "backbone", None)
+    return [model] + ([inner] if isinstance(inner, nn.Module) else [])
+
+
 def patch_grid(model: nn.Module) -> tuple[int, int] | None:
     """The patch grid ``(rows, cols)`` of a token model, or ``None`` for a CNN."""
-    for owner in (model, getattr(model, "patch_embed", None)):
-        for name in ("patch_grid", "grid_size"):
-            grid = getattr(owner, name, None) if owner is not None else None
-            if grid is not None and len(tuple(grid)) == 2:
-                return int(grid[0]), int(grid[1])
+    for owner in _owners(model):
+        for holder in (owner, getattr(owner, "patch_embed", None)):
+            for name in ("patch_grid", "grid_size"):
+                grid = getattr(holder, name, None) if holder is not None else None
+                if isinstance(grid, (tuple, list, torch.Size)) and len(grid) == 2:
+                    return int(grid[0]), int(grid[1])
     return None
 
 
@@ -87,9 +94,10 @@ def target_layer(model: nn.Module, grid: tuple[int, int] | None = None,
         return model.get_submodule(named)
     if isinstance(named, nn.Module):
         return named
-    blocks = getattr(model, "blocks", None)
-    if grid is not None and isinstance(blocks, (nn.Sequential, nn.ModuleList)) and len(blocks):
-        return getattr(blocks[-1], "norm1", blocks[-1])
+    for owner in _owners(model) if grid is not None else []:
+        blocks = getattr(owner, "blocks", None)
+        if isinstance(blocks, (nn.Sequential, nn.ModuleList)) and len(blocks):
+            return getattr(blocks[-1], "norm1", blocks[-1])
     head_conv = getattr(getattr(model, "head", None), "conv", None)
     if isinstance(head_conv, nn.Module):
         return head_conv
