@@ -280,3 +280,36 @@ def test_history_row_and_heatmap_cover_the_kernel_axis(tmp_path):
     path = tmp_path / "arch_heatmap.png"
     plot_arch_heatmaps([{"epoch": 0, **row}, {"epoch": 1, **row}], net, path)
     assert path.is_file() and path.read_bytes()[:4] == b"\x89PNG"
+
+
+DDP_SCRIPT = """
+import sys, tempfile, torch, torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+from dnas.models import Supernet
+from dnas.space import load_space
+dist.init_process_group("gloo", init_method="file://" + tempfile.mktemp(), rank=0, world_size=1)
+for probe in (False, True):  # with an unused probe parameter DDP must refuse: the check can fail
+    net = Supernet(load_space(sys.argv[1]), num_classes=4).train()
+    if probe:
+        net.register_parameter("unused_probe", torch.nn.Parameter(torch.zeros(1)))
+    model = DDP(net)
+    try:
+        for step in range(2):
+            choice = net.sample_choice(1.0, generator=torch.Generator().manual_seed(step))
+            model(torch.randn(2, 3, 64, 32), choice).sum().backward()
+        print("probe" if probe else "net", "ok")
+    except RuntimeError as exc:
+        print("probe" if probe else "net", "unused" if "did not receive grad" in str(exc) else exc)
+"""
+
+
+@pytest.mark.slow  # a subprocess with torch.distributed: ~10 s and more on a loaded machine
+def test_every_parameter_of_the_kernel_supernet_gets_a_gradient_under_ddp():
+    """DDP (without find_unused_parameters, as dnas.runtime wraps the supernet) refuses a
+    parameter without a gradient: every axis' logits, single options included, take part."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", DDP_SCRIPT, KERNEL_SPACE], capture_output=True, text=True,
+                         timeout=300).stdout.split("\n")
+    assert out[:2] == ["net ok", "probe unused"], out
