@@ -306,3 +306,21 @@ def test_out_needs_overwrite_and_never_replaces_another_kind(models, tmp_path, c
     assert _visualize("curves", models["trained"], "--out", models["random"], "--overwrite") == 2
     assert "only replaces a dnas-visualize output" in capsys.readouterr().err
     assert (models["random"] / "model.pt").is_file()
+
+
+def test_gradcam_of_the_dcs_transreid_backbone():
+    """The project's DCS-FB (TransReID) at 64x32 with ViT-Tiny: overlapping patches of stride 12 give 5x2."""
+    import yaml
+
+    from dnas.backbones import build_backbone_model
+    from dnas.backbones.arch import BackboneArch
+    from dnas.resources import data_dir
+
+    spec = yaml.safe_load((data_dir("backbones") / "transreid.yaml").read_text())
+    spec.update(backbone="vit_tiny_patch16_224", input_size=[3, 64, 32], num_classes=5)
+    torch.manual_seed(0)
+    net = build_backbone_model(BackboneArch(spec)).eval()
+    images = torch.randn(2, 3, 64, 32)
+    r = gradcam_maps(net, images, "logit")
+    assert r["grid"] == (5, 2) and r["layer"].startswith("backbone.blocks.") and r["layer"].endswith("norm1")
+    assert r["maps"].shape == (2, 64, 32) and np.isfinite(r["maps"]).all()
