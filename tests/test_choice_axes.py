@@ -180,6 +180,23 @@ def test_kernel_keys_and_entry_counts():
     assert counts == {**count_by_kind(space_entries(load_space("tiny"))), "block": 68}
 
 
+def test_entry_modules_and_macs_follow_the_kernel():
+    """The profiler builds a kernel-5 entry with a 5x5 depthwise conv, and the MACs proxy
+    counts what fvcore counts for that module."""
+    from dnas.export import count_macs
+    from dnas.latency.profile import build_entry_module
+    from dnas.latency.proxy import entry_macs
+
+    blocks = [e for e in space_entries(kspace()) if e.kind == "block" and e.get("stride") == 1]
+    five = next(e for e in blocks if dict(e.fields).get("kernel_size") == 5)
+    module = build_entry_module(five)
+    assert module.dw.kernel_size == (5, 5)
+    assert entry_macs(five) == count_macs(module, list(five.input_shape))
+    same_but_3 = {k: v for k, v in five.fields if k != "kernel_size"}
+    three = next(e for e in blocks if dict(e.fields) == same_but_3)
+    assert build_entry_module(three).dw.kernel_size == (3, 3) and entry_macs(three) < entry_macs(five)
+
+
 @pytest.fixture(scope="module")
 def kernel_table(tmp_path_factory) -> LatencyTable:
     """A CPU table of the kernel space, measured with a very short protocol."""
