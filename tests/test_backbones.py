@@ -297,3 +297,23 @@ def test_ablation_backbone_smoke(tmp_path):
     assert set(v) == {"base", "base_ibb", "sa", "sa_ibb", "dcs", "dcs_ibb"}
     assert v["base"]["macs"]["mean"] < v["sa"]["macs"]["mean"] < v["dcs"]["macs"]["mean"]
     assert result["meta"]["input"] == "64x32"
+
+
+def test_derive_backbone_with_pretrained_file_reports_new_keys(tmp_path, capsys):
+    import json
+
+    arch = _save_small_yaml(tmp_path, "mobilenetv2")
+    ckpt = tmp_path / "mbv2.pth"
+    _random_checkpoint(dnas.build_model(arch), ckpt)
+    out = tmp_path / "derived"
+    assert derive_cli.main(["--backbone", str(arch), "--pretrained-file", str(ckpt), "--no-onnx",
+                            "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "pretrained:" in printed and "dcs.blocks_1" in printed
+    report = json.loads((out / "summary.json").read_text())["pretrained"]
+    assert report["source"] == str(ckpt) and report["loaded"] > 100
+    assert {k.split(".")[1] for k in report["new"] if k.startswith("dcs.")} == {"blocks_1", "blocks_2", "blocks_3",
+                                                                                 "blocks_6"}
+    state = torch.load(ckpt)
+    model = dnas.load_derived(out)
+    assert torch.equal(model.backbone.conv_stem.weight, state["conv_stem.weight"])
