@@ -128,13 +128,16 @@ def parse_overrides(pairs: Iterable[str]) -> list[tuple[str, Any]]:
     return out
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: Iterable[str] = ()) -> T:
-    """Load a recipe YAML into ``cls`` and apply ``--set`` overrides.
+def load_config(cls: type[T], path: str | Path | None = None, overrides: Iterable[str] = (),
+                direct: Mapping[str, Any] | None = None) -> T:
+    """Load a recipe YAML into ``cls``, apply ``--set`` overrides, then a CLI's direct flags.
 
     Args:
         cls: a dataclass whose fields all have defaults.
         path: recipe file (``None``: the dataclass defaults).
         overrides: ``key=value`` strings, dotted for nested sections.
+        direct: values of a command's own flags (``--data``, ``--seed``, ...), checked
+            against the field types like every other value.
 
     Returns:
         The validated config.
@@ -162,6 +165,8 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Iterabl
         data = loaded
     for key, value in parse_overrides(overrides):
         _nested_update(data, key, value, cls, "--set")
+    for key, value in (direct or {}).items():
+        _nested_update(data, key, value, cls, f"--{key.replace('_', '-')}")
     return _build(cls, data, where)
 
 

@@ -30,10 +30,37 @@ def _env():
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def run_output(tmp_path_factory):
+    import contextlib
+    import io
+
     out = tmp_path_factory.mktemp("search") / "run"
-    assert search_cli.main(FAST + ["--out", str(out)]) == 0
-    return out
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert search_cli.main(FAST + ["--out", str(out)]) == 0
+    return out, buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def run_dir(run_output):
+    return run_output[0]
+
+
+def test_end_of_run_summary_and_a_hint_that_runs(run_output, tmp_path):
+    run, printed = run_output
+    found = json.loads((run / "summary.json").read_text())["found"]
+    a, wide, small = found["argmax"], found["widest"], found["smallest"]
+    for key in ("params", "macs", "latency_ms"):
+        assert small[key] <= a[key] <= wide[key], key
+    assert small["params"] < wide["params"] and small["latency_ms"] < wide["latency_ms"]
+    conf = found["confidence"]
+    assert set(conf) == {"width", "expansion"} and conf["width"]["units"] == 3  # tiny: 3 groups with a choice
+    assert all(0 < c["min"] <= c["mean"] <= 1 and 0 <= c["decided"] <= c["units"] for c in conf.values())
+    assert "argmax" in printed and "M MACs" in printed
+    hint = [ln for ln in printed.splitlines() if ln.startswith("export it: ")][0][len("export it: "):].split()
+    assert hint[0] == "dnas-derive" and "--out" in hint
+    assert derive_cli.main(hint[1:] + ["--no-onnx"]) == 0  # the printed command runs
+    assert (Path(hint[hint.index("--out") + 1]) / "model.pt").is_file()
 
 
 def test_run_directory_contents(run_dir):

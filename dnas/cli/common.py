@@ -135,3 +135,45 @@ def check_run_dir(run_dir, kind: str, args, inputs=(), started_files=("checkpoin
                         "pick another --out, or pass --overwrite")
     return check_replace(run_dir, kind, args.overwrite, inputs)
 
+
+
+def resolve_config(args, cls, *, command: str, run_kind: str, recipe_folder: str, direct: dict,
+                   default_recipe=None, run_config=None, validate: bool = True):
+    """The config of a training command: the recipe (``--recipe`` path or shipped name,
+    else ``default_recipe``; with ``--resume`` the run's ``config.yaml``; ``run_config``
+    when given), then ``--set`` overrides, then the command's direct flags (``direct``:
+    flag values that are not ``None``), all through the same type checks.
+
+    With ``--resume`` no recipe and no direct flag is accepted: a run continues with its
+    own config, changed only by ``--set``.
+    """
+    from pathlib import Path
+
+    from dnas.config import load_config
+
+    direct = {k: v for k, v in direct.items() if v is not None}
+    if run_config is not None:
+        recipe = Path(run_config)
+    elif args.resume:
+        if args.recipe or direct:
+            flags = ", ".join(f"--{k.replace('_', '-')}" for k in direct) or "--recipe"
+            raise DnasError(f"--resume continues a run with its own config ({flags} given); "
+                            "use --set to change a key")
+        from dnas.outputs import require_kind
+
+        require_kind(args.resume, (run_kind,), f"{command} --resume")
+        recipe = Path(args.resume) / "config.yaml"
+        if not recipe.is_file():
+            raise DnasError(f"{args.resume}: not a run directory (no config.yaml)")
+    elif args.recipe:
+        from dnas.resources import find_data_file
+
+        recipe = find_data_file(args.recipe, recipe_folder, ".yaml")
+    else:
+        recipe = default_recipe
+    if args.deterministic:
+        direct["deterministic"] = True
+    cfg = load_config(cls, recipe, args.overrides, direct)
+    if validate:
+        cfg.validate()
+    return cfg

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from dnas.cli.common import add_run_arguments, check_run_dir, cli_entry, setup_logging
+from dnas.cli.common import resolve_config as resolve_config_of
 from dnas.errors import DnasError
 
 EPILOG = r"""examples:
@@ -39,11 +40,6 @@ market1501:ROOT, dukemtmc:ROOT, msmt17:ROOT, cuhk03:ROOT (cuhk03-labeled:ROOT).
 The run directory gets config.yaml, arch.yaml, metrics.csv, tensorboard/, plots/,
 checkpoint-{last,best}.pt and final/ (arch.yaml, model.pt, model.onnx, summary.json).
 """
-RECIPES = {"imagenet": "imagenet_sgd", "synthetic-imagenet": "imagenet_synthetic", "synthetic": "reid_synthetic",
-           "market1501": "reid_market1501", "dukemtmc": "reid_dukemtmc", "msmt17": "reid_msmt17",
-           "cuhk03": "reid_cuhk03", "cuhk03-detected": "reid_cuhk03", "cuhk03-labeled": "reid_cuhk03"}
-
-
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", help="derived architecture: a dnas-derive directory or an arch.yaml")
     add_run_arguments(p, "runs/<mode>-<arch>-TIME", "recipe YAML, or a shipped one by name (default: the data set's "
@@ -75,47 +71,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def default_recipe(mode: str, data: str | None) -> Path | None:
-    """The recipe of a data set (``None``: the dataclass defaults)."""
+    """The recipe the data set registers (``None``: the dataclass defaults)."""
+    from dnas.data.registry import get_dataset
     from dnas.resources import data_dir
 
     name = (data or ("synthetic-imagenet" if mode == "imagenet" else "synthetic")).partition(":")[0].strip().lower()
     if mode == "imagenet" and name == "synthetic":
         name = "synthetic-imagenet"
-    stem = RECIPES.get(name)
-    if stem is None or not stem.startswith(mode):  # e.g. reid with a classification set: defaults
+    entry = get_dataset(name)
+    if entry is None or entry.recipe is None or entry.task != TASKS[mode]:  # e.g. reid with ImageNet: defaults
         return None
-    path = data_dir("retrain") / f"{stem}.yaml"
+    path = data_dir("retrain") / f"{entry.recipe}.yaml"
     return path if path.is_file() else None
+
+
+TASKS = {"imagenet": "classification", "reid": "reid"}
 
 
 def resolve_config(args: argparse.Namespace, cls, recipe_dir: Path | None = None, validate: bool = True):
     """Recipe (or the run's config.yaml), then ``--set``, then the direct flags."""
-    from dnas.config import load_config
-
-    direct = {k: getattr(args, k) for k in ("arch", "data", "seed", "pretrained") if getattr(args, k, None) is not None}
-    if args.deterministic:
-        direct["deterministic"] = True
-    if recipe_dir is not None:
-        recipe = recipe_dir / "config.yaml"
-    elif args.resume:
-        if args.recipe or {"arch", "data", "pretrained"} & set(direct):
-            raise DnasError("--resume continues a run with its own config; use --set to change a key")
-        from dnas.outputs import require_kind
-
-        require_kind(args.resume, (f"{args.mode}-run",), f"dnas-retrain {args.mode} --resume")
-        recipe = Path(args.resume) / "config.yaml"
-        if not recipe.is_file():
-            raise DnasError(f"{args.resume}: not a run directory (no config.yaml)")
-    else:
-        from dnas.resources import find_data_file
-
-        recipe = (find_data_file(args.recipe, "retrain", ".yaml") if args.recipe
-                  else default_recipe(args.mode, args.data))
-    cfg = load_config(cls, recipe, args.overrides)
-    cfg = dataclasses.replace(cfg, **direct)
-    if validate:
-        cfg.validate()
-    return cfg
+    direct = {k: getattr(args, k, None) for k in ("arch", "data", "seed", "pretrained")}
+    return resolve_config_of(args, cls, command=f"dnas-retrain {args.mode}", run_kind=f"{args.mode}-run",
+                             recipe_folder="retrain", direct=direct, default_recipe=default_recipe(args.mode, args.data),
+                             run_config=recipe_dir / "config.yaml" if recipe_dir is not None else None,
+                             validate=validate)
 
 
 def _eval_only(args: argparse.Namespace) -> int:

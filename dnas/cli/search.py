@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Sequence
 
 from dnas.cli.common import add_run_arguments, check_run_dir, cli_entry, setup_logging
+from dnas.cli.common import resolve_config as resolve_config_of
 
 EPILOG = """examples:
   dnas-search --supernet xlarge --describe                    # the space as a table
@@ -56,31 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_config(args: argparse.Namespace):
-    from dnas.config import load_config
-    from dnas.errors import DnasError
-    from dnas.resources import find_data_file
     from dnas.search.config import SearchConfig
 
-    overrides = list(args.overrides)
-    if args.resume:
-        if args.recipe or args.supernet or args.data:
-            raise DnasError("--resume continues a run with its own config; use --set to change a key")
-        from dnas.outputs import require_kind
-
-        require_kind(args.resume, ("search-run",), "dnas-search --resume")
-        recipe = Path(args.resume) / "config.yaml"
-        if not recipe.is_file():
-            raise DnasError(f"{args.resume}: not a run directory (no config.yaml)")
-    else:
-        recipe = None if args.recipe is None else find_data_file(args.recipe, "search", ".yaml")
-        for key in ("supernet", "data", "seed"):
-            if getattr(args, key) is not None:
-                overrides.append(f"{key}={getattr(args, key)}")
-    if args.deterministic:
-        overrides.append("deterministic=true")
-    cfg = load_config(SearchConfig, recipe, overrides)
-    cfg.validate()
-    return cfg
+    return resolve_config_of(args, SearchConfig, command="dnas-search", run_kind="search-run",
+                             recipe_folder="search",
+                             direct={"supernet": args.supernet, "data": args.data, "seed": args.seed})
 
 
 def describe_macs(space) -> dict:
@@ -143,8 +124,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.time()
     run_search(cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress, overwrite=replace)
     if int(os.environ.get("RANK", "0")) == 0:
+        import json
+
+        from dnas.search.result import format_result
+
         print(f"search finished in {time.time() - t0:.1f}s; run directory: {run_dir.resolve()}")
-        print(f"final architecture: {(run_dir / 'final_arch.yaml').resolve()}  (export: dnas-derive {run_dir})")
+        found = json.loads((run_dir / "summary.json").read_text()).get("found")
+        if found:
+            print("\n".join(format_result(found)))
+        print(f"final architecture: {(run_dir / 'final_arch.yaml').resolve()}")
+        print(f"export it: dnas-derive {run_dir} --out {run_dir / 'derived'}")
     return 0
 
 

@@ -24,19 +24,18 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from dnas.data.imagenet import ClassificationSplits, load_imagefolder
+from dnas.data.imagenet import ClassificationSplits
 from dnas.data.protocol import carve_validation, format_split_statistics, split_statistics
-from dnas.data.reid_datasets import REID_LOADERS, ReIDSplits, load_market_style, load_msmt17
+from dnas.data.registry import LoadOptions, dataset_names, get_dataset
+from dnas.data.reid_datasets import ReIDSplits
 from dnas.data.samplers import PKSampler, RandomBatchSampler, split_weight_arch
-from dnas.data.synthetic import (SyntheticImageFolderConfig, SyntheticReIDConfig,
-                                 ensure_synthetic_imagefolder, ensure_synthetic_reid)
+from dnas.data.synthetic import SyntheticImageFolderConfig, SyntheticReIDConfig
 from dnas.data.transforms import build_classification_transform, build_reid_transform
 from dnas.errors import DataError
 
-REID_NAMES = tuple(REID_LOADERS) + ("synthetic",)
-CLASSIFICATION_NAMES = ("imagenet", "synthetic-imagenet")
+REID_NAMES = dataset_names("reid")  # the built-in names (dnas.data.registry holds the live list)
+CLASSIFICATION_NAMES = dataset_names("classification")
 DATASET_NAMES = REID_NAMES + CLASSIFICATION_NAMES
-_OPTIONAL_ROOT = ("synthetic", "synthetic-imagenet")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +43,7 @@ class DataSpec:
     """A parsed ``--data`` spec.
 
     Attributes:
-        name: one of :data:`DATASET_NAMES`.
+        name: a registered name (:mod:`dnas.data.registry`).
         root: the data root (for the synthetic sets: the cache root, or ``None``).
     """
 
@@ -54,7 +53,7 @@ class DataSpec:
     @property
     def task(self) -> str:
         """``"reid"`` or ``"classification"``."""
-        return "reid" if self.name in REID_NAMES else "classification"
+        return get_dataset(self.name).task
 
 
 def parse_data_spec(spec: str) -> DataSpec:
@@ -65,11 +64,12 @@ def parse_data_spec(spec: str) -> DataSpec:
     """
     name, sep, root = spec.partition(":")
     name = name.strip().lower()
-    if name not in DATASET_NAMES:
+    entry = get_dataset(name)
+    if entry is None:
         raise DataError(f"--data {spec!r}: unknown data set {name!r}; valid names: "
-                        f"{', '.join(DATASET_NAMES)}")
+                        f"{', '.join(dataset_names())}")
     root = root.strip()
-    if not root and name not in _OPTIONAL_ROOT:
+    if not root and entry.needs_root:
         raise DataError(f"--data {spec!r}: missing data root; expected '{name}:/path/to/data'")
     return DataSpec(name, root or None)
 
@@ -90,17 +90,8 @@ def load_splits(spec: str | DataSpec, synthetic_reid: SyntheticReIDConfig | None
         :class:`ReIDSplits` for Re-ID sets, :class:`ClassificationSplits` otherwise.
     """
     ds = parse_data_spec(spec) if isinstance(spec, str) else spec
-    if ds.name == "synthetic":
-        root = ensure_synthetic_reid(synthetic_reid, ds.root)
-        return load_market_style(root, "synthetic", num_cams=6)
-    if ds.name == "synthetic-imagenet":
-        return load_imagefolder(ensure_synthetic_imagefolder(synthetic_imagefolder, ds.root),
-                                name="synthetic-imagenet")
-    if ds.name == "imagenet":
-        return load_imagefolder(ds.root, name="imagenet")
-    if ds.name == "msmt17":
-        return load_msmt17(ds.root, use_val=msmt17_use_val)
-    return REID_LOADERS[ds.name](ds.root)
+    opts = LoadOptions(synthetic_reid, synthetic_imagefolder, msmt17_use_val)
+    return get_dataset(ds.name).load(ds.root, opts)
 
 
 class ImageListDataset(Dataset):

@@ -29,7 +29,6 @@ import dataclasses
 import os
 import re
 from pathlib import Path
-from typing import Callable
 
 from dnas.errors import DataError
 
@@ -319,13 +318,3 @@ def load_msmt17(root: str | os.PathLike, use_val: bool = False,
     note = "training: list_train.txt + list_val.txt (msmt17_use_val=true)" if use_val else \
         "training: list_train.txt only (msmt17_use_val=false)"
     return ReIDSplits("msmt17", str(base), relabel(train), query, gallery, note=note)
-
-
-REID_LOADERS: dict[str, Callable[[str], ReIDSplits]] = {
-    "market1501": load_market1501,
-    "dukemtmc": load_dukemtmc,
-    "msmt17": load_msmt17,
-    "cuhk03": lambda root: load_cuhk03(root, "detected"),
-    "cuhk03-detected": lambda root: load_cuhk03(root, "detected"),
-    "cuhk03-labeled": lambda root: load_cuhk03(root, "labeled"),
-}

@@ -187,9 +187,9 @@ def prepare_reid(cfg: ReIDConfig, run_dir: Path, rt: Runtime, resume: bool, prog
     if cfg.pretrained and not resume:
         report = load_pretrained(net, *read_weights(cfg.pretrained))
         if rt.is_main:
-            print(f"pretrained: {len(report['loaded'])} tensors loaded from {report['source']}; "
-                  f"dropped from the source: {report['dropped'] or 'none'}; "
-                  f"freshly initialised: {report['fresh'] or 'none'}", flush=True)
+            log.info("pretrained: %d tensors loaded from %s; dropped from the source: %s; freshly initialised: %s "
+                     "(pretrained.json)", len(report["loaded"]), report["source"], report["dropped"] or "none",
+                     report["fresh"] or "none")
     t = ReIDTrainer(cfg, rt, data, net, progress)
     if resume:
         t.load_state_dict(load_checkpoint(run_dir, KIND))

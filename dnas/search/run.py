@@ -196,7 +196,13 @@ def _write_summary(s: Searcher, cfg: SearchConfig, run_dir: Path) -> None:
     ib = evaluate_model_ib(s.net, s.data.train_eval, s.rt.device, cfg.ib_temperature, choice=s.net.probs_choice())
     log.info("IB of the supernet (expected architecture) on the %s: IB loss %.4f, IBB (bound) %.4f",
              ib["split"], ib["ib"], ib["ibb"])
+    from dnas.search.result import search_result
+
     atomic_write_json(run_dir / "summary.json", {
+        "found": search_result(s.net, s.latency),
+        "found_note": "the argmax architecture beside the space's widest and smallest: parameters without the "
+                      "classifier, MACs (fvcore), expected latency of the run's cost; confidence: the top option's "
+                      "probability of every choice",
         "ib_loss": ib["ib"], "ibb": ib["ibb"], "ib_final": ib,
         "data": cfg.data,
         "data_note": s.data.splits.note,
