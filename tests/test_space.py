@@ -637,3 +637,17 @@ def test_op_kwarg_keys_are_validated_per_op(tmp_path):
     data["stages"][2]["kernel"] = 5
     with pytest.raises(SpaceError, match="stage 2: unknown key 'kernel' .*kernel_size"):
         load_space(write_yaml(tmp_path, data, "bad.yaml"))
+
+
+def test_op_spec_declarations_are_checked():
+    from dnas.space.op_specs import KERNEL_SIZE, OP_SPECS, OpKwarg, OpSpec, register_op_spec
+
+    with pytest.raises(ValueError, match="already declared"):
+        register_op_spec(OpSpec("ir"))
+    with pytest.raises(ValueError, match="repeat"):
+        register_op_spec(OpSpec("x1", (KERNEL_SIZE, KERNEL_SIZE)))
+    with pytest.raises(ValueError, match="space's own"):
+        register_op_spec(OpSpec("x2", (OpKwarg("groups", "width", 1, lambda v: True, "any"),)))
+    with pytest.raises(ValueError, match="already names keyword argument 'kernel_size'"):
+        register_op_spec(OpSpec("x3", (OpKwarg("dilation", "kernel", 1, lambda v: True, "any"),)))
+    assert set(OP_SPECS) == {"ir"}

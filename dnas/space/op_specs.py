@@ -63,7 +63,8 @@ def register_op_spec(spec: OpSpec) -> OpSpec:
     """Declare a searchable op (its torch modules register in :mod:`dnas.ops.registry`).
 
     Raises:
-        ValueError: the name is already declared, or two kwargs share a name or an axis.
+        ValueError: the name is already declared, two kwargs share a name or an axis, or
+            an axis already stands for another keyword argument.
     """
     if spec.name in OP_SPECS:
         raise ValueError(f"op spec {spec.name!r} is already declared")
@@ -73,12 +74,12 @@ def register_op_spec(spec: OpSpec) -> OpSpec:
         raise ValueError(f"op spec {spec.name!r}: keyword arguments or axes repeat ({names}, {axes})")
     if {"width", "expansion"} & set(axes):
         raise ValueError(f"op spec {spec.name!r}: axes 'width' and 'expansion' are the space's own")
+    for k in spec.kwargs:  # one axis, one keyword argument, across ops
+        other = kwarg_axes().get(k.axis)
+        if other is not None and other.name != k.name:
+            raise ValueError(f"op spec {spec.name!r}: axis {k.axis!r} already names keyword argument {other.name!r}")
     OP_SPECS[spec.name] = spec
     return spec
-
-
-# the inverted residual (1x1 expand, k x k depthwise, 1x1 project): Tables III/IV use k = 3
-register_op_spec(OpSpec("ir", (KERNEL_SIZE,)))
 
 
 def kwarg_axes() -> dict[str, OpKwarg]:
@@ -88,3 +89,7 @@ def kwarg_axes() -> dict[str, OpKwarg]:
         for k in spec.kwargs:
             out.setdefault(k.axis, k)
     return out
+
+
+# the inverted residual (1x1 expand, k x k depthwise, 1x1 project): Tables III/IV use k = 3
+register_op_spec(OpSpec("ir", (KERNEL_SIZE,)))
