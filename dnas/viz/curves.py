@@ -92,7 +92,7 @@ def curve_panels(rows: Sequence[Mapping], keys: Sequence[str] | None = None) -> 
             panel knows gets a panel of its own, titled by its name.
 
     Returns:
-        ``[{"title", "ylabel", "log_y", "series": [{"column", "label", "epochs",
+        ``[{"title", "ylabel", "log_y", "legend", "series": [{"column", "label", "epochs",
         "values"}]}]``: only panels with at least one drawn value; percent columns are
         already multiplied by 100; missing values are left out.
     """
@@ -110,7 +110,8 @@ def curve_panels(rows: Sequence[Mapping], keys: Sequence[str] | None = None) -> 
                 series.append({"column": col, "label": label, "epochs": [e for e, _ in pts],
                                "values": [v for _, v in pts]})
         if series:
-            out.append({"title": panel.title, "ylabel": panel.ylabel, "log_y": panel.log_y, "series": series})
+            out.append({"title": panel.title, "ylabel": panel.ylabel, "log_y": panel.log_y, "series": series,
+                        "legend": len(panel.series) > 1})  # a label that tells which of the panel's columns
     return out
 
 
@@ -148,7 +149,7 @@ def draw_curves(panels: Sequence[Mapping], title: str):
         ax.set_xlim(first - pad, last + pad)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        if len(panel["series"]) > 1:
+        if panel.get("legend", len(panel["series"]) > 1):
             ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=12)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / (3.3 * nrows)))  # room for the title
