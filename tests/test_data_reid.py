@@ -261,3 +261,41 @@ def test_build_loaders_imagenet(tmp_path):
     x, y, _ = next(iter(dl.train))
     assert x.shape == (4, 3, 8, 8)
     assert sum(len(b[0]) for b in dl.val) == 2
+
+
+def test_a_registered_data_set_works_everywhere(tmp_path):
+    """One register_dataset call: --data NAME:ROOT parses, loads, has its task, and
+    dnas-retrain picks its default recipe; removing it makes the name unknown again."""
+    from dnas.cli.retrain import default_recipe
+    from dnas.data import load_splits
+    from dnas.data.registry import DATASETS, dataset_names, register_dataset
+
+    make_market(tmp_path)
+    register_dataset("market-copy", "reid", lambda root, _: load_market1501(root), recipe="reid_market1501")
+    try:
+        assert "market-copy" in dataset_names("reid")
+        spec = parse_data_spec(f"market-copy:{tmp_path}")
+        assert spec.task == "reid"
+        assert load_splits(spec).num_train_pids == load_market1501(tmp_path).num_train_pids
+        assert default_recipe("reid", f"market-copy:{tmp_path}").name == "reid_market1501.yaml"
+        assert default_recipe("imagenet", f"market-copy:{tmp_path}") is None  # another task: the defaults
+    finally:
+        DATASETS.pop("market-copy")
+    with pytest.raises(DataError, match="unknown data set 'market-copy'"):
+        parse_data_spec(f"market-copy:{tmp_path}")
+    with pytest.raises(ValueError, match="task"):
+        register_dataset("x", "detection", lambda root, _: None)
+
+
+def test_direct_flags_are_type_checked_like_set(tmp_path):
+    from dnas.config import load_config
+    from dnas.errors import ConfigError
+    from dnas.search.config import SearchConfig
+
+    cfg = load_config(SearchConfig, None, ["epochs=3"], {"data": "market1501:/d", "seed": 4})
+    assert (cfg.epochs, cfg.data, cfg.seed) == (3, "market1501:/d", 4)
+    assert load_config(SearchConfig, None, ["seed=1"], {"seed": 2}).seed == 2  # the flag comes last
+    with pytest.raises(ConfigError, match="'seed': expected an integer"):
+        load_config(SearchConfig, None, [], {"seed": "four"})
+    with pytest.raises(ConfigError, match="--no-such-key"):
+        load_config(SearchConfig, None, [], {"no_such_key": 1})
