@@ -308,19 +308,23 @@ def test_out_needs_overwrite_and_never_replaces_another_kind(models, tmp_path, c
     assert (models["random"] / "model.pt").is_file()
 
 
-def test_gradcam_of_the_dcs_transreid_backbone():
-    """The project's DCS-FB (TransReID) at 64x32 with ViT-Tiny: overlapping patches of stride 12 give 5x2."""
+@pytest.mark.parametrize("name, backbone, grid", [("transreid", "vit_tiny_patch16_224", (5, 2)),
+                                                   ("mobilenetv2", None, None)])
+def test_gradcam_of_the_dcs_fb_backbones(name, backbone, grid):
+    """The project's DCS-FB nets at 64x32: TransReID (ViT-Tiny; overlapping patches of stride 12
+    give 5x2 tokens) and MobileNetV2 (its last 4-D feature map)."""
     import yaml
 
     from dnas.backbones import build_backbone_model
     from dnas.backbones.arch import BackboneArch
     from dnas.resources import data_dir
 
-    spec = yaml.safe_load((data_dir("backbones") / "transreid.yaml").read_text())
-    spec.update(backbone="vit_tiny_patch16_224", input_size=[3, 64, 32], num_classes=5)
+    spec = yaml.safe_load((data_dir("backbones") / f"{name}.yaml").read_text())
+    spec.update(input_size=[3, 64, 32], num_classes=5, **({"backbone": backbone} if backbone else {}))
     torch.manual_seed(0)
     net = build_backbone_model(BackboneArch(spec)).eval()
-    images = torch.randn(2, 3, 64, 32)
-    r = gradcam_maps(net, images, "logit")
-    assert r["grid"] == (5, 2) and r["layer"].startswith("backbone.blocks.") and r["layer"].endswith("norm1")
-    assert r["maps"].shape == (2, 64, 32) and np.isfinite(r["maps"]).all()
+    r = gradcam_maps(net, torch.randn(2, 3, 64, 32), "logit")
+    assert r["grid"] == grid and r["layer"].startswith("backbone.")
+    if grid is not None:
+        assert r["layer"].startswith("backbone.blocks.") and r["layer"].endswith("norm1")
+    assert r["maps"].shape == (2, 64, 32) and np.isfinite(r["maps"]).all() and r["maps"].max() > 0

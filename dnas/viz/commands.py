@@ -46,7 +46,8 @@ def choose_queries(data: ReIDImages, ids: Sequence[int] | None, num: int, seed: 
             raise DnasError(f"--ids {' '.join(map(str, missing))}: no query image of this identity in {data.spec}; "
                             f"the query holds {len(set(q_pids.tolist()))} identities, e.g. "
                             f"{' '.join(map(str, sorted(set(q_pids.tolist()))[:8]))}")
-        return [i for i, p in enumerate(q_pids) if p in set(ids)]
+        wanted = set(ids)
+        return [i for i, p in enumerate(q_pids) if p in wanted]
     cams: dict[int, set] = {}
     for _, p, c in data.gallery:
         cams.setdefault(p, set()).add(c)
