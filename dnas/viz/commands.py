@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import logging
 from pathlib import Path
 from typing import Sequence
 
@@ -16,8 +15,6 @@ import torch
 from dnas.errors import DnasError
 from dnas.runlog import read_csv_rows, save_figure
 from dnas.viz.loading import LoadedModel, ReIDImages, embed
-
-log = logging.getLogger(__name__)
 
 
 def _write_csv(path: Path, rows: Sequence[dict]) -> None:

@@ -13,10 +13,11 @@ Target (what the map explains):
 Layer: a model may name its layer (``gradcam_layer``, a module or a module name); the
 derived networks use the head's last convolution (the feature map the embedding pools),
 token models (ViT, also one wrapped as ``model.backbone``) the first norm of their last
-block, any other network the last module with a 4-D output. Token models: the tokens ``(B, N, C)`` are reshaped to the patch
-grid ``(B, C, gh, gw)`` after dropping the ``N - gh * gw`` leading class/distillation
-tokens; the grid is the model's ``patch_grid`` or ``grid_size`` (timm's
-``patch_embed.grid_size``), or given, e.g. 21x10 for TransReID at 256x128 (stride 12).
+block, any other network the last module with a 4-D output. Token models: the tokens
+``(B, N, C)`` are reshaped to the patch grid ``(B, C, gh, gw)`` after dropping the
+``N - gh * gw`` leading class/distillation tokens; the grid is the model's
+``patch_grid`` or ``grid_size`` (timm's ``patch_embed.grid_size``), or given, e.g. 21x10
+for TransReID at 256x128 (stride 12).
 
 Maps are per image min-max scaled to [0, 1] and resized to the input size
 (pytorch-grad-cam's convention).

@@ -94,8 +94,9 @@ def tsne_2d(features: np.ndarray, seed: int, perplexity: float | None = None) ->
     n = len(features)
     perplexity = float(perplexity or max(2.0, min(30.0, (n - 1) / 3.0)))
     perplexity = min(perplexity, n - 1.0)
-    coords = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed,
-                  learning_rate="auto", method="exact" if n <= 1000 else "barnes_hut").fit_transform(np.asarray(features, dtype=np.float32))
+    tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed, learning_rate="auto",
+                method="exact" if n <= 1000 else "barnes_hut")
+    coords = tsne.fit_transform(np.asarray(features, dtype=np.float32))
     return coords, perplexity
 
 
