@@ -275,66 +275,17 @@ def graph_to_dot(g) -> str:
     return "\n".join(lines + ["}"]) + "\n"
 
 
-def backbone_graph(model: nn.Module):
-    """A fixed-backbone network as a networkx DiGraph: stages, attention modules, head."""
-    import networkx as nx
-
-    arch = model.arch
-    g = nx.DiGraph(name=arch.name)
-    c, h, w = arch.input_size
-    g.add_node("input", label=f"input {c}x{h}x{w}")
-    prev = "input"
-    kind = {"dcs": "DCS-Attention", "self": "Self-Attention"}.get(model.attention)
-    if arch.family == "vit":
-        blocks = len(model.backbone.blocks)
-        nodes = [("patch_embed", f"patches {arch.transreid['patch_stride']}-stride + SIE"),
-                 ("blocks", f"{blocks} blocks" + (f", {kind} (softmax)" if model.use_dcs else "")),
-                 ("jpm", f"last block + JPM x{model.groups}")]
-    else:
-        nodes = []
-        for stage, width in model.stage_widths.items():
-            nodes.append((stage, f"{stage} {width}"))
-            if model.use_dcs and stage in arch.attention_after:
-                nodes.append((f"attn.{stage}", f"{kind} ({arch.attention_form}) {width}"))
-    for node, label in nodes + [("head", f"avgpool + {'BNNeck + ' if arch.bnneck else ''}fc {model.num_classes}")]:
-        g.add_node(node, label=label)
-        g.add_edge(prev, node)
-        prev = node
-    return g
-
-
 def params_without_classifier(model: nn.Module) -> int:
     """Parameters of everything but the classifier (the paper's counts)."""
     return sum(p.numel() for n, p in model.named_parameters() if not n.startswith("head.classifier."))
 
 
-def _backbone_summary(model: nn.Module, arch: dict, onnx_diff: float | None) -> dict:
-    spec = model.arch
-    params = sum(p.numel() for p in model.parameters())
-    summary = {
-        "name": arch["name"], "backbone": spec.backbone, "family": spec.family,
-        "input_size": list(spec.input_size), "num_classes": model.num_classes,
-        "params": params, "params_millions": round(params / 1e6, 4),
-        "params_without_classifier": params_without_classifier(model),
-        "macs": count_macs(model, spec.input_size),
-        "macs_note": "multiply-accumulates per image, counted by fvcore (attention matmuls included)",
-        "attention": model.attention, "attention_form": "softmax" if spec.family == "vit" else spec.attention_form,
-        "attention_after": list(spec.attention_after) if spec.family != "vit" else "every block",
-        "attention_params": sum(p.numel() for n, p in model.named_parameters() if n.startswith("dcs.")),
-        "last_stride": spec.last_stride, "embedding_dim": model.embedding_dim,
-        "onnx_max_abs_diff": onnx_diff,
-    }
-    summary["params_classifier"] = params - summary["params_without_classifier"]
-    summary["stage_widths"] = (dict(model.stage_widths) if spec.family != "vit"
-                               else {"blocks": model.backbone.embed_dim})
-    summary["gmacs"] = round(summary["macs"] / 1e9, 4)
-    return summary
-
-
 def summarize(model: nn.Module, arch: dict, onnx_diff: float | None, extra: Mapping[str, Any] | None = None) -> dict:
     """The ``summary.json`` content."""
     if not isinstance(model, PlainNet):
-        summary = _backbone_summary(model, arch, onnx_diff)
+        from dnas.backbones.summary import backbone_summary
+
+        summary = backbone_summary(model, arch, onnx_diff)
         summary.update(dict(extra or {}))
         return summary
     space = model.arch
@@ -392,7 +343,12 @@ def export_derived(out: str | Path, arch: dict, model: nn.Module, *, onnx: bool 
         diff = export_onnx(model, model.arch.input_size, tmp / "model.onnx") if onnx else None
         summary = summarize(model, arch, diff, extra_summary)
         atomic_write_json(tmp / "summary.json", summary)
-        graph = arch_graph(model.arch, model.attention) if isinstance(model, PlainNet) else backbone_graph(model)
+        if isinstance(model, PlainNet):
+            graph = arch_graph(model.arch, model.attention)
+        else:
+            from dnas.backbones.summary import backbone_graph
+
+            graph = backbone_graph(model)
         atomic_write_text(tmp / "arch.dot", graph_to_dot(graph))
         for name, writer in (extra_files or {}).items():
             writer(tmp / name)

@@ -317,3 +317,18 @@ def test_derive_backbone_with_pretrained_file_reports_new_keys(tmp_path, capsys)
     state = torch.load(ckpt)
     model = dnas.load_derived(out)
     assert torch.equal(model.backbone.conv_stem.weight, state["conv_stem.weight"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["mobilenetv2", "mobilenetv2_200", "resnet50", "hrnet_w32", "transreid"])
+def test_derive_load_round_trip_every_backbone(name, tmp_path):
+    arch = _save_small_yaml(tmp_path, name)
+    out = tmp_path / "derived"
+    assert derive_cli.main(["--backbone", str(arch), "--no-onnx", "--out", str(out)]) == 0
+    model = dnas.load_derived(out)
+    fresh = dnas.build_model(out).eval()
+    fresh.load_state_dict(torch.load(out / "model.pt"))
+    x = torch.randn(2, *SMALL)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), fresh(x))
+    assert dnas.export.read_summary(out)["backbone"] == small_arch(name)["backbone"]
