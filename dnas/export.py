@@ -58,7 +58,7 @@ def read_arch(arch: Any, **changes) -> dict:
     elif isinstance(arch, Mapping):
         data, source = copy.deepcopy(dict(arch)), "<arch dict>"
     else:
-        path = backbone_arch_path(str(arch))
+        path = None if Path(str(arch)).exists() else backbone_arch_path(str(arch))  # a local path first
         if path is None:
             try:
                 path = resolve_space_path(arch)
