@@ -208,6 +208,8 @@ class TransReIDNet(nn.Module):
         t = vit._pos_embed(vit.patch_embed(x))  # (B, 1+N, D)
         if self.sie is not None and camera is not None:
             t = t + self.sie_coefficient * self.sie[camera]
+        elif self.sie is not None and self.training:  # no cameras: SIE takes part with a zero term (DDP
+            t = t + 0.0 * self.sie.sum()              # needs every parameter in the loss)
         t = vit.norm_pre(t)
         for blk in vit.blocks[:-1]:
             t = blk(t)
