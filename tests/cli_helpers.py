@@ -97,3 +97,27 @@ def _fixture():
 
 
 runs = _fixture()
+
+
+def kill_mid_run(args: list[str], out: Path, env_vars: dict, step: int = 6, timeout: float = 120) -> None:
+    """Start ``args + ['--set', 'checkpoint_every=1', '--out', out]`` as a subprocess and
+    SIGKILL it once its last checkpoint has passed ``step`` optimizer steps."""
+    import signal
+    import time
+
+    import torch
+
+    proc = subprocess.Popen(args + ["--set", "checkpoint_every=1", "--out", str(out)], env=env_vars,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        ckpt = Path(out) / "checkpoint-last.pt"
+        try:
+            if ckpt.exists() and torch.load(ckpt, weights_only=True)["step"] >= step:
+                break
+        except Exception:  # noqa: BLE001 - never half-written, but may vanish mid-rename
+            pass
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()

@@ -6,13 +6,12 @@ helpers."""
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from cli_helpers import kill_mid_run
 import torch
 
 from dnas.cli import derive as derive_cli
@@ -219,20 +218,7 @@ def test_resume_after_sigkill_is_exact(arch_dir, tmp_path):
     full = tmp_path / "full"
     subprocess.run(args + ["--out", str(full)], check=True, env=_env(), capture_output=True)
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(args + ["--set", "checkpoint_every=1", "--out", str(killed)], env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        ckpt = killed / "checkpoint-last.pt"
-        try:
-            if ckpt.exists() and torch.load(ckpt, weights_only=True)["step"] >= 6:  # mid epoch 1
-                break
-        except Exception:  # noqa: BLE001 - never half-written, but may vanish mid-rename
-            pass
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_mid_run(args, killed, _env())  # mid epoch 1
     assert not (killed / "final").exists()
     subprocess.run([sys.executable, "-m", "dnas.retrain", "reid", "--resume", str(killed), "--no-progress"],
                    check=True, env=_env(), capture_output=True)

@@ -13,18 +13,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
+from dnas.engine.config import ReIDRunConfig, RunConfig
+
 
 @dataclass
-class TrainConfig:
-    """Keys shared by both modes.
+class TrainConfig(RunConfig):
+    """Keys shared by both modes (and those of every run: :class:`dnas.engine.config.RunConfig`).
 
-    Model and data:
-        arch: the derived network (a ``dnas-derive`` directory or an ``arch.yaml``).
-        data: ``--data`` spec. height/width: input size (default: the arch's
-        ``input_size``). workers: DataLoader workers. attention: ``none``, ``self`` or
-        ``dcs`` modules (default: the arch's); the ``pi`` layers train with the weights.
-        attention_form: ``linear`` or ``softmax`` (default: the arch's). use_dcs: the
-        legacy boolean (false = attention none).
+    Model: arch, the derived network (a ``dnas-derive`` directory, an ``arch.yaml`` or
+        a fixed backbone's short name); height/width, attention and attention_form
+        default to the arch's; the DCS ``pi`` layers train with the weights.
     Optimizer: ``sgd`` (momentum, nesterov), ``rmsprop`` (rmsprop_alpha, rmsprop_eps,
         momentum), ``adam`` / ``adamw`` (adam_betas). lr is the learning rate of a
         global batch of ``lr_reference_batch`` images, scaled linearly to the actual
@@ -33,29 +31,15 @@ class TrainConfig:
     Schedule (per step): linear warm-up from ``warmup_factor * lr`` over
         warmup_epochs, then ``cosine`` (down to ``min_lr_ratio * lr``) or ``step``
         (x gamma at each of milestones, in epochs).
-    Regularisation: label_smoothing (CE), mixup_alpha (Beta(a, a) mixup; 0 = off),
-        ema (keep an exponential moving average of the weights with ema_decay;
-        evaluated and exported instead of the raw weights), grad_clip (0 = off).
-    System: device ``auto|cpu|cuda``, amp (bf16 autocast on CUDA), channels_last
-        (CUDA), compile (torch.compile), max_bad_steps (consecutive non-finite losses
-        before the run stops), checkpoint_every (steps; 0 = end of epoch only),
-        eval_every (epochs; the last epoch is always evaluated), max_steps_per_epoch
-        (0 = whole epochs; for smoke tests), export_onnx (the final export also
-        writes and checks ``model.onnx``).
+    Regularisation: mixup_alpha (Beta(a, a) mixup; 0 = off), ema (keep an exponential
+        moving average of the weights with ema_decay; evaluated and exported instead of
+        the raw weights).
+    Export: export_onnx (the final export also writes and checks ``model.onnx``).
     """
 
     arch: str = ""
-    data: str = "synthetic"
-    height: Optional[int] = None
-    width: Optional[int] = None
-    attention: Optional[Literal["none", "self", "dcs"]] = None
-    attention_form: Optional[Literal["linear", "softmax"]] = None
-    use_dcs: Optional[bool] = None
     epochs: int = 120
     workers: int = 4
-    seed: int = 0
-    deterministic: bool = False
-    max_steps_per_epoch: int = 0
     # optimizer
     optimizer: Literal["sgd", "rmsprop", "adam", "adamw"] = "adam"
     lr: float = 3.5e-4
@@ -74,18 +58,9 @@ class TrainConfig:
     gamma: float = 0.1
     min_lr_ratio: float = 0.0
     # regularisation
-    label_smoothing: float = 0.1
     mixup_alpha: float = 0.0
     ema: bool = False
     ema_decay: float = 0.9998
-    grad_clip: float = 0.0
-    # system
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    amp: bool = True
-    channels_last: bool = True
-    compile: bool = False
-    max_bad_steps: int = 5
-    checkpoint_every: int = 0
     eval_every: int = 10
     export_onnx: bool = True
 
@@ -106,41 +81,18 @@ class TrainConfig:
                           warmup_factor=self.warmup_factor, milestones=tuple(self.milestones), gamma=self.gamma,
                           min_lr_ratio=self.min_lr_ratio)
 
-    def _checks(self) -> list[tuple[bool, str, str]]:
-        return [
-            (bool(self.arch), "arch", "a derived architecture (--arch DIR or arch.yaml)"),
-            (self.epochs >= 1, "epochs", "an integer >= 1"),
-            (self.lr > 0, "lr", "a positive learning rate"),
-            (self.weight_decay >= 0, "weight_decay", "a number >= 0"),
-            (0 <= self.warmup_epochs <= self.epochs, "warmup_epochs",
-             f"a number in [0, epochs={self.epochs}], got {self.warmup_epochs}"),
-            (0 < self.warmup_factor <= 1, "warmup_factor", "a number in (0, 1]"),
-            (0 < self.gamma <= 1, "gamma", "a number in (0, 1]"),
-            (0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "a number in [0, 1]"),
-            (0 <= self.label_smoothing < 1, "label_smoothing", "a number in [0, 1)"),
-            (self.mixup_alpha >= 0, "mixup_alpha", "a number >= 0 (0 disables mixup)"),
-            (0 < self.ema_decay < 1, "ema_decay", "a number in (0, 1)"),
-            (len(self.adam_betas) == 2, "adam_betas", "two numbers [beta1, beta2]"),
-            (self.max_bad_steps >= 1, "max_bad_steps", "an integer >= 1"),
-            (self.eval_every >= 1, "eval_every", "an integer >= 1"),
-            (self.checkpoint_every >= 0 and self.max_steps_per_epoch >= 0, "checkpoint_every/max_steps_per_epoch",
-             "integers >= 0"),
-            ((self.height is None or self.height >= 16) and (self.width is None or self.width >= 8), "height/width",
-             "at least 16 x 8 pixels"),
-            (self.workers >= 0, "workers", "an integer >= 0"),
-        ]
-
-    def validate(self) -> None:
-        """Cross-field checks that the type system cannot express.
-
-        Raises:
-            ConfigError: naming the key and what was expected.
-        """
-        from dnas.errors import ConfigError
-
-        for ok, key, expected in self._checks():
-            if not ok:
-                raise ConfigError(f"key {key!r}: expected {expected}")
+    def checks(self) -> list[tuple[bool, str, str]]:
+        return [(bool(self.arch), "arch", "a derived architecture (--arch DIR or arch.yaml)"), *super().checks(),
+                (self.lr > 0, "lr", "a positive learning rate"),
+                (self.weight_decay >= 0, "weight_decay", "a number >= 0"),
+                (0 <= self.warmup_epochs <= self.epochs, "warmup_epochs",
+                 f"a number in [0, epochs={self.epochs}], got {self.warmup_epochs}"),
+                (0 < self.warmup_factor <= 1, "warmup_factor", "a number in (0, 1]"),
+                (0 < self.gamma <= 1, "gamma", "a number in (0, 1]"),
+                (0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "a number in [0, 1]"),
+                (self.mixup_alpha >= 0, "mixup_alpha", "a number >= 0 (0 disables mixup)"),
+                (0 < self.ema_decay < 1, "ema_decay", "a number in (0, 1)"),
+                (len(self.adam_betas) == 2, "adam_betas", "two numbers [beta1, beta2]")]
 
 
 @dataclass
@@ -174,8 +126,8 @@ class ImageNetConfig(TrainConfig):
     synthetic_classes: int = 10
     synthetic_train_per_class: int = 60
 
-    def _checks(self) -> list[tuple[bool, str, str]]:
-        return super()._checks() + [
+    def checks(self) -> list[tuple[bool, str, str]]:
+        return super().checks() + [
             (self.batch_size >= 2 and self.test_batch_size >= 1, "batch_size", "an integer >= 2"),
             (self.size is None or self.size >= 16, "size", "at least 16 pixels"),
             (self.synthetic_classes >= 2 and self.synthetic_train_per_class >= 1, "synthetic_classes",
@@ -184,85 +136,44 @@ class ImageNetConfig(TrainConfig):
 
 
 @dataclass
-class ReIDConfig(TrainConfig):
-    """``dnas-retrain reid``: Re-ID finetuning of a derived network (eq. 4).
+class ReIDConfig(TrainConfig, ReIDRunConfig):
+    """``dnas-retrain reid``: Re-ID finetuning of a derived network (eq. 4); the Re-ID keys
+    (PK batches, the loss, the validation protocol) are :class:`dnas.engine.config.ReIDRunConfig`'s.
 
-    Data: a Re-ID ``--data`` spec (``market1501:/path``, ..., ``synthetic``); p
-    identities x k images per batch (PK sampler); flip_prob, pad (pad + random crop;
-    default: 10 pixels per 256 of input height),
-    erasing_prob (random erasing); test_batch_size. synthetic_ids /
-    synthetic_images_per_id: size of the embedded set (0 = its defaults).
-    msmt17_use_val: MSMT17 only, train on list_train + list_val (default false:
-    list_train only, as torchreid and fast-reid).
-    Model: bnneck (BN on the embedding before the classifier; the retrieval feature
-        is taken after it); pretrained: weights to start from (an ``imagenet`` run
-        directory, a ``dnas-derive`` directory, or a ``.pt`` state dict / checkpoint);
-        the classifier (and BNNeck) of the source are dropped.
-    Loss: CE(label_smoothing) + triplet_weight * batch-hard triplet(triplet_margin;
-        soft_margin) + ib_eta * IBB (when use_ibb; soft
-        assignments of L2-normalised features at temperature ib_temperature) + center_weight * center loss
-        (center_weight 0 = off; centers trained by SGD with center_lr).
-    Evaluation: every eval_every epochs and at the end (mAP, CMC rank-1/5/10, mINP),
-        on at most eval_max_queries queries (0 = all), eval_flip averages flipped
-        features. rerank: the final test evaluation (and ``--eval-only``) also reports
-        k-reciprocal re-ranked figures (``test_rerank_*``, summary.json ``rerank``),
-        beside the plain ones, which stay the reported figures.
-    Model selection: val_ids_fraction of the training identities (at least
-        val_min_ids; seeded by val_seed, apart from seed, so every seed of an ablation
-        selects on the same identities) are held out as a validation query/gallery;
-        the periodic evaluations use it (``val_*`` columns) and checkpoint-best.pt is
-        chosen by ``val_mAP``. The test query/gallery is evaluated after the last epoch
-        (``test_*`` columns, ``summary.json``), or at every evaluation with
-        eval_test_every_epoch (curves only, never used for selection).
-        val_ids_fraction=0 disables the split (best: the lowest training loss).
+    Data: a Re-ID ``--data`` spec (``market1501:/path``, ..., ``synthetic``); flip_prob,
+        pad (pad + random crop; default: 10 pixels per 256 of input height),
+        erasing_prob (random erasing); test_batch_size.
+    Model: pretrained: weights to start from (an ``imagenet`` run directory, a
+        ``dnas-derive`` directory, or a ``.pt`` state dict / checkpoint); the classifier
+        (and BNNeck) of the source are dropped.
+    Loss: eq. 4 with soft_margin (the soft-margin triplet) and center_weight * center
+        loss (0 = off; centers trained by SGD with center_lr).
+    Evaluation: every eval_every epochs and at the end (mAP, CMC rank-1/5/10, mINP);
+        eval_flip averages flipped features. rerank: the final test evaluation (and
+        ``--eval-only``) also reports k-reciprocal re-ranked figures
+        (``test_rerank_*``, summary.json ``rerank``), beside the plain ones, which stay
+        the reported figures. Without a validation split checkpoint-best.pt is the
+        lowest training loss.
     """
 
-    p: int = 16
-    k: int = 4
     test_batch_size: int = 128
     flip_prob: float = 0.5
     pad: Optional[int] = None
     erasing_prob: float = 0.5
-    bnneck: bool = True
     pretrained: Optional[str] = None
-    triplet_margin: float = 0.3
-    triplet_weight: float = 1.0
     soft_margin: bool = False
-    ib_eta: float = 0.1
-    ib_temperature: float = 0.1
-    use_ibb: bool = True
     center_weight: float = 0.0
     center_lr: float = 0.5
-    eval_max_queries: int = 0
     eval_flip: bool = False
     rerank: bool = False
-    val_ids_fraction: float = 0.05
-    val_min_ids: int = 8
-    val_seed: int = 0
-    eval_test_every_epoch: bool = False
-    msmt17_use_val: bool = False
-    synthetic_ids: int = 0
-    synthetic_images_per_id: int = 0
 
-    @property
-    def batch_size(self) -> int:
-        return self.p * self.k
-
-    def _checks(self) -> list[tuple[bool, str, str]]:
-        return super()._checks() + [
-            (self.p >= 2 and self.k >= 2, "p/k", "p >= 2 identities and k >= 2 images per batch (triplet)"),
+    def checks(self) -> list[tuple[bool, str, str]]:
+        return super().checks() + [
             (0 <= self.flip_prob <= 1 and 0 <= self.erasing_prob <= 1, "flip_prob/erasing_prob",
              "probabilities in [0, 1]"),
             (self.pad is None or self.pad >= 0, "pad", "an integer >= 0 (or null: 10 px per 256 px of height)"),
-            (self.triplet_margin >= 0 and self.triplet_weight >= 0, "triplet_margin/triplet_weight",
-             "numbers >= 0"),
-            (self.ib_eta >= 0, "ib_eta", "a number >= 0"),
-            (self.ib_temperature > 0, "ib_temperature", "a positive number"),
             (self.center_weight >= 0 and self.center_lr > 0, "center_weight/center_lr",
              "center_weight >= 0 and center_lr > 0"),
-            (self.eval_max_queries >= 0, "eval_max_queries", "an integer >= 0 (0 = all)"),
-            (0 <= self.val_ids_fraction < 1, "val_ids_fraction", "a number in [0, 1) (0 = no validation split)"),
-            (self.val_min_ids >= 1, "val_min_ids", "an integer >= 1"),
         ]
 
 

@@ -22,13 +22,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from dnas.config import config_to_dict
 from dnas.errors import DnasError
 from dnas.losses import cross_entropy_smooth
-from dnas.engine import fit, load_checkpoint
 from dnas.retrain.common import Trainer, export_final
 from dnas.retrain.config import ImageNetConfig, apply_attention, load_arch, suffixed
-from dnas.runtime import Runtime, autocast, seed_everything, setup_runtime, teardown_runtime
+from dnas.runtime import Runtime, autocast, seed_everything
 
 log = logging.getLogger(__name__)
 KIND = "retrain-imagenet"
@@ -119,14 +117,13 @@ def run_imagenet(cfg: ImageNetConfig, run_dir: Path, resume: bool = False, progr
     Returns:
         The final ``summary.json`` content (rank 0; ``{}`` elsewhere).
     """
+    from dnas.engine.run import run_in_dir
     from dnas.export import build_model
-    from dnas.io import atomic_write_yaml
 
-    cfg.validate()
     run_dir = Path(run_dir)
-    rt = setup_runtime(cfg.device)
-    summary: dict = {}
-    try:
+    started: dict = {}
+
+    def build(cfg: ImageNetConfig, rt: Runtime):
         seed_everything(cfg.seed, cfg.deterministic)
         arch = load_arch(str(run_dir / "arch.yaml") if resume else cfg.arch)
         size = cfg.size or arch["input_size"][1]
@@ -138,22 +135,15 @@ def run_imagenet(cfg: ImageNetConfig, run_dir: Path, resume: bool = False, progr
         elif arch["num_classes"] != data.num_classes:
             raise DnasError(f"{run_dir}: trained on {arch['num_classes']} classes, --data has {data.num_classes}")
         seed_everything(cfg.seed, cfg.deterministic)
-        t = ImageNetTrainer(cfg, rt, data, build_model(arch), progress)
-        if resume:
-            t.load_state_dict(load_checkpoint(run_dir, KIND))
-            log.info("%s", t.resume_line(run_dir))
-        if rt.is_main:
-            from dnas.outputs import claim_run_dir
+        started["arch"] = arch
+        return ImageNetTrainer(cfg, rt, data, build_model(arch), progress), cfg, {"arch.yaml": arch}
 
-            claim_run_dir(run_dir, "imagenet-run", replace=overwrite and not resume)
-            atomic_write_yaml(run_dir / "config.yaml", config_to_dict(cfg))
-            if not resume:
-                atomic_write_yaml(run_dir / "arch.yaml", arch)
-        fit(t, run_dir, CURVES, f"{KIND} {run_dir.name}")
-        if rt.is_main:
-            extra = {k: t.last_eval.get(k) for k in ("top1", "top5")}
-            summary = export_final(t, run_dir, arch, {**extra, "data": cfg.data, "epochs": cfg.epochs,
-                                                      "ema": cfg.ema})
-    finally:
-        teardown_runtime(rt)
-    return summary
+    def finish(t: ImageNetTrainer, cfg: ImageNetConfig, rt: Runtime) -> dict:
+        if not rt.is_main:
+            return {}
+        extra = {k: t.last_eval.get(k) for k in ("top1", "top5")}
+        return export_final(t, run_dir, started["arch"], {**extra, "data": cfg.data, "epochs": cfg.epochs,
+                                                           "ema": cfg.ema})
+
+    return run_in_dir(cfg, run_dir, output_kind="imagenet-run", resume=resume, overwrite=overwrite, build=build,
+                      finish=finish, curves=CURVES, legacy_protocol=False)

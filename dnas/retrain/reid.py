@@ -34,9 +34,8 @@ from pathlib import Path
 
 import torch
 
-from dnas.config import config_to_dict
 from dnas.errors import DnasError
-from dnas.engine import LAST, fit, load_checkpoint
+from dnas.engine import LAST, load_checkpoint
 from dnas.ib import evaluate_model_ib
 from dnas.losses import ReIDLoss
 from dnas.retrain.common import Trainer, export_final, load_pretrained, read_weights
@@ -163,7 +162,8 @@ class ReIDTrainer(Trainer):
 
 
 def prepare_reid(cfg: ReIDConfig, run_dir: Path, rt: Runtime, resume: bool, progress: bool):
-    """Everything up to the first step; validates all inputs before writing anything.
+    """Everything up to the first step (a resumed run's checkpoint is restored by
+    :func:`dnas.engine.run.run_in_dir`); validates all inputs before writing anything.
 
     Returns:
         ``(trainer, arch dict, pretrained report or None)``.
@@ -190,11 +190,7 @@ def prepare_reid(cfg: ReIDConfig, run_dir: Path, rt: Runtime, resume: bool, prog
             log.info("pretrained: %d tensors loaded from %s; dropped from the source: %s; freshly initialised: %s "
                      "(pretrained.json)", len(report["loaded"]), report["source"], report["dropped"] or "none",
                      report["fresh"] or "none")
-    t = ReIDTrainer(cfg, rt, data, net, progress)
-    if resume:
-        t.load_state_dict(load_checkpoint(run_dir, KIND))
-        log.info("%s", t.resume_line(run_dir))
-    return t, arch, report
+    return ReIDTrainer(cfg, rt, data, net, progress), arch, report
 
 
 def run_reid(cfg: ReIDConfig, run_dir: Path, resume: bool = False, progress: bool = True,
@@ -211,48 +207,40 @@ def run_reid(cfg: ReIDConfig, run_dir: Path, resume: bool = False, progress: boo
     Returns:
         The final ``summary.json`` content (rank 0; ``{}`` elsewhere).
     """
-    from dnas.io import atomic_write_json, atomic_write_yaml
+    from dnas.engine.run import run_in_dir
 
-    cfg.validate()
     run_dir = Path(run_dir)
-    if resume:  # a run from before the validation split resumes on its own data
-        from dnas.data.protocol import legacy_protocol_changes
+    started: dict = {}
 
-        cfg = dataclasses.replace(cfg, **legacy_protocol_changes(run_dir / "config.yaml", cfg))
-    rt = setup_runtime(cfg.device)
-    summary: dict = {}
-    try:
+    def build(cfg: ReIDConfig, rt: Runtime):
         t, arch, report = prepare_reid(cfg, run_dir, rt, resume, progress)
-        if rt.is_main:
-            from dnas.outputs import claim_run_dir
+        started["arch"] = arch
+        return t, cfg, {"arch.yaml": arch, "pretrained.json": report}
 
-            claim_run_dir(run_dir, "reid-run", replace=overwrite and not resume)
-            atomic_write_yaml(run_dir / "config.yaml", config_to_dict(cfg))
-            if not resume:
-                atomic_write_yaml(run_dir / "arch.yaml", arch)
-                if report is not None:
-                    atomic_write_json(run_dir / "pretrained.json", report)
-        fit(t, run_dir, CURVES, f"{KIND} {run_dir.name}")
-        if rt.is_main:
-            last = _last_row(run_dir)
-            extra = _protocol_summary(t, arch, run_dir)
-            best = extra["checkpoint_best"]
-            log.info("test split (final weights): mAP %.4f rank-1 %.4f over %s queries (%s skipped); "
-                     "checkpoint-best.pt: epoch %s by %s (%s), test mAP %s", extra["mAP"] or 0, extra["rank1"] or 0,
-                     extra["test"]["num_valid"], extra["test"]["num_skipped"], best["epoch"], best["selected_by"],
-                     best["split"], (best.get("test") or {}).get("mAP"))
-            ib = evaluate_model_ib(t.deploy_model, t.data.train_eval, rt.device, cfg.ib_temperature)
-            log.info("IB of the final network on the %s: IB loss %.4f, IBB (bound) %.4f", ib["split"], ib["ib"],
-                     ib["ibb"])
-            extra.update(ib_loss=ib["ib"], ibb=ib["ibb"], ib_final=ib,
-                         ib_running={"ib_loss": last.get("ib_loss"), "ibb": last.get("ibb_epoch"),
-                                     "note": "last epoch, running figures of the training batches"})
-            extra.update(data=cfg.data,
-                         epochs=cfg.epochs, ema=cfg.ema, use_ibb=cfg.use_ibb, pretrained=cfg.pretrained)
-            summary = export_final(t, run_dir, arch, extra)
-    finally:
-        teardown_runtime(rt)
-    return summary
+    def finish(t: ReIDTrainer, cfg: ReIDConfig, rt: Runtime) -> dict:
+        return _finish_reid(t, cfg, run_dir, started["arch"]) if rt.is_main else {}
+
+    return run_in_dir(cfg, run_dir, output_kind="reid-run", resume=resume, overwrite=overwrite, build=build,
+                      finish=finish, curves=CURVES)
+
+
+def _finish_reid(t: ReIDTrainer, cfg: ReIDConfig, run_dir: Path, arch: dict) -> dict:
+    """The end of a run (rank 0): the test figures and the best checkpoint's, the IB of the
+    final network, and the export into ``RUN/final``; returns its ``summary.json``."""
+    last = _last_row(run_dir)
+    extra = _protocol_summary(t, arch, run_dir)
+    best = extra["checkpoint_best"]
+    log.info("test split (final weights): mAP %.4f rank-1 %.4f over %s queries (%s skipped); "
+             "checkpoint-best.pt: epoch %s by %s (%s), test mAP %s", extra["mAP"] or 0, extra["rank1"] or 0,
+             extra["test"]["num_valid"], extra["test"]["num_skipped"], best["epoch"], best["selected_by"],
+             best["split"], (best.get("test") or {}).get("mAP"))
+    ib = evaluate_model_ib(t.deploy_model, t.data.train_eval, t.rt.device, cfg.ib_temperature)
+    log.info("IB of the final network on the %s: IB loss %.4f, IBB (bound) %.4f", ib["split"], ib["ib"], ib["ibb"])
+    extra.update(ib_loss=ib["ib"], ibb=ib["ibb"], ib_final=ib,
+                 ib_running={"ib_loss": last.get("ib_loss"), "ibb": last.get("ibb_epoch"),
+                             "note": "last epoch, running figures of the training batches"})
+    extra.update(data=cfg.data, epochs=cfg.epochs, ema=cfg.ema, use_ibb=cfg.use_ibb, pretrained=cfg.pretrained)
+    return export_final(t, run_dir, arch, extra)
 
 
 def _protocol_summary(t: ReIDTrainer, arch: dict, run_dir: Path) -> dict:

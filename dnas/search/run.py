@@ -18,13 +18,11 @@ import logging
 from pathlib import Path
 
 
-from dnas.config import config_to_dict
 from dnas.errors import DnasError
 from dnas.ib import evaluate_model_ib
 from dnas.io import atomic_write_yaml
 from dnas.runlog import read_csv_rows
-from dnas.runtime import Runtime, setup_runtime, teardown_runtime
-from dnas.engine import fit, load_checkpoint
+from dnas.runtime import Runtime
 from dnas.search.config import SearchConfig
 from dnas.search.loop import Searcher
 
@@ -127,37 +125,27 @@ def run_search(cfg: SearchConfig, run_dir: Path, resume: bool = False, progress:
     The data and the latency table are checked before ``run_dir`` is created (or, with
     ``overwrite``, before the old search run in it is deleted): a bad input leaves nothing.
     """
-    from dnas.outputs import claim_run_dir
+    from dnas.engine.run import run_in_dir
 
-    cfg.validate()
-    run_dir = Path(run_dir)
-    if resume:  # a run from before the validation split resumes on its own data
-        from dnas.data.protocol import legacy_protocol_changes
-
-        cfg = dataclasses.replace(cfg, **legacy_protocol_changes(run_dir / "config.yaml", cfg))
-    rt = setup_runtime(cfg.device)
-    try:
+    def build(cfg: SearchConfig, rt: Runtime):
         data = build_search_data(cfg, rt)
         if not resume:  # written by the run; only a resumed run keeps the one it recorded
             cfg = dataclasses.replace(cfg, latency_source=None)
         cost = _resolve_cost(cfg, rt, progress)
         cfg = dataclasses.replace(cfg, latency_source=cost.source)
-        s = Searcher(cfg, run_dir, rt, data, cost.model, progress=progress)
-        if resume:
-            s.load_state_dict(load_checkpoint(run_dir, Searcher.kind))
-            log.info("%s", s.resume_line(run_dir))
-        if rt.is_main:  # every input is valid: only now the run directory is made (or replaced)
-            claim_run_dir(run_dir, "search-run", replace=overwrite and not resume)
-            atomic_write_yaml(run_dir / "config.yaml", config_to_dict(cfg))
-        fit(s, run_dir, CURVES, f"search {run_dir.name}")
+        return Searcher(cfg, run_dir, rt, data, cost.model, progress=progress), cfg, {}
+
+    def finish(s: Searcher, cfg: SearchConfig, rt: Runtime) -> Path:
         if rt.distributed:
             _check_ranks_agree(s, run_dir, rt)
         if rt.is_main:
             _write_final_arch(s, run_dir)
             _write_summary(s, cfg, run_dir)
-    finally:
-        teardown_runtime(rt)
-    return run_dir
+        return run_dir
+
+    run_dir = Path(run_dir)
+    return run_in_dir(cfg, run_dir, output_kind="search-run", resume=resume, overwrite=overwrite, build=build,
+                      finish=finish, curves=CURVES)
 
 
 def _check_ranks_agree(s: Searcher, run_dir: Path, rt: Runtime) -> None:
