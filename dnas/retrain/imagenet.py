@@ -105,18 +105,9 @@ class ImageNetTrainer(Trainer):
 
 def run_imagenet(cfg: ImageNetConfig, run_dir: Path, resume: bool = False, progress: bool = True,
                  overwrite: bool = False) -> dict:
-    """Run (or resume) ImageNet pretraining into ``run_dir`` and export ``RUN/final``.
-
-    Args:
-        cfg: the resolved recipe.
-        run_dir: the run directory (created once every input has been validated).
-        resume: continue from ``run_dir``'s last checkpoint.
-        progress: tqdm bars (only on a TTY).
-        overwrite: replace the run of the same kind in ``run_dir`` (once the inputs validate).
-
-    Returns:
-        The final ``summary.json`` content (rank 0; ``{}`` elsewhere).
-    """
+    """Run (or resume) ImageNet pretraining into ``run_dir`` and export ``RUN/final`` (the arguments:
+    :func:`dnas.engine.run.run_in_dir`; ``progress``: tqdm bars on a TTY); returns the final
+    ``summary.json`` content (rank 0; ``{}`` elsewhere)."""
     from dnas.engine.run import run_in_dir
     from dnas.export import build_model
 
