@@ -199,3 +199,11 @@ def test_validate_bar_counts_architectures(tiny_table_path, monkeypatch):
     seen.clear()
     round_robin(["a"], lambda k: 1.0, passes=1, progress=True)
     assert seen == [("entry", True)]
+
+
+def test_time_net_times_a_fixed_backbone(capsys):
+    argv = ["time-net", "backbones/mobilenetv2.yaml", "--batch", "1", "--device", "cpu", "--passes", "1",
+            "--windows", "1", "--warmup", "1", "--height", "32", "--width", "16", "--json"]
+    assert main(argv) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["ms"] > 0 and rep["input_size"] == [3, 32, 16] and rep["params"] > 1e6
