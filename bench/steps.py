@@ -2,8 +2,8 @@
 optimizer and one fixed batch (no host synchronisation inside a step, apart from what
 the library code itself does).
 
-- the supernet **weight step** (:func:`dnas.search.loop.Searcher.train_step`, phase
-  ``weights``): Gumbel-softmax mixture choice, forward with features, CE (label
+- the supernet **weight step** (:meth:`dnas.engine.Engine.train_step` of the
+  :class:`dnas.search.loop.Searcher`, phase ``weights``): Gumbel-softmax mixture choice, forward with features, CE (label
   smoothing 0.1) + batch-hard triplet (0.3) + 0.1 * IBB (tracker warmed by one epoch
   on the batch), backward, gradient clipping at 5, Nesterov SGD on the weights;
 - the supernet **architecture step** (phase ``arch``): the same forward with the IB
@@ -25,37 +25,29 @@ import torch
 from torch import nn
 
 from bench.common import BenchSettings
-from dnas.ib import IBTracker
-from dnas.losses import batch_hard_triplet, cross_entropy_smooth
+from dnas.engine import build_optimizer
+from dnas.losses import ReIDLoss, cross_entropy_smooth
 
 TAU = 5.0  # the recipes' tau0: the first epochs of a search
 IB_ETA = 0.1
 CLIP = 5.0
 
 
-def reid_loss(out: dict, labels: torch.Tensor, ib: IBTracker, accumulate: bool) -> torch.Tensor:
-    """CE + triplet + eta * IBB of a feature dict (as ``Searcher._forward_loss``)."""
-    logits, feat = out["logits"].float(), out["global_feat"].float()
-    ce = cross_entropy_smooth(logits, labels, 0.1)
-    tri = batch_hard_triplet(feat, labels, 0.3)
-    x = out["ib_input"].float()
-    ibb = ib.step(feat, x, labels) if accumulate else ib.bound(feat, x, labels)
-    return ce + tri + IB_ETA * ibb
-
-
-def warm_ib(forward: Callable[[], dict], labels: torch.Tensor, num_classes: int) -> IBTracker:
-    """An IB tracker with centroids and Q from one epoch made of one batch."""
-    ib = IBTracker(num_classes)
+def warm_loss(forward: Callable[[], dict], labels: torch.Tensor, num_classes: int) -> ReIDLoss:
+    """The loops' Re-ID loss (:class:`dnas.losses.ReIDLoss`, eta 0.1) with an IB tracker whose
+    centroids and Q come from one epoch made of one batch."""
+    loss = ReIDLoss(num_classes, ib_eta=IB_ETA)
     with torch.no_grad():
         out = forward()
-        ib.update(out["global_feat"].float(), out["ib_input"].float(), labels)
-    ib.end_epoch(all_reduce=None)
-    return ib
+        loss.ib.update(out["global_feat"].float(), out["ib_input"].float(), labels)
+    loss.ib.end_epoch(all_reduce=None)
+    return loss
 
 
 def sgd(params) -> torch.optim.Optimizer:
-    """The search's weight optimizer (lr 0.1 per 256 images, momentum 0.9, Nesterov)."""
-    return torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=4e-5, nesterov=True)
+    """The search's weight optimizer (lr 0.1 per 256 images, momentum 0.9, Nesterov, the
+    engine's weight-decay rule)."""
+    return build_optimizer("sgd", params, 0.1, 4e-5, momentum=0.9, nesterov=True)
 
 
 @dataclass
@@ -93,11 +85,11 @@ def build_search_steps(net: nn.Module, settings: BenchSettings, x: torch.Tensor,
             return module(x, choice, return_features=True)
 
     # eager warm-up of the IB tracker (a compiled model would otherwise compile a no-grad graph too)
-    ib = warm_ib(lambda: forward(net.sample_choice(TAU, generator=gen), net), labels, settings.num_classes)
+    reid = warm_loss(lambda: forward(net.sample_choice(TAU, generator=gen), net), labels, settings.num_classes)
 
     def weights() -> None:
         choice = net.sample_choice(TAU, generator=gen)
-        loss = reid_loss(forward(choice), labels, ib, accumulate=True)
+        loss, _ = reid(forward(choice), labels, labels, accumulate=True)
         w_opt.zero_grad(set_to_none=True)
         a_opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -106,7 +98,7 @@ def build_search_steps(net: nn.Module, settings: BenchSettings, x: torch.Tensor,
 
     def arch_loss() -> torch.Tensor:
         choice = net.sample_choice(TAU, generator=gen)
-        task = reid_loss(forward(choice), labels, ib, accumulate=False)
+        task, _ = reid(forward(choice), labels, labels, accumulate=False)
         return latency_loss(task, latency.expected_ms(choice))
 
     def arch() -> None:
@@ -140,10 +132,10 @@ def build_plain_step(net: nn.Module, settings: BenchSettings, x: torch.Tensor, l
         with settings.autocast():
             return model(x, return_features=True)
 
-    ib = warm_ib(forward, labels, settings.num_classes)
+    reid = warm_loss(forward, labels, settings.num_classes)
 
     def step() -> None:
-        loss = reid_loss(forward(), labels, ib, accumulate=True)
+        loss, _ = reid(forward(), labels, labels, accumulate=True)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, CLIP)
