@@ -137,6 +137,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise DnasError("without a run directory, give --supernet NAME and --sample max|min|random, "
                             "or --backbone NAME")
         summaries = [derive_without_search(args)]
+    if len(summaries) > 1:  # the top K of a run, best first
+        print(f"{'rank':>4}  {'probability':>11}  {'LUT ms':>8}  {'params':>9}  {'MACs':>12}  dir")
+        for s in summaries:
+            print(f"{s['rank']:>4}  {s['probability']:>11.4g}  {s.get('lut_latency_ms', float('nan')):>8.4g}  "
+                  f"{s['params']:>9}  {s['macs']:>12}  rank{s['rank']}")
     for s in summaries:
         onnx = "" if s.get("onnx_max_abs_diff") is None else f", ONNX max abs diff {s['onnx_max_abs_diff']:.2e}"
         print(f"{s['name']}: {s['params'] / 1e6:.3f} M params, {s['macs'] / 1e6:.1f} M MACs{onnx}")

@@ -145,7 +145,7 @@ class ReIDTrainer(Trainer):
                           else (self.data.query, self.data.gallery))
         return prefixed(evaluate_reid(model if model is not None else self.deploy_model, query, gallery,
                                       self.rt.device, max_queries=self.cfg.eval_max_queries,
-                                      flip=self.cfg.eval_flip, rerank=rerank), split)
+                                      flip=self.cfg.eval_flip, rerank=rerank, progress=self.progress), split)
 
     def evaluate_held_out(self) -> dict:
         out = self.evaluate_split("val") if self.data.validation is not None else {}

@@ -9,8 +9,8 @@ keeping the K best partial products.
 from __future__ import annotations
 
 import heapq
+import logging
 import math
-import sys
 from pathlib import Path
 
 import torch
@@ -19,6 +19,8 @@ from dnas.errors import DnasError
 from dnas.io import atomic_directory
 from dnas.models import Supernet, derive_plain
 from dnas.runlog import write_csv_rows
+
+log = logging.getLogger(__name__)
 
 
 def top_k_indices(net: Supernet, k: int) -> list[tuple[float, dict]]:
@@ -80,8 +82,8 @@ def derive_from_run(run_dir: Path, out: Path, top_k: int = 1, checkpoint: str = 
     probs = net.probs_choice()
     distinct = math.prod(len(p) for p in probs.tensors())
     if top_k > distinct:
-        print(f"dnas-derive: --top-k {top_k}: space {net.space.name!r} has only {distinct} distinct "
-              f"architectures; exporting all {distinct}", file=sys.stderr)
+        log.warning("--top-k %d: space %r has only %d distinct architectures; exporting all %d", top_k,
+                    net.space.name, distinct, distinct)
     ranked = top_k_indices(net, min(top_k, distinct))
     summaries, rows = [], []
     with atomic_directory(out, overwrite=overwrite, kind="derived", inputs=(run_dir,)) as tmp:
@@ -105,9 +107,4 @@ def derive_from_run(run_dir: Path, out: Path, top_k: int = 1, checkpoint: str = 
             (tmp / "model").rmdir()
         else:
             write_csv_rows(tmp / "top_k.csv", rows)
-    if top_k > 1:
-        print(f"{'rank':>4}  {'probability':>11}  {'LUT ms':>8}  {'params':>9}  {'MACs':>12}  dir")
-        for r in rows:
-            print(f"{r['rank']:>4}  {float(r['probability']):>11.4g}  {float(r['lut_latency_ms']):>8.4g}  "
-                  f"{r['params']:>9}  {r['macs']:>12}  {r['dir']}")
     return summaries

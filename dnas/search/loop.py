@@ -124,7 +124,8 @@ class Searcher(Engine):
             splits.append(("test", d.query, d.gallery))
         for name, query, gallery in splits:
             out.update(prefixed(evaluate_reid(self.net, query, gallery, self.rt.device,
-                                              max_queries=self.cfg.eval_max_queries, choice=choice), name))
+                                              max_queries=self.cfg.eval_max_queries, progress=self.progress,
+                                              choice=choice), name))
         return out
 
     def selection_score(self, metrics: dict, epoch: int) -> float | None:
@@ -170,6 +171,7 @@ class Searcher(Engine):
         m["sampled_latency_ms"] = m.pop("arch_latency_ms", float("nan"))
         if self.latency is not None:
             with torch.no_grad():
-                m["expected_latency_ms"] = float(self.latency.expected_ms(self.net.probs_choice()))
-                m["argmax_latency_ms"] = float(self.latency.expected_ms(self.net.onehot_choice(self.net.argmax_indices())))
+                net, lat = self.net, self.latency
+                m["expected_latency_ms"] = float(lat.expected_ms(net.probs_choice()))
+                m["argmax_latency_ms"] = float(lat.expected_ms(net.onehot_choice(net.argmax_indices())))
         return m
