@@ -352,8 +352,8 @@ def export_derived(out: str | Path, arch: dict, model: nn.Module, *, onnx: bool 
         atomic_write_text(tmp / "arch.dot", graph_to_dot(graph))
         for name, writer in (extra_files or {}).items():
             writer(tmp / name)
-    log.info("exported %s: %s params, %s MACs%s", out, summary["params"], summary["macs"],
-             "" if diff is None else f", ONNX max abs diff {diff:.2e}")
+    log.info("exported %s: %s params, %s MACs%s", summary["name"], summary["params"], summary["macs"],
+             "" if diff is None else f", ONNX max abs diff {diff:.2e}")  # by name: ``out`` may be a temporary dir
     return summary
 
 
