@@ -332,3 +332,36 @@ def test_derive_load_round_trip_every_backbone(name, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(model(x), fresh(x))
     assert dnas.export.read_summary(out)["backbone"] == small_arch(name)["backbone"]
+
+
+def test_the_camera_reaches_transreid_in_training_and_evaluation():
+    """SIE: the trainer's loss call and the feature extraction pass each image's camera to
+    a model that uses it (and to no other); a run sizes the embedding to the data's cameras."""
+    from types import SimpleNamespace
+
+    from dnas.losses import ReIDLoss
+    from dnas.reid.features import extract_features
+    from dnas.retrain.reid import ReIDTrainer, _fit_camera_embedding
+
+    model = dnas.build_model(small_arch("transreid")).eval()
+    assert model.uses_camera and not getattr(dnas.build_model(small_arch("mobilenetv2")), "uses_camera", False)
+    with torch.no_grad():
+        model.sie.normal_()
+    x, pids = torch.randn(4, *SMALL), torch.tensor([0, 0, 1, 1])
+    fa = extract_features(model, [(x, pids, torch.tensor([0, 1, 0, 1]))], "cpu", flip=False, progress=False)[0]
+    fb = extract_features(model, [(x, pids, torch.tensor([1, 0, 1, 0]))], "cpu", flip=False, progress=False)[0]
+    assert not torch.allclose(fa, fb)  # the features depend on the camera
+
+    seen = []
+
+    def spy(images, **kw):
+        seen.append(kw.get("camera"))
+        return model(images, **kw)
+
+    trainer = SimpleNamespace(net=model, model=spy, loss=ReIDLoss(10))
+    cams = torch.tensor([2, 0, 1, 3])
+    loss, parts, _ = ReIDTrainer.compute_loss(trainer, x, pids, pids, cams)
+    assert torch.equal(seen[0], cams) and torch.isfinite(loss) and set(parts) == {"ce", "triplet", "ibb"}
+    arch = small_arch("transreid")
+    _fit_camera_embedding(arch, SimpleNamespace(train=[("a", 0, 0)], query=[("b", 1, 7)], gallery=[("c", 2, 3)]))
+    assert arch["transreid"]["sie_cameras"] == 8

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from dnas.errors import SpaceError
-from dnas.space.schema import ATTENTION_FORMS, ATTENTIONS
+from dnas.space.schema import ATTENTION_FORMS
 
 #: short name -> file in the ``backbones/`` data folder (one per Table I row)
 SHORT_NAMES = {

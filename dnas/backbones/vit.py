@@ -28,7 +28,8 @@ global and the local features (before the BNNeck) and one classifier reads the w
 BNNeck output, so the current training engine trains every branch; TransReID averages
 an ID and a triplet loss per branch. The retrieval ``embedding`` is TransReID's: the
 BNNeck output with the local parts divided by ``jpm_groups``. SIE needs the camera of
-each image (``forward(x, camera=...)``); without it the camera term is left out.
+each image (``forward(x, camera=...)``; the Re-ID trainer and the feature extraction pass
+it, :attr:`TransReIDNet.uses_camera`); without it the camera term is left out.
 """
 from __future__ import annotations
 
@@ -197,6 +198,11 @@ class TransReIDNet(nn.Module):
         length = n // self.groups
         return [self.jpm_norm(self.jpm_block(torch.cat([cls, patches[:, i * length:(i + 1) * length]], 1)))[:, 0]
                 for i in range(self.groups)]
+
+    @property
+    def uses_camera(self) -> bool:
+        """The camera embedding (SIE) is on: training and feature extraction pass ``camera``."""
+        return self.sie is not None
 
     def forward(self, x: torch.Tensor, return_features: bool = False, camera: torch.Tensor | None = None, **_unused):
         """Args:

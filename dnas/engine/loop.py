@@ -111,7 +111,9 @@ class Engine:
         self.phase = self.phase or phase.name
 
     # -- hooks ------------------------------------------------------------------------
-    def forward_loss(self, images: torch.Tensor, labels: torch.Tensor, phase: str) -> StepResult:
+    def forward_loss(self, images: torch.Tensor, labels: torch.Tensor, phase: str,
+                     cameras: torch.Tensor | None = None) -> StepResult:
+        """The loss of a batch; ``cameras``: the images' camera ids when the loader has them."""
         raise NotImplementedError
 
     def epoch_phases(self, epoch: int) -> list[str]:
@@ -187,10 +189,11 @@ class Engine:
         """One optimizer step of ``phase`` on ``batch`` (images, labels, ...)."""
         images = batch[0].to(self.rt.device, non_blocking=True)  # (B, 3, H, W)
         labels = batch[1].to(self.rt.device, non_blocking=True)  # (B,)
+        cameras = batch[2].to(self.rt.device, non_blocking=True) if len(batch) > 2 else None  # (B,)
         if self.cfg.channels_last and self.rt.device.type == "cuda":
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast(self.rt.device, self.cfg.amp):
-            out = self.forward_loss(images, labels, phase)
+            out = self.forward_loss(images, labels, phase, cameras)
         finite = all_reduce_mean(torch.isfinite(out.loss.detach()).float(), self.rt)
         a = self.acc
         if float(finite) < 1.0:  # every rank skips together (DDP)

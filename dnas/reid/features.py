@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 
-def _default_feature_fn(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    def fn(x: torch.Tensor) -> torch.Tensor:
-        out = model(x, return_features=True)
+def _default_feature_fn(model: torch.nn.Module) -> Callable[..., torch.Tensor]:
+    def fn(x: torch.Tensor, **camera) -> torch.Tensor:
+        out = model(x, return_features=True, **camera)
         if not isinstance(out, dict) or "embedding" not in out:
             raise TypeError("model(x, return_features=True) must return a dict with key "
                             "'embedding'; pass feature_fn= for other models")
@@ -51,6 +51,8 @@ def extract_features(model: torch.nn.Module | None, loader: Iterable, device: st
     if model is None and feature_fn is None:
         raise ValueError("extract_features needs a model or a feature_fn")
     fn = feature_fn or _default_feature_fn(model)
+    # a model with a camera embedding (TransReID's SIE) gets each image's camera
+    with_camera = feature_fn is None and bool(getattr(model, "uses_camera", False))
     was_training = model.training if model is not None else False
     if model is not None:
         model.eval()
@@ -59,9 +61,10 @@ def extract_features(model: torch.nn.Module | None, loader: Iterable, device: st
         for batch in _progress(loader, progress, desc):
             images, pid, camid = batch[0], batch[1], batch[2]
             x = images.to(device, non_blocking=True)  # (B, 3, H, W)
-            f = fn(x).float()
+            cam = {"camera": torch.as_tensor(camid).to(device)} if with_camera else {}
+            f = fn(x, **cam).float()
             if flip:
-                f = (f + fn(torch.flip(x, dims=[3])).float()) / 2.0
+                f = (f + fn(torch.flip(x, dims=[3]), **cam).float()) / 2.0
             if normalize:
                 f = torch.nn.functional.normalize(f, dim=1)
             feats.append(f.cpu())

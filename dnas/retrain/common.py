@@ -157,8 +157,10 @@ class Trainer(Engine):
         self.ema = ModelEma(self.net, cfg.ema_decay) if cfg.ema else None
 
     # -- hooks -------------------------------------------------------------------------
-    def compute_loss(self, images: torch.Tensor, targets: torch.Tensor, labels: torch.Tensor):
-        """Returns ``(loss, {part: scalar}, correct count)``; ``targets`` may be soft (mixup)."""
+    def compute_loss(self, images: torch.Tensor, targets: torch.Tensor, labels: torch.Tensor,
+                     cameras: torch.Tensor | None = None):
+        """Returns ``(loss, {part: scalar}, correct count)``; ``targets`` may be soft (mixup);
+        ``cameras``: the images' camera ids (for models with a camera embedding)."""
         raise NotImplementedError
 
     def evaluate_held_out(self) -> dict:
@@ -201,9 +203,11 @@ class Trainer(Engine):
         mb = mixup_batch(images, labels, self.data.num_classes, self.cfg.mixup_alpha, rng)
         return mb.images, mb.targets, labels if mb.lam >= 0.5 else labels[mb.perm]
 
-    def forward_loss(self, images: torch.Tensor, labels: torch.Tensor, phase: str) -> StepResult:
+    def forward_loss(self, images: torch.Tensor, labels: torch.Tensor, phase: str,
+                     cameras: torch.Tensor | None = None) -> StepResult:
+        # NOTE: with mixup, a mixed image keeps the camera of its first image
         images, targets, hard = self._mixup(images, labels)
-        return StepResult(*self.compute_loss(images, targets, hard))
+        return StepResult(*self.compute_loss(images, targets, hard, cameras))
 
     def after_step(self, phase: str) -> None:
         if self.ema is not None:

@@ -68,7 +68,7 @@ class ImageNetTrainer(Trainer):
         batch = data.train_sampler.batch_size
         super().__init__(cfg, rt, data, net, batch * rt.world_size, progress)
 
-    def compute_loss(self, images, targets, labels):
+    def compute_loss(self, images, targets, labels, cameras=None):
         logits = self.model(images).float()  # (B, K)
         loss = cross_entropy_smooth(logits, targets, self.cfg.label_smoothing)
         return loss, {}, (logits.argmax(1) == labels).sum()

@@ -88,8 +88,9 @@ class ReIDTrainer(Trainer):
         if self.loss.center is not None:
             self.center_opt = torch.optim.SGD(self.loss.center.parameters(), lr=cfg.center_lr)
 
-    def compute_loss(self, images, targets, labels):
-        out = self.model(images, return_features=True)
+    def compute_loss(self, images, targets, labels, cameras=None):
+        camera = {"camera": cameras} if getattr(self.net, "uses_camera", False) and cameras is not None else {}
+        out = self.model(images, return_features=True, **camera)
         loss, parts = self.loss(out, targets, labels)
         return loss, parts, (out["logits"].argmax(1) == labels).sum()
 
@@ -179,6 +180,7 @@ def prepare_reid(cfg: ReIDConfig, run_dir: Path, rt: Runtime, resume: bool, prog
         apply_attention(arch, cfg)
         arch.update(name=suffixed(arch["name"], "-reid"), num_classes=data.num_classes, bnneck=cfg.bnneck,
                     input_size=[3, height, width])
+        _fit_camera_embedding(arch, data.splits)
     from dnas.export import build_model
 
     seed_everything(cfg.seed, cfg.deterministic)  # the initial weights depend on the seed only
@@ -191,6 +193,15 @@ def prepare_reid(cfg: ReIDConfig, run_dir: Path, rt: Runtime, resume: bool, prog
                      "(pretrained.json)", len(report["loaded"]), report["source"], report["dropped"] or "none",
                      report["fresh"] or "none")
     return ReIDTrainer(cfg, rt, data, net, progress), arch, report
+
+
+def _fit_camera_embedding(arch: dict, splits) -> None:
+    """A TransReID arch with a camera embedding (SIE) gets one row per camera of the data
+    (Market-1501 6, DukeMTMC-reID 8, MSMT17 15), as its classifier gets one per identity."""
+    tr = arch.get("transreid")
+    if isinstance(tr, dict) and tr.get("sie_cameras"):
+        items = [*splits.train, *splits.query, *splits.gallery]
+        tr["sie_cameras"] = 1 + max(cam for _, _, cam in items)
 
 
 def run_reid(cfg: ReIDConfig, run_dir: Path, resume: bool = False, progress: bool = True,

@@ -96,7 +96,7 @@ class Searcher(Engine):
         self.loss.to(self.rt.device)
         self.gumbel.set_state(state["gumbel"])
 
-    def forward_loss(self, images: torch.Tensor, labels: torch.Tensor, phase: str) -> StepResult:
+    def forward_loss(self, images: torch.Tensor, labels: torch.Tensor, phase: str, cameras=None) -> StepResult:
         choice = self.net.sample_choice(self.tau, generator=self.gumbel)
         out = self.model(images, choice, return_features=True)
         task, parts = self.loss(out, labels, labels, accumulate=phase == "weights")
