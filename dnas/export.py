@@ -133,18 +133,20 @@ def build_model(arch: Any, num_classes: int | None = None, attention: str | bool
                                 pretrained_file=pretrained_file)
 
 
-def load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
-    """``load_state_dict`` with a one-line error naming ``source`` on any mismatch."""
+def load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], source: str,
+                 target: str = "the architecture") -> None:
+    """``load_state_dict`` (strict) with a one-line error naming ``source``, the key and
+    ``target`` (what is being loaded) on any mismatch."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
         what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
-        raise CheckpointError(f"{source}: weights do not fit the architecture ({what})")
+        raise CheckpointError(f"{source}: weights do not fit {target} ({what})")
     for key, t in own.items():
         if tuple(state[key].shape) != tuple(t.shape):
             raise CheckpointError(f"{source}: key {key!r} has shape {tuple(state[key].shape)}, "
-                                  f"the architecture needs {tuple(t.shape)}")
+                                  f"{target} needs {tuple(t.shape)}")
     model.load_state_dict(state)
 
 

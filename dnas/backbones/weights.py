@@ -69,17 +69,9 @@ def load_backbone_weights(model: nn.Module, path: str | Path) -> dict:
         CheckpointError: the file does not fit the backbone (naming the key).
     """
     state = read_backbone_checkpoint(model, path)
-    own = model.backbone.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    if missing or unexpected:
-        what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
-        raise CheckpointError(f"{path}: does not fit backbone {model.arch.backbone} ({what})")
-    for key, t in own.items():
-        if tuple(state[key].shape) != tuple(t.shape):
-            raise CheckpointError(f"{path}: key {key!r} has shape {tuple(state[key].shape)}, backbone "
-                                  f"{model.arch.backbone} needs {tuple(t.shape)}")
-    model.backbone.load_state_dict(state, strict=True)
+    from dnas.export import load_weights
+
+    load_weights(model.backbone, state, str(path), target=f"backbone {model.arch.backbone}")
     copied = []
     if hasattr(model, "init_jpm_from_last_block") and model.jpm_block is not None:
         model.init_jpm_from_last_block()
