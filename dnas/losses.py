@@ -122,6 +122,14 @@ class CenterLoss(nn.Module):
         return 0.5 * (diff * diff).sum(dim=1).mean()
 
 
+def branch_mean(values: list[torch.Tensor]) -> torch.Tensor:
+    """One loss of several branches, TransReID's way: ``0.5 * global + 0.5 * mean(parts)``
+    (the global branch first); a single value as it is."""
+    if len(values) == 1:
+        return values[0]
+    return 0.5 * values[0] + 0.5 * torch.stack(values[1:]).mean()
+
+
 class ReIDLoss:
     """The Re-ID objective of eq. 4: ``CE(label smoothing) + triplet_weight * batch-hard
     triplet + eta * IBB (+ center_weight * center loss)``, with its named parts.
@@ -129,7 +137,9 @@ class ReIDLoss:
     The IB tracker (:class:`dnas.ib_tracker.IBTracker`, F = the pre-BNNeck embedding,
     X = the model's ``ib_input``) runs whether or not the IBB trains (``use_ibb``): the
     IB loss and the bound are always reported; without ``use_ibb`` they are computed on
-    detached features and left out of the loss.
+    detached features and left out of the loss. A model with several branches (TransReID:
+    ``branch_logits`` and ``branch_feats``) gets the CE and the triplet loss of each,
+    combined by :func:`branch_mean`; the IB and center terms see the joined features.
 
     Args:
         num_classes: identities of the training split.
@@ -168,8 +178,10 @@ class ReIDLoss:
                 architecture steps only read the bound).
         """
         logits, feat, x = out["logits"].float(), out["global_feat"].float(), out["ib_input"].float()
-        ce = cross_entropy_smooth(logits, targets, self.label_smoothing)
-        tri = batch_hard_triplet(feat, labels, self.triplet_margin, soft_margin=self.soft_margin)
+        branches = list(zip(out.get("branch_logits") or [logits], out.get("branch_feats") or [feat]))
+        ce = branch_mean([cross_entropy_smooth(lg.float(), targets, self.label_smoothing) for lg, _ in branches])
+        tri = branch_mean([batch_hard_triplet(f.float(), labels, self.triplet_margin, soft_margin=self.soft_margin)
+                           for _, f in branches])
         ib = self.ib.step if accumulate else self.ib.bound
         if self.use_ibb:
             ibb = ib(feat, x, labels)

@@ -45,7 +45,9 @@ def test_forward_backward_every_backbone(name, attention):
     assert out["logits"].shape == (4, 10)
     assert out["embedding"].shape == out["global_feat"].shape == (4, model.embedding_dim)
     assert out["ib_input"].shape[0] == 4
-    (out["logits"].sum() + out["global_feat"].square().mean()).backward()
+    logits = out.get("branch_logits", [out["logits"]])  # TransReID: one classifier per branch
+    assert torch.equal(logits[0], out["logits"])
+    (sum(lg.sum() for lg in logits) + out["global_feat"].square().mean()).backward()
     no_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert not no_grad, no_grad[:5]
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

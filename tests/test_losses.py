@@ -101,3 +101,26 @@ def test_triplet_decreases_under_descent(soft):
         batch_hard_triplet(f, y, soft_margin=soft).backward()
         opt.step()
     assert batch_hard_triplet(f, y, soft_margin=soft).item() < first
+
+
+def test_branches_are_averaged_transreid_style():
+    """A model with branches (TransReID: global + JPM parts): CE and triplet are
+    0.5 * global + 0.5 * mean(parts); without branches the loss is that of the one head."""
+    from dnas.losses import ReIDLoss, batch_hard_triplet, branch_mean, cross_entropy_smooth
+
+    torch.manual_seed(0)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    logits = [torch.randn(6, 3, requires_grad=True) for _ in range(3)]
+    feats = [torch.randn(6, 4, requires_grad=True) for _ in range(3)]
+    out = {"logits": logits[0], "global_feat": torch.cat(feats, 1), "ib_input": torch.randn(6, 5),
+           "branch_logits": logits, "branch_feats": feats}
+    loss, parts = ReIDLoss(3, use_ibb=False)(out, labels, labels)
+    ce = [cross_entropy_smooth(lg, labels, 0.1) for lg in logits]
+    tri = [batch_hard_triplet(f, labels, 0.3) for f in feats]
+    assert torch.allclose(parts["ce"], 0.5 * ce[0] + 0.25 * (ce[1] + ce[2]))
+    assert torch.allclose(parts["triplet"], 0.5 * tri[0] + 0.25 * (tri[1] + tri[2]))
+    assert torch.allclose(loss, parts["ce"] + parts["triplet"])
+    loss.backward()
+    assert all(t.grad is not None and t.grad.abs().sum() > 0 for t in logits + feats)  # every branch trains
+    single = ReIDLoss(3, use_ibb=False)({k: out[k] for k in ("logits", "global_feat", "ib_input")}, labels, labels)[1]
+    assert torch.allclose(single["ce"], ce[0]) and branch_mean([ce[1]]) is ce[1]

@@ -61,6 +61,32 @@ class ReIDHead(nn.Module):
         return {"global_feat": g, "embedding": e, "logits": self.classifier(e)}
 
 
+class BranchReIDHead(ReIDHead):
+    """TransReID's heads for ``branches`` joined features of ``dim`` channels each (the
+    global one first, then the JPM parts): the BNNeck over the joined features (a batch
+    norm is per channel, so this is one neck per branch) and one classifier per branch.
+
+    Outputs as :class:`ReIDHead`'s, ``logits`` being the global branch's, plus
+    ``branch_logits`` and ``branch_feats`` (pre-BNNeck), which :class:`dnas.losses.ReIDLoss`
+    averages TransReID's way.
+    """
+
+    def __init__(self, dim: int, branches: int, num_classes: int, bnneck: bool = True):
+        super().__init__(dim * branches, num_classes, bnneck)
+        self.branches = branches
+        self.classifier = nn.ModuleList(nn.Linear(dim, num_classes, bias=not bnneck) for _ in range(branches))
+        for c in self.classifier:
+            nn.init.normal_(c.weight, std=0.01)
+            if c.bias is not None:
+                nn.init.zeros_(c.bias)
+
+    def forward(self, g: torch.Tensor) -> dict:
+        e = self.neck(g) if self.neck is not None else g
+        logits = [c(part) for c, part in zip(self.classifier, e.chunk(self.branches, dim=1))]
+        return {"global_feat": g, "embedding": e, "logits": logits[0], "branch_logits": logits,
+                "branch_feats": list(g.chunk(self.branches, dim=1))}
+
+
 class BackboneNet(nn.Module):
     """A fixed CNN backbone with attention modules after the arch's stages.
 

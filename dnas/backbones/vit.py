@@ -23,10 +23,10 @@ DCS-Attention replacing the attention of every block (paper section 3.3).
 NOTE: the selection layers are initialised with zero weights and bias +3, so a new
 module's inference mask is all ones (the block computes exactly its pretrained
 attention) and a training mask keeps each channel with probability sigmoid(3) = 0.95.
-NOTE: the Re-ID losses see one feature: ``global_feat`` is the concatenation of the
-global and the local features (before the BNNeck) and one classifier reads the whole
-BNNeck output, so the current training engine trains every branch; TransReID averages
-an ID and a triplet loss per branch. The retrieval ``embedding`` is TransReID's: the
+The losses are TransReID's: each branch (global, then the JPM parts) has its classifier
+(:class:`dnas.backbones.model.BranchReIDHead`), and :class:`dnas.losses.ReIDLoss` takes
+``0.5 * global + 0.5 * mean(parts)`` of the CE and of the triplet loss; the IBB and the
+center loss see the joined features. The retrieval ``embedding`` is TransReID's: the
 BNNeck output with the local parts divided by ``jpm_groups``. SIE needs the camera of
 each image (``forward(x, camera=...)``; the Re-ID trainer and the feature extraction pass
 it, :attr:`TransReIDNet.uses_camera`); without it the camera term is left out.
@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dnas.backbones.arch import BackboneArch
-from dnas.backbones.model import ReIDHead
+from dnas.backbones.model import BranchReIDHead
 from dnas.ib import input_representation
 from dnas.ops.dcs import _StraightThroughBinary
 from dnas.space.schema import resolve_attention
@@ -172,7 +172,7 @@ class TransReIDNet(nn.Module):
                 object.__setattr__(self.jpm_block.attn, "selector", self.dcs["jpm"])
         parts = 1 + self.groups
         self.embedding_dim = dim * parts
-        self.head = ReIDHead(self.embedding_dim, self.num_classes, arch.bnneck)
+        self.head = BranchReIDHead(dim, parts, self.num_classes, arch.bnneck)
         scale = torch.cat([torch.ones(dim), torch.full((dim * self.groups,), 1.0 / max(self.groups, 1))])
         self.register_buffer("embedding_scale", scale, persistent=False)
 
