@@ -9,9 +9,12 @@ their place.
 The caller names the split: the test query/gallery for the reported figures, the
 validation split carved from the training identities for model selection
 (:mod:`dnas.data.protocol`); :func:`prefixed` turns the result into ``val_*`` /
-``test_*`` metric names.
+``test_*`` metric names, and :func:`ib_part` / :func:`held_out_parts` print them in the
+per-epoch lines of the search and of Re-ID retraining.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -77,3 +80,19 @@ def evaluate_reid(model: torch.nn.Module, query: DataLoader, gallery: DataLoader
 def prefixed(metrics: dict, split: str) -> dict:
     """``{"mAP": ...}`` as ``{"<split>_mAP": ...}`` (``split``: ``val`` or ``test``)."""
     return {f"{split}_{k}": v for k, v in metrics.items()}
+
+
+def ib_part(m: dict) -> list[str]:
+    """The epoch's IBB and IB loss for a per-epoch line (none while not measured)."""
+    return [] if math.isnan(m.get("ibb_epoch", math.nan)) else [f"ibb {m['ibb_epoch']:.3f} ib {m['ib_loss']:.3f}"]
+
+
+def held_out_parts(m: dict, minp: bool = False) -> list[str]:
+    """``val``/``test`` mAP and rank-1 in percent (and mINP) for a per-epoch line."""
+    parts = []
+    for split in ("val", "test"):
+        if f"{split}_mAP" in m:
+            parts.append(f"{split} mAP {100 * m[f'{split}_mAP']:.1f} R1 {100 * m[f'{split}_rank1']:.1f}"
+                         + (f" mINP {100 * m[f'{split}_mINP']:.1f}" if minp else "")
+                         + (f" ({m[f'{split}_num_skipped']} skipped)" if m.get(f"{split}_num_skipped") else ""))
+    return parts

@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 from pathlib import Path
 
 import torch
 
 from dnas.errors import DnasError
 from dnas.engine import LAST, load_checkpoint
+from dnas.evaluation import held_out_parts, ib_part
 from dnas.ib import evaluate_model_ib
 from dnas.losses import ReIDLoss
 from dnas.retrain.common import Trainer, export_final, load_pretrained, read_weights
@@ -127,14 +127,7 @@ class ReIDTrainer(Trainer):
 
     def summary_line(self, epoch: int, m: dict) -> str:
         parts = [f"epoch {epoch}/{self.cfg.epochs}", f"loss {m['loss']:.3f}", f"ce {m['ce']:.3f}",
-                 f"tri {m['triplet']:.3f}"]
-        if not math.isnan(m.get("ibb_epoch", math.nan)):
-            parts.append(f"ibb {m['ibb_epoch']:.3f} ib {m['ib_loss']:.3f}")
-        for split in ("val", "test"):
-            if f"{split}_mAP" in m:
-                parts.append(f"{split} mAP {100 * m[f'{split}_mAP']:.1f} R1 {100 * m[f'{split}_rank1']:.1f} "
-                             f"mINP {100 * m[f'{split}_mINP']:.1f}"
-                             + (f" ({m[f'{split}_num_skipped']} skipped)" if m.get(f"{split}_num_skipped") else ""))
+                 f"tri {m['triplet']:.3f}", *ib_part(m), *held_out_parts(m, minp=True)]
         return " | ".join(parts + [f"lr {m['lr']:.2e}", f"{m['epoch_time_s']:.1f}s"])
 
     def evaluate_split(self, split: str, model=None, rerank: bool = False) -> dict:

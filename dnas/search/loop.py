@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from dnas.engine import Engine, LRSchedule, Phase, StepResult, build_optimizer
+from dnas.evaluation import held_out_parts, ib_part
 from dnas.losses import ReIDLoss
 from dnas.models import Supernet
 from dnas.data.seeded import seeded_loader
@@ -80,6 +81,7 @@ class Searcher(Engine):
                       "hard": {"lam": cfg.latency_lambda, "target_ms": cfg.latency_target_ms}}[cfg.latency_loss]
             self.latency_loss = LatencyLoss(cfg.latency_loss, params)
         self.gumbel = torch.Generator().manual_seed(cfg.seed + 7919)  # same on every rank
+        self.history: list[dict] | None = None  # arch_history.csv rows, read once (a resumed run's)
 
     @property
     def tau(self) -> float:
@@ -141,25 +143,21 @@ class Searcher(Engine):
         from dnas.search.history import arch_probability_row, plot_arch_heatmaps
 
         path = run_dir / "arch_history.csv"
-        history = [r for r in read_csv_rows(path) if int(r["epoch"]) < epoch]
-        history.append({"epoch": epoch, **arch_probability_row(self.net)})
-        write_csv_rows(path, history)
+        if self.history is None:  # the first epoch of this process: a resume keeps the epochs before it
+            self.history = [r for r in read_csv_rows(path) if int(r["epoch"]) < epoch]
+        self.history.append({"epoch": epoch, **arch_probability_row(self.net)})
+        write_csv_rows(path, self.history)
         (run_dir / "plots").mkdir(exist_ok=True)
-        plot_arch_heatmaps(history, self.net, run_dir / "plots" / "arch_heatmap.png")
+        plot_arch_heatmaps(self.history, self.net, run_dir / "plots" / "arch_heatmap.png")
 
     def summary_line(self, epoch: int, m: dict) -> str:
         parts = [f"epoch {epoch}/{self.cfg.epochs}", f"loss w {m['weights_loss']:.3f}"
                  + ("" if math.isnan(m["arch_loss"]) else f" a {m['arch_loss']:.3f}"),
                  f"ce {m['weights_ce']:.3f}", f"tri {m['weights_triplet']:.3f}"]
-        if not math.isnan(m.get("ibb_epoch", float("nan"))):
-            parts.append(f"ibb {m['ibb_epoch']:.3f} ib {m['ib_loss']:.3f}")
+        parts += ib_part(m)
         if "expected_latency_ms" in m:
             parts.append(f"lat {m['expected_latency_ms']:.3f} ms")
-        for split in ("val", "test"):
-            if f"{split}_mAP" in m:
-                parts.append(f"{split} mAP {100 * m[f'{split}_mAP']:.1f} R1 {100 * m[f'{split}_rank1']:.1f}"
-                             + (f" ({m[f'{split}_num_skipped']} skipped)" if m.get(f"{split}_num_skipped") else ""))
-        parts += [f"tau {m['tau']:.2f}", f"{m['epoch_time_s']:.1f}s"]
+        parts += held_out_parts(m) + [f"tau {m['tau']:.2f}", f"{m['epoch_time_s']:.1f}s"]
         return " | ".join(parts)
 
     def end_epoch(self) -> dict:

@@ -29,11 +29,6 @@ def _arch_figures(net: Supernet, indices: dict, latency) -> dict:
     return out
 
 
-def _choice_items(choice) -> list[tuple[str, list[torch.Tensor]]]:
-    items = choice.items() if isinstance(choice, dict) else choice._asdict().items()
-    return [(axis, list(ps)) for axis, ps in items]
-
-
 def search_result(net: Supernet, latency=None) -> dict:
     """The argmax arch against the widest and the smallest, and the decisions' confidence.
 
@@ -49,7 +44,7 @@ def search_result(net: Supernet, latency=None) -> dict:
            "smallest": _arch_figures(net, space.sample_indices("min"), latency)}
     conf = {}
     with torch.no_grad():
-        for axis, ps in _choice_items(net.probs_choice()):
+        for axis, ps in net.probs_choice().items():
             ps = [p for p in ps if p.numel() > 1]  # units with a real choice
             if not ps:
                 continue
