@@ -155,6 +155,7 @@ class Trainer(Engine):
         self.add_optimizer("opt", opt, cfg.lr_schedule(self.base_lr), "lr")
         self.add_phase(Phase("train", seeded_loader(data.train, data.train_sampler), data.train_sampler, ["opt"]))
         self.ema = ModelEma(self.net, cfg.ema_decay) if cfg.ema else None
+        self.arch: dict | None = None  # the arch dict of ``net`` (set by the run; exported at the end)
 
     # -- hooks -------------------------------------------------------------------------
     def compute_loss(self, images: torch.Tensor, targets: torch.Tensor, labels: torch.Tensor,

@@ -112,8 +112,6 @@ def run_imagenet(cfg: ImageNetConfig, run_dir: Path, resume: bool = False, progr
     from dnas.export import build_model
 
     run_dir = Path(run_dir)
-    started: dict = {}
-
     def build(cfg: ImageNetConfig, rt: Runtime):
         seed_everything(cfg.seed, cfg.deterministic)
         arch = load_arch(str(run_dir / "arch.yaml") if resume else cfg.arch)
@@ -126,15 +124,15 @@ def run_imagenet(cfg: ImageNetConfig, run_dir: Path, resume: bool = False, progr
         elif arch["num_classes"] != data.num_classes:
             raise DnasError(f"{run_dir}: trained on {arch['num_classes']} classes, --data has {data.num_classes}")
         seed_everything(cfg.seed, cfg.deterministic)
-        started["arch"] = arch
-        return ImageNetTrainer(cfg, rt, data, build_model(arch), progress), cfg, {"arch.yaml": arch}
+        t = ImageNetTrainer(cfg, rt, data, build_model(arch), progress)
+        t.arch = arch
+        return t, cfg, {"arch.yaml": arch}
 
     def finish(t: ImageNetTrainer, cfg: ImageNetConfig, rt: Runtime) -> dict:
         if not rt.is_main:
             return {}
         extra = {k: t.last_eval.get(k) for k in ("top1", "top5")}
-        return export_final(t, run_dir, started["arch"], {**extra, "data": cfg.data, "epochs": cfg.epochs,
-                                                           "ema": cfg.ema})
+        return export_final(t, run_dir, t.arch, {**extra, "data": cfg.data, "epochs": cfg.epochs, "ema": cfg.ema})
 
     return run_in_dir(cfg, run_dir, output_kind="imagenet-run", resume=resume, overwrite=overwrite, build=build,
                       finish=finish, curves=CURVES, legacy_protocol=False)

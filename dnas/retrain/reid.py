@@ -205,15 +205,13 @@ def run_reid(cfg: ReIDConfig, run_dir: Path, resume: bool = False, progress: boo
     from dnas.engine.run import run_in_dir
 
     run_dir = Path(run_dir)
-    started: dict = {}
-
     def build(cfg: ReIDConfig, rt: Runtime):
         t, arch, report = prepare_reid(cfg, run_dir, rt, resume, progress)
-        started["arch"] = arch
+        t.arch = arch
         return t, cfg, {"arch.yaml": arch, "pretrained.json": report}
 
     def finish(t: ReIDTrainer, cfg: ReIDConfig, rt: Runtime) -> dict:
-        return _finish_reid(t, cfg, run_dir, started["arch"]) if rt.is_main else {}
+        return _finish_reid(t, cfg, run_dir, t.arch) if rt.is_main else {}
 
     return run_in_dir(cfg, run_dir, output_kind="reid-run", resume=resume, overwrite=overwrite, build=build,
                       finish=finish, curves=CURVES)
