@@ -41,6 +41,7 @@ from dnas.errors import CheckpointError, DnasError
 from dnas.runtime import Runtime, all_reduce_mean, autocast, epoch_batches, prepare_model, rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
+PLOT_EVERY_S = 30.0  # the run's figures are redrawn at most this often (and after the last epoch)
 _COUNTS = ("correct", "seen", "steps")
 
 
@@ -138,8 +139,9 @@ class Engine:
         mode = self.best_mode or ("min" if self.best_key.endswith("loss") else "max")
         return v if mode == "max" else -v
 
-    def after_epoch_logged(self, epoch: int, metrics: dict, run_dir: Path) -> None:
-        """Rank 0, after ``metrics.csv`` got the epoch's row (e.g. the search's arch history)."""
+    def after_epoch_logged(self, epoch: int, metrics: dict, run_dir: Path, plot: bool = True) -> None:
+        """Rank 0, after ``metrics.csv`` got the epoch's row (e.g. the search's arch history);
+        ``plot``: whether the run's figures are redrawn this epoch (:data:`PLOT_EVERY_S`)."""
 
     def summary_line(self, epoch: int, metrics: dict) -> str:
         return f"epoch {epoch}/{self.cfg.epochs} | loss {metrics.get('loss', math.nan):.3f}"
@@ -303,6 +305,7 @@ def fit(e: Engine, run_dir: Path, curve_keys: list[str], title: str) -> None:
         if cfg.checkpoint_every and e.step % cfg.checkpoint_every == 0 and rt.is_main:
             save_checkpoint(run_dir, e.state_dict(), e.kind)
 
+    last_plot = -math.inf
     while e.epoch < cfg.epochs:
         t0 = time.time()
         e.run_epoch(on_step)
@@ -320,9 +323,13 @@ def fit(e: Engine, run_dir: Path, curve_keys: list[str], title: str) -> None:
             if improved:
                 e.best_metric, e.best_epoch = score, number
             logger.log_epoch(number, metrics)
-            e.after_epoch_logged(number, metrics, run_dir)
-            (run_dir / "plots").mkdir(exist_ok=True)
-            plot_curves(logger.rows, curve_keys, run_dir / "plots" / "curves.png", title)
+            # a figure takes 1-2 s to draw: redraw at the last epoch and at most every PLOT_EVERY_S
+            plot = number == cfg.epochs or time.time() - last_plot >= PLOT_EVERY_S
+            e.after_epoch_logged(number, metrics, run_dir, plot=plot)
+            if plot:
+                (run_dir / "plots").mkdir(exist_ok=True)
+                plot_curves(logger.rows, curve_keys, run_dir / "plots" / "curves.png", title)
+                last_plot = time.time()
             save_checkpoint(run_dir, e.state_dict(), e.kind, best=improved)
             print(e.summary_line(number, metrics), flush=True)
         if rt.distributed:

@@ -137,7 +137,7 @@ class Searcher(Engine):
             return metrics.get("val_mAP")
         return -metrics["arch_loss"] if epoch > self.cfg.warmup_epochs else None
 
-    def after_epoch_logged(self, epoch: int, metrics: dict, run_dir: Path) -> None:
+    def after_epoch_logged(self, epoch: int, metrics: dict, run_dir: Path, plot: bool = True) -> None:
         """``arch_history.csv`` and ``plots/arch_heatmap.png``: the probabilities after the epoch."""
         from dnas.runlog import read_csv_rows, write_csv_rows
         from dnas.search.history import arch_probability_row, plot_arch_heatmaps
@@ -147,6 +147,8 @@ class Searcher(Engine):
             self.history = [r for r in read_csv_rows(path) if int(r["epoch"]) < epoch]
         self.history.append({"epoch": epoch, **arch_probability_row(self.net)})
         write_csv_rows(path, self.history)
+        if not plot:
+            return
         (run_dir / "plots").mkdir(exist_ok=True)
         plot_arch_heatmaps(self.history, self.net, run_dir / "plots" / "arch_heatmap.png")
 
