@@ -251,7 +251,7 @@ def test_retrain_selects_on_validation_and_without_one_on_loss(tmp_path):
     best_epoch = int(max(rows, key=lambda r: (float(r["val_mAP"]), -int(r["epoch"])))["epoch"])
     summary = json.loads((out / "final/summary.json").read_text())
     assert summary["checkpoint_best"]["epoch"] == best_epoch and summary["checkpoint_best"]["selected_by"] == "val_mAP"
-    assert summary["validation"]["num_ids"] == 8 and summary["num_classes"] == 52
+    assert summary["validation"]["num_ids"] == 30 and summary["num_classes"] == 60  # reid_synthetic: 90 ids, a third held out
     assert summary["mAP"] == pytest.approx(float(rows[-1]["test_mAP"]), abs=1e-5)
     assert 0 <= summary["checkpoint_best"]["test"]["mAP"] <= 1
     assert torch.load(out / "checkpoint-best.pt", weights_only=True)["best_epoch"] == best_epoch

@@ -54,8 +54,11 @@ def test_end_of_run_summary_and_a_hint_that_runs(run_output, tmp_path):
     assert small["params"] < wide["params"] and small["latency_ms"] < wide["latency_ms"]
     conf = found["confidence"]
     assert set(conf) == {"width", "expansion"} and conf["width"]["units"] == 3  # tiny: 3 groups with a choice
-    assert all(0 < c["min"] <= c["mean"] <= 1 and 0 <= c["decided"] <= c["units"] for c in conf.values())
+    for c in conf.values():
+        assert 0 <= c["entropy_mean"] <= c["entropy_max"] <= 1 and 0 <= c["margin_min"] <= c["margin_mean"] <= 1
+        assert 0 <= c["decided"] <= c["units"] == len(c["options"])
     assert "argmax" in printed and "M MACs" in printed
+    assert "decided (normalised entropy <= 0.5); entropy mean" in printed
     hint = [ln for ln in printed.splitlines() if ln.startswith("export it: ")][0][len("export it: "):].split()
     assert hint[0] == "dnas-derive" and "--out" in hint
     assert derive_cli.main(hint[1:] + ["--no-onnx"]) == 0  # the printed command runs
@@ -77,7 +80,7 @@ def test_run_directory_contents(run_dir):
     assert cells[0]["test_mAP"] == "" and cells[1]["test_mAP"] != ""  # the test split after the last epoch only
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["checkpoint_best"]["selected_by"] == "val_mAP" and 0 <= summary["test"]["mAP"] <= 1
-    assert summary["validation"]["num_ids"] == 8 and summary["arch_split"]["arch"]["ids"] == 52
+    assert summary["validation"]["num_ids"] == 30 and summary["arch_split"]["arch"]["ids"] == 60  # the recipe: 90 ids, a third held out
     assert len(rows) == 3
     taus = [float(r.split(",")[header.index("tau")]) for r in rows[1:]]
     assert taus[1] == pytest.approx(taus[0] * math.exp(-0.045))

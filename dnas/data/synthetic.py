@@ -117,6 +117,14 @@ def synthetic_reid_config(seed: int = 0, num_train_ids: int = 0, images_per_id: 
     return cfg
 
 
+def synthetic_reid_from_recipe(cfg) -> SyntheticReIDConfig:
+    """The synthetic set of a Re-ID recipe (search, Re-ID retraining, ``--verify-images``):
+    ``data_seed``, ``synthetic_ids``, ``synthetic_images_per_id``. The run's ``seed`` never
+    enters: every seed of a search and of its retraining sees the same data."""
+    return synthetic_reid_config(getattr(cfg, "data_seed", 0), getattr(cfg, "synthetic_ids", 0),
+                                 getattr(cfg, "synthetic_images_per_id", 0))
+
+
 def default_cache_dir() -> Path:
     """``$DNAS_CACHE`` if set, else ``~/.cache/dnas``."""
     return Path(os.environ.get("DNAS_CACHE") or "~/.cache/dnas").expanduser()

@@ -81,7 +81,7 @@ def verify_data(spec: str, workers: int = 0, synthetic_reid=None, synthetic_imag
 
 def verify_from_config(cfg, workers: int = 0) -> int:
     """:func:`verify_data` for a search or retrain config (same synthetic-set parameters)."""
-    from dnas.data.synthetic import SyntheticImageFolderConfig, synthetic_reid_config
+    from dnas.data.synthetic import SyntheticImageFolderConfig, synthetic_reid_from_recipe
 
     if hasattr(cfg, "synthetic_classes"):  # classification pretraining
         from dnas.retrain.imagenet import classification_spec
@@ -89,7 +89,7 @@ def verify_from_config(cfg, workers: int = 0) -> int:
         synth = SyntheticImageFolderConfig(num_classes=cfg.synthetic_classes,
                                            train_per_class=cfg.synthetic_train_per_class)
         return verify_data(classification_spec(cfg.data), workers, synthetic_imagefolder=synth)
-    synth = synthetic_reid_config(cfg.seed, getattr(cfg, "synthetic_ids", 0), getattr(cfg, "synthetic_images_per_id", 0))
+    synth = synthetic_reid_from_recipe(cfg)
     return verify_data(cfg.data, workers, synthetic_reid=synth)
 
 

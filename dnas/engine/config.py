@@ -101,7 +101,10 @@ class ReIDRunConfig(RunConfig):
         each evaluation (0 = all).
     Data: msmt17_use_val (MSMT17 only: train on list_train + list_val; default false:
         list_train only, as torchreid and fast-reid); synthetic_ids /
-        synthetic_images_per_id: size of the embedded set (0 = its defaults).
+        synthetic_images_per_id: size of the embedded set (0 = its defaults);
+        data_seed: the embedded set's seed (default 0 for the search and retraining
+        alike; ``seed`` never changes the data, nor does it change the validation
+        split, which is a function of the data and val_seed only).
     """
 
     p: int = 16
@@ -120,6 +123,7 @@ class ReIDRunConfig(RunConfig):
     msmt17_use_val: bool = False
     synthetic_ids: int = 0
     synthetic_images_per_id: int = 0
+    data_seed: int = 0
 
     @property
     def batch_size(self) -> int:

@@ -54,9 +54,9 @@ RERANK_NOTE = {"method": "k-reciprocal re-ranking (Zhong et al. 2017), k1=20, k2
 def build_reid_data(cfg: ReIDConfig, rt: Runtime, height: int, width: int, training: bool = True):
     """PK training loader, validation and test query/gallery loaders of a Re-ID ``--data`` spec."""
     from dnas.data.loaders import DataConfig, build_loaders
-    from dnas.data.synthetic import synthetic_reid_config
+    from dnas.data.synthetic import synthetic_reid_from_recipe
 
-    synth = synthetic_reid_config(0, cfg.synthetic_ids, cfg.synthetic_images_per_id)  # same data for every seed
+    synth = synthetic_reid_from_recipe(cfg)
     dcfg = DataConfig(data=cfg.data, height=height, width=width, p=cfg.p, k=cfg.k, workers=cfg.workers,
                       seed=cfg.seed, rank=rt.rank, world_size=rt.world_size, test_batch_size=cfg.test_batch_size,
                       flip_prob=cfg.flip_prob, pad=cfg.pad, erasing_prob=cfg.erasing_prob, synthetic_reid=synth,

@@ -33,12 +33,12 @@ CURVES = ["weights_loss", "arch_loss", "ibb_epoch", "ib_loss", "expected_latency
 def build_search_data(cfg: SearchConfig, rt: Runtime):
     """Loaders with the weight/architecture split (by image; see ``split_weight_arch``)."""
     from dnas.data.loaders import DataConfig, build_loaders
-    from dnas.data.synthetic import synthetic_reid_config
+    from dnas.data.synthetic import synthetic_reid_from_recipe
 
     space = cfg.load_space()
     height = cfg.height or space.input_size[1]
     width = cfg.width or space.input_size[2]
-    synth = synthetic_reid_config(cfg.seed, cfg.synthetic_ids, cfg.synthetic_images_per_id)
+    synth = synthetic_reid_from_recipe(cfg)
     dcfg = DataConfig(data=cfg.data, height=height, width=width, p=cfg.p, k=cfg.k, workers=cfg.workers,
                       seed=cfg.seed, arch_fraction=cfg.arch_fraction, rank=rt.rank, world_size=rt.world_size,
                       test_batch_size=max(cfg.batch_size, 32), synthetic_reid=synth,
@@ -189,8 +189,10 @@ def _write_summary(s: Searcher, cfg: SearchConfig, run_dir: Path) -> None:
     atomic_write_json(run_dir / "summary.json", {
         "found": search_result(s.net, s.latency),
         "found_note": "the argmax architecture beside the space's widest and smallest: parameters without the "
-                      "classifier, MACs (fvcore), expected latency of the run's cost; confidence: the top option's "
-                      "probability of every choice",
+                      "classifier, MACs (fvcore), expected latency of the run's cost; confidence per axis, relative "
+                      "to each choice's number of options n: normalised entropy H(p)/log(n) (0: one option "
+                      "certain, 1: uniform), mean and highest, and the margin of the top option's probability "
+                      "over the second's, mean and lowest; decided: choices whose normalised entropy is <= 0.5",
         "ib_loss": ib["ib"], "ibb": ib["ibb"], "ib_final": ib,
         "data": cfg.data,
         "data_note": s.data.splits.note,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Sequence
 
 import numpy as np
@@ -196,7 +197,7 @@ def resolve_data(spec: str | None, models: Sequence[LoadedModel], batch_size: in
         DnasError: no spec and no run config naming one, or a data set that is not Re-ID.
     """
     from dnas.data.loaders import load_splits, parse_data_spec
-    from dnas.data.synthetic import synthetic_reid_config
+    from dnas.data.synthetic import synthetic_reid_from_recipe
 
     config = next((m.config for m in models if m.config.get("data")), {})
     if spec is None:
@@ -209,8 +210,8 @@ def resolve_data(spec: str | None, models: Sequence[LoadedModel], batch_size: in
     if ds.task != "reid":
         raise DnasError(f"--data {spec}: dnas-visualize shows Re-ID sets (market1501:, dukemtmc:, msmt17:, cuhk03:, "
                         "synthetic), not a classification set")
-    synth = synthetic_reid_config(0, int(config.get("synthetic_ids") or 0),
-                                  int(config.get("synthetic_images_per_id") or 0))
+    synth = synthetic_reid_from_recipe(SimpleNamespace(**{k: int(config.get(k) or 0) for k in (
+        "data_seed", "synthetic_ids", "synthetic_images_per_id")}))
     splits = load_splits(ds, synth, msmt17_use_val=bool(config.get("msmt17_use_val", False)))
     h, w = models[0].input_hw
     return ReIDImages(spec, list(splits.query), list(splits.gallery), list(splits.train), h, w, batch_size)
