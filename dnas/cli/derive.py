@@ -4,6 +4,7 @@ backbone with attention (DCS-FB, paper section 3.3: ``--backbone NAME``)."""
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -14,12 +15,20 @@ from dnas.errors import DnasError
 EPILOG = """examples:
   dnas-derive --supernet xlarge --sample max --num-classes 751 --out derived/xlarge-max
   dnas-derive --supernet tiny --sample random --seed 3 --out derived/tiny-r3
+  dnas-derive --supernet tiny --sample random --latency-ms 1.62 --count 8 --out derived/band
+                                 # 8 random archs within 1.62 ms +-3% of the table: a search's baselines
   dnas-derive --supernet fbnetv2 --sample max --attention self --out derived/fb-max-sa   # ablation variant
   dnas-derive runs/search1 --out derived/search1            # argmax of a search run
   dnas-derive runs/search1 --top-k 5 --out derived/top5     # the 5 most probable archs
   dnas-derive --backbone resnet50 --num-classes 751 --out derived/dcs-fb-r50     # DCS-FB (fixed backbone)
   dnas-derive --backbone mobilenetv2 --attention none --out derived/mbv2         # the plain backbone
   dnas-derive --backbone transreid --pretrained-file vit_b16.pth --out derived/tr # a local timm checkpoint
+
+--latency-ms draws distinct uniformly random archs until --count of them lie within
+--tolerance (relative) of the target on the lookup table (--latency-table; auto: the
+shipped or cached table of the space for this CPU, never profiled); with --count > 1
+they go to OUT/arch-00, OUT/arch-01, ... (and OUT/band.csv). Every summary.json holds
+the arch's table latency (latency_ms, latency_table) whenever a measured table resolves.
 
 The output directory is written atomically: on any error nothing is left behind.
 --overwrite replaces only an earlier dnas-derive output (never the working directory,
@@ -41,6 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--supernet", help="space name (tiny, fbnetv2, large, xlarge) or YAML path, to derive without search")
     p.add_argument("--sample", choices=["max", "min", "random"], help="architecture picked without search")
     p.add_argument("--seed", type=int, default=0, help="seed of --sample random (default 0)")
+    p.add_argument("--latency-ms", type=float, metavar="MS",
+                   help="with --sample random: only archs whose lookup-table latency is within --tolerance of MS")
+    p.add_argument("--tolerance", type=float, help="relative half-width of the --latency-ms band (default 0.03)")
+    p.add_argument("--count", type=int, help="with --latency-ms: how many distinct archs (default 1; more than one "
+                                            "go to OUT/arch-00, OUT/arch-01, ...)")
+    p.add_argument("--latency-table", metavar="PATH|auto",
+                   help="with --supernet: the latency table of --latency-ms and of summary.json's latency_ms "
+                        "(default auto: the space's table for this CPU, shipped or cached; never profiled)")
     p.add_argument("--num-classes", type=int, help="classifier outputs (default: the space's or the run's)")
     p.add_argument("--attention", choices=["none", "self", "dcs"],
                    help="attention modules at the space's rows: none, plain self-attention, or DCS-Attention "
@@ -57,9 +74,77 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def derive_without_search(args: argparse.Namespace) -> dict:
+BAND_TOLERANCE = 0.03
+
+
+def check_band_args(args: argparse.Namespace) -> None:
+    """Refuse band options that do not fit together (before anything is resolved or written)."""
+    if args.latency_ms is None:
+        for flag, value in (("--tolerance", args.tolerance), ("--count", args.count)):
+            if value is not None:
+                raise DnasError(f"{flag} applies to --latency-ms (a latency band of --sample random)")
+        return
+    if args.sample != "random":
+        raise DnasError(f"--latency-ms applies to --supernet ... --sample random, not to "
+                        f"{'--sample ' + args.sample if args.sample else 'this derive'}")
+    if not (math.isfinite(args.latency_ms) and args.latency_ms > 0):
+        raise DnasError(f"--latency-ms {args.latency_ms}: expected a positive number of milliseconds")
+    tol = BAND_TOLERANCE if args.tolerance is None else args.tolerance
+    if not (math.isfinite(tol) and 0 < tol < 1):
+        raise DnasError(f"--tolerance {args.tolerance}: expected a relative half-width in (0, 1), e.g. 0.03 (+-3%)")
+    if args.count is not None and args.count < 1:
+        raise DnasError(f"--count {args.count}: expected a positive integer")
+
+
+def _latency_cost(args: argparse.Namespace, space, required: bool):
+    """The measured lookup table of ``space`` on this CPU (never profiled), or ``None``.
+
+    ``required`` (``--latency-ms``): no measured table is an error; otherwise a missing
+    one is skipped, unless ``--latency-table`` named a table that cannot be used.
+    """
+    from dnas.latency.auto import resolve_latency_cost
+    from dnas.search.config import SearchConfig
+
+    spec = args.latency_table or "auto"
+    if spec.strip().lower() not in ("auto", "none"):
+        from dnas.latency.table import find_table, table_exists
+
+        if not table_exists(find_table(spec)):
+            raise DnasError(f"--latency-table {spec}: latency table not found (a CSV of 'dnas-latency profile', a "
+                            "shipped table's name, auto or none)")
+    # the batch a search of this space prefers by default (the recipe's p * k)
+    batch = SearchConfig(supernet=args.supernet).batch_size
+    try:
+        cost = resolve_latency_cost(spec, space, "cpu", supernet=args.supernet, batch=batch, bnneck=space.bnneck,
+                                    budget_s=0, progress=False)
+    except DnasError:
+        if required or args.latency_table:
+            raise
+        return None
+    if cost.kind in ("none", "proxy"):
+        if required:
+            from dnas.latency.auto import auto_timing, cache_table_path, profile_command
+
+            timing = auto_timing("cpu", batch, "fp32", False)
+            got = "no latency cost" if cost.kind == "none" else "only the MACs proxy (pseudo-ms)"
+            raise DnasError(f"--latency-ms needs a measured latency table of space {space.name!r}, and --latency-table "
+                            f"{spec} gives {got}: pass --latency-table PATH, or profile one with "
+                            f"'{profile_command(args.supernet, timing, cache_table_path(space, timing))}'")
+        return None
+    return cost
+
+
+def derive_without_search(args: argparse.Namespace) -> list[tuple[Path, dict]]:
+    """Export ``--sample max|min|random`` (or ``--count`` random archs of a latency band).
+
+    Returns:
+        ``[(directory, summary)]`` of every exported architecture.
+    """
     from dnas.export import export_derived
+    from dnas.io import atomic_directory
+    from dnas.latency.band import sample_in_band
     from dnas.models import Supernet, derive_plain
+    from dnas.runlog import write_csv_rows
     from dnas.space import load_space
 
     if args.no_dcs and args.attention not in (None, "none"):
@@ -68,12 +153,44 @@ def derive_without_search(args: argparse.Namespace) -> dict:
     space = load_space(args.supernet).with_attention(attention, args.attention_form)
     if args.num_classes is not None and args.num_classes < 1:
         raise DnasError(f"--num-classes {args.num_classes}: expected a positive integer")
-    indices = space.sample_indices(args.sample, seed=args.seed)
-    net = Supernet(space, num_classes=args.num_classes).eval()
+    band = args.latency_ms is not None
+    cost = _latency_cost(args, space, required=band)
     name = f"{space.name}-{args.sample}" + (f"-s{args.seed}" if args.sample == "random" else "")
-    arch, plain = derive_plain(net, indices, name=name)
-    return export_derived(args.out, arch, plain, onnx=not args.no_onnx, overwrite=args.overwrite,
-                          extra_summary={"derived_from": f"--sample {args.sample}", "seed": args.seed})
+    base = {"derived_from": f"--sample {args.sample}", "seed": args.seed}
+    if not band:
+        indices = space.sample_indices(args.sample, seed=args.seed)
+        picks = [(indices, None if cost is None else float(cost.model.arch_ms(indices)))]
+    else:
+        count = args.count or 1
+        tol = BAND_TOLERANCE if args.tolerance is None else args.tolerance
+        picks = sample_in_band(space, cost.model.arch_ms, args.latency_ms, tol, count, args.seed)
+        base["derived_from"] += f" --latency-ms {args.latency_ms:g}"
+    net = Supernet(space, num_classes=args.num_classes).eval()
+
+    def extra(i: int, latency) -> dict:
+        out = dict(base)
+        if latency is not None:
+            out.update(latency_ms=latency, latency_table=cost.source)
+        if band:
+            out["band"] = {"latency_ms": args.latency_ms, "tolerance": tol, "seed": args.seed, "index": i}
+        return out
+
+    out = Path(args.out)
+    if len(picks) == 1:
+        arch, plain = derive_plain(net, picks[0][0], name=name + (f"-band{args.latency_ms:g}ms" if band else ""))
+        return [(out, export_derived(out, arch, plain, onnx=not args.no_onnx, overwrite=args.overwrite,
+                                     extra_summary=extra(0, picks[0][1])))]
+    exported, rows = [], []
+    with atomic_directory(out, overwrite=args.overwrite, kind="derived", inputs=(args.supernet,)) as tmp:
+        for i, (indices, latency) in enumerate(picks):
+            sub = f"arch-{i:02d}"
+            arch, plain = derive_plain(net, indices, name=f"{name}-band{args.latency_ms:g}ms-{i:02d}")
+            summary = export_derived(tmp / sub, arch, plain, onnx=not args.no_onnx, extra_summary=extra(i, latency))
+            exported.append((out / sub, summary))
+            rows.append({"index": i, "name": summary["name"], "latency_ms": f"{latency:.6g}",
+                         "params": summary["params"], "macs": summary["macs"], "dir": sub})
+        write_csv_rows(tmp / "band.csv", rows)
+    return exported
 
 
 def derive_backbone(args: argparse.Namespace) -> dict:
@@ -110,11 +227,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.verbose)
     if args.top_k < 1:
         raise DnasError(f"--top-k {args.top_k}: expected a positive integer")
+    check_band_args(args)
     from dnas.outputs import check_replace
 
     check_replace(args.out, "derived", args.overwrite, inputs=[args.run, args.supernet, args.pretrained_file])
     if (args.pretrained or args.pretrained_file) and not args.backbone:
         raise DnasError("--pretrained/--pretrained-file apply to --backbone")
+    if args.latency_table and not args.supernet:
+        raise DnasError("--latency-table applies to --supernet (a run derives with the cost it searched with)")
+    exported = None
     if args.backbone:
         if args.run or args.supernet:
             raise DnasError("give one of a run directory, --supernet or --backbone")
@@ -136,15 +257,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not (args.supernet and args.sample):
             raise DnasError("without a run directory, give --supernet NAME and --sample max|min|random, "
                             "or --backbone NAME")
-        summaries = [derive_without_search(args)]
-    if len(summaries) > 1:  # the top K of a run, best first
+        exported = derive_without_search(args)
+        summaries = [s for _, s in exported]
+    if len(summaries) > 1 and exported is None:  # the top K of a run, best first
         print(f"{'rank':>4}  {'probability':>11}  {'LUT ms':>8}  {'params':>9}  {'MACs':>12}  dir")
         for s in summaries:
             print(f"{s['rank']:>4}  {s['probability']:>11.4g}  {s.get('lut_latency_ms', float('nan')):>8.4g}  "
                   f"{s['params']:>9}  {s['macs']:>12}  rank{s['rank']}")
-    for s in summaries:
+    for i, s in enumerate(summaries):
         onnx = "" if s.get("onnx_max_abs_diff") is None else f", ONNX max abs diff {s['onnx_max_abs_diff']:.2e}"
-        print(f"{s['name']}: {s['params'] / 1e6:.3f} M params, {s['macs'] / 1e6:.1f} M MACs{onnx}")
+        lat = f", {s['latency_ms']:.3f} ms (latency table)" if "latency_ms" in s else ""
+        where = f"{exported[i][0]}: " if exported is not None and len(exported) > 1 else ""  # OUT/arch-NN
+        print(f"{where}{s['name']}: {s['params'] / 1e6:.3f} M params, {s['macs'] / 1e6:.1f} M MACs{lat}{onnx}")
     print(f"derived model written to {Path(args.out).resolve()}")
     return 0
 

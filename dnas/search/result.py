@@ -13,30 +13,54 @@ from dnas.models import PlainNet, Supernet
 from dnas.space import SearchSpace
 
 
+DECIDED_ENTROPY = 0.5  # a unit is decided when its normalised entropy is at most this
+
+
 def _arch_figures(net: Supernet, indices: dict, latency) -> dict:
     """Params (without the classifier), MACs and the expected latency of one arch of ``net``'s space."""
-    from dnas.export import count_macs
+    from dnas.export import count_macs, params_without_classifier
 
     arch = SearchSpace.from_dict(net.space.arch_from_indices(indices))
-    plain = PlainNet(arch, num_classes=None)
+    plain = PlainNet(arch)  # its classifier has the space's classes: left out of the count below
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         macs = count_macs(plain, arch.input_size)
-    out = {"params": sum(p.numel() for p in plain.parameters()), "macs": int(macs)}
+    out = {"params": params_without_classifier(plain), "macs": int(macs)}
     if latency is not None:
         with torch.no_grad():
             out["latency_ms"] = float(latency.expected_ms(net.onehot_choice(indices)))
     return out
 
 
+def normalised_entropy(p: torch.Tensor) -> float:
+    """``H(p) / log(n)`` of a distribution over ``n >= 2`` options: 0 when one option is
+    certain, 1 when they are equally likely (so choices of 2 and of 5 options compare)."""
+    p = p.detach().double().flatten()
+    h = -(p * p.clamp_min(1e-300).log()).sum()
+    return min(1.0, max(0.0, float(h) / math.log(p.numel())))
+
+
+def top_margin(p: torch.Tensor) -> float:
+    """Probability of the top option minus that of the second."""
+    top2 = torch.topk(p.detach().double().flatten(), 2).values
+    return float(top2[0] - top2[1])
+
+
 def search_result(net: Supernet, latency=None) -> dict:
     """The argmax arch against the widest and the smallest, and the decisions' confidence.
 
+    Confidence is measured relative to the number of options of each unit (a choice of
+    two options has a top probability >= 0.5 whatever its logits): the normalised
+    entropy of its distribution (:func:`normalised_entropy`) and the margin of its top
+    option over the second.
+
     Returns:
         ``{"argmax": {params, macs, latency_ms?}, "widest": {...}, "smallest": {...},
-        "confidence": {axis: {"mean": mean max probability, "min": ..., "decided": units
-        whose top option has probability >= 0.5, "units": n, "options": options per unit}}}``;
-        latencies are the lookup table's (or the proxy's) expected milliseconds.
+        "confidence": {axis: {"entropy_mean", "entropy_max": mean and highest normalised
+        entropy of the units, "margin_mean", "margin_min": mean and lowest top-second
+        margin, "decided": units whose normalised entropy is <= 0.5, "units": n,
+        "options": options per unit}}}``; params without the classifier; latencies are
+        the lookup table's (or the proxy's) expected milliseconds.
     """
     space = net.space
     out = {"argmax": _arch_figures(net, net.argmax_indices(), latency),
@@ -48,9 +72,12 @@ def search_result(net: Supernet, latency=None) -> dict:
             ps = [p for p in ps if p.numel() > 1]  # units with a real choice
             if not ps:
                 continue
-            top = [float(p.max()) for p in ps]
-            conf[axis] = {"mean": sum(top) / len(top), "min": min(top), "decided": sum(t >= 0.5 for t in top),
-                          "units": len(top), "options": [int(p.numel()) for p in ps]}
+            ent = [normalised_entropy(p) for p in ps]
+            margin = [top_margin(p) for p in ps]
+            conf[axis] = {"entropy_mean": sum(ent) / len(ent), "entropy_max": max(ent),
+                          "margin_mean": sum(margin) / len(margin), "margin_min": min(margin),
+                          "decided": sum(e <= DECIDED_ENTROPY for e in ent), "units": len(ps),
+                          "options": [int(p.numel()) for p in ps]}
     out["confidence"] = conf
     return out
 
@@ -64,6 +91,7 @@ def format_result(found: dict) -> list[str]:
     lines = ["what the search found (argmax of the architecture distribution; params without the classifier):"]
     lines += [fmt(k, found[k]) for k in ("argmax", "widest", "smallest")]
     for axis, c in found["confidence"].items():
-        lines.append(f"  {axis}: {c['decided']}/{c['units']} choices with a top option of p >= 0.5; "
-                     f"top probability mean {c['mean']:.2f}, lowest {c['min']:.2f}")
+        lines.append(f"  {axis}: {c['decided']}/{c['units']} decided (normalised entropy <= {DECIDED_ENTROPY:g}); "
+                     f"entropy mean {c['entropy_mean']:.2f}, highest {c['entropy_max']:.2f}; "
+                     f"top-second margin mean {c['margin_mean']:.2f}, lowest {c['margin_min']:.2f}")
     return lines
