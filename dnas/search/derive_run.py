@@ -40,7 +40,7 @@ def top_k_indices(net: Supernet, k: int) -> list[tuple[float, dict]]:
     return out
 
 
-def _load_run(run_dir: Path, checkpoint: str) -> tuple[Supernet, object]:
+def load_search_run(run_dir: Path, checkpoint: str) -> tuple[Supernet, object]:
     from dnas.config import load_config
     from dnas.engine import load_checkpoint
     from dnas.search.config import SearchConfig
@@ -73,7 +73,7 @@ def derive_from_run(run_dir: Path, out: Path, top_k: int = 1, checkpoint: str = 
     from dnas.export import export_derived
     from dnas.search.run import build_latency_cost
 
-    net, cfg = _load_run(Path(run_dir), checkpoint)
+    net, cfg = load_search_run(Path(run_dir), checkpoint)
     try:  # the cost the search ran with (never profiled here)
         cost = build_latency_cost(cfg, allow_profile=False)
         latency, lut_source = cost.model, cost.source

@@ -1,0 +1,170 @@
+"""The figures and the report of ``bench/search_quality.py`` (docs/method.md section 8).
+
+Every figure names its split: ``val`` is the validation split carved from the training
+identities (what selection and the conclusions use), ``test`` the test query/gallery
+(reported beside it, never used to choose). An architecture's figure is its mean over
+retrain seeds; a searched net's effect is its mean minus the mean of its band's random
+architectures, with the standard error of that difference (its own seed-to-seed
+variance over its seeds plus the between-architecture variance of the random means over
+their number) and a 95% interval (+-1.96 SE).
+"""
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+
+from dnas.io import atomic_write_json, atomic_write_text
+
+SPLITS = ("val", "test")
+
+
+def _mean_sd(xs: list[float]) -> tuple[float, float]:
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else math.nan)
+
+
+def _var(xs: list[float]) -> float:
+    return statistics.variance(xs) if len(xs) > 1 else 0.0
+
+
+def per_arch_stats(results: dict[str, list[dict]]) -> dict[str, dict]:
+    out = {}
+    for key, runs in results.items():
+        row = {"n": len(runs)}
+        for split in SPLITS:
+            m, sd = _mean_sd([r[f"{split}_mAP"] for r in runs])
+            row[f"{split}_mean"], row[f"{split}_sd"] = m, sd
+        out[key] = row
+    return out
+
+
+def kendall_tau(x: list[float], y: list[float]) -> tuple[float, float]:
+    """Kendall's tau-b and its two-sided p-value (scipy)."""
+    from scipy.stats import kendalltau
+
+    res = kendalltau(x, y)
+    return float(res.statistic), float(res.pvalue)
+
+
+def _effect(searched: dict, random_means: list[float], split: str) -> dict:
+    m, sd, n = searched[f"{split}_mean"], searched[f"{split}_sd"], searched["n"]
+    d = m - statistics.fmean(random_means)
+    se = math.sqrt((0.0 if math.isnan(sd) else sd ** 2 / n) + _var(random_means) / len(random_means))
+    return {"diff": d, "se": se, "ci95": [d - 1.96 * se, d + 1.96 * se]}
+
+
+def build_report(archs: dict, found: dict, bands: list[dict], results: dict, estimates: dict, space=None) -> dict:
+    """Per search seed and overall figures, the targets' verdicts and the summary lines."""
+    stats = per_arch_stats(results)
+    seeds, taus = [], []
+    for b in bands:
+        rand = b["random"]
+        for s in b["seeds"]:
+            key = found[s]["key"]
+            row = {"search_seed": s, "band_ms": b["centre_ms"], "latency_ms": found[s]["latency_ms"],
+                   "arch": key, "num_random": len(rand)}
+            for split in SPLITS:
+                mine = stats[key][f"{split}_mean"]
+                others = [stats[k][f"{split}_mean"] for k in rand]
+                row[f"{split}_mean"], row[f"{split}_sd"] = mine, stats[key][f"{split}_sd"]
+                row[f"{split}_rank"] = 1 + sum(o > mine for o in others)
+                row[f"{split}_random_mean"] = statistics.fmean(others)
+                row[f"{split}_effect"] = _effect(stats[key], others, split)
+            row["top_third"] = row["val_rank"] <= math.ceil((len(rand) + 1) / 3)
+            members = list(dict.fromkeys(rand + [found[t]["key"] for t in b["seeds"]]))
+            est = [estimates[s][k] for k in members]
+            tau, pval = kendall_tau(est, [stats[k]["val_mean"] for k in members])
+            row["kendall_tau"], row["kendall_p"], row["kendall_n"] = tau, pval, len(members)
+            taus.append(tau)
+            seeds.append(row)
+    random_keys = list(dict.fromkeys(k for b in bands for k in b["random"]))
+    overall = {}
+    for split in SPLITS:
+        sm = [r[f"{split}_mean"] for r in seeds]
+        rm = [stats[k][f"{split}_mean"] for k in random_keys]
+        d = statistics.fmean(sm) - statistics.fmean(rm)
+        se = math.sqrt(_var(sm) / len(sm) + _var(rm) / len(rm))
+        within = math.sqrt(statistics.fmean(stats[k][f"{split}_sd"] ** 2 for k in stats
+                                            if not math.isnan(stats[k][f"{split}_sd"]))) if any(
+            not math.isnan(stats[k][f"{split}_sd"]) for k in stats) else math.nan
+        overall[split] = {"searched_mean": statistics.fmean(sm), "searched_sd": _var(sm) ** 0.5,
+                          "random_mean": statistics.fmean(rm), "random_sd_between": _var(rm) ** 0.5,
+                          "diff": d, "se": se, "ci95": [d - 1.96 * se, d + 1.96 * se],
+                          "seed_to_seed_sd": within}
+    n_top = sum(r["top_third"] for r in seeds)
+    targets = {
+        "top_third": {"count": n_top, "of": len(seeds), "needed": math.ceil(0.8 * len(seeds)),
+                      "met": n_top >= math.ceil(0.8 * len(seeds))},
+        "test_above_random": {"diff": overall["test"]["diff"], "se": overall["test"]["se"],
+                              "met": overall["test"]["diff"] > overall["test"]["se"]},
+        "val_ranks_networks": {"seed_to_seed_sd": overall["val"]["seed_to_seed_sd"],
+                               "between_sd": overall["val"]["random_sd_between"],
+                               "met": overall["val"]["seed_to_seed_sd"] < overall["val"]["random_sd_between"]},
+        "kendall_tau": {"mean": statistics.fmean(taus), "per_seed": taus,
+                        "n_archs": [r["kendall_n"] for r in seeds],
+                        "met": statistics.fmean(taus) >= 0.3 and min(r["kendall_n"] for r in seeds) >= 20},
+    }
+    per_arch = [{"arch": k, "kind": archs[k].get("kind"), "latency_ms": archs[k]["latency_ms"], **stats[k],
+                 "runs": results[k]} for k in archs]
+    report = {"per_search_seed": seeds, "overall": overall, "targets": targets, "bands": bands,
+              "per_arch": sorted(per_arch, key=lambda r: -r["val_mean"]),
+              "estimates": {str(s): e for s, e in estimates.items()}}
+    report["summary_lines"] = summary_lines(report)
+    return report
+
+
+def _pm(m: float, sd: float) -> str:
+    return f"{m:.1f}" + ("" if math.isnan(sd) else f" +- {sd:.1f}")
+
+
+def summary_lines(r: dict) -> list[str]:
+    t, o = r["targets"], r["overall"]
+    lines = ["search quality (mAP in %, mean +- sd over retrain seeds; val: validation split carved from the "
+             "training ids, used for every conclusion; test: test query/gallery, reported only)"]
+    for s in r["per_search_seed"]:
+        lines.append(f"  search seed {s['search_seed']}: {s['latency_ms']:.3f} ms | val {_pm(s['val_mean'], s['val_sd'])}"
+                     f" rank {s['val_rank']}/{s['num_random'] + 1} (random {s['val_random_mean']:.1f}) | test "
+                     f"{_pm(s['test_mean'], s['test_sd'])} rank {s['test_rank']}/{s['num_random'] + 1} | tau "
+                     f"{s['kendall_tau']:+.2f} (n={s['kendall_n']})")
+    for split in ("val", "test"):
+        x = o[split]
+        lines.append(f"  {split}: searched {x['searched_mean']:.1f} vs random {x['random_mean']:.1f}: diff "
+                     f"{x['diff']:+.1f} +- {x['se']:.1f} (SE; 95% CI {x['ci95'][0]:+.1f}..{x['ci95'][1]:+.1f}); "
+                     f"one net's seed-to-seed sd {x['seed_to_seed_sd']:.1f} vs between-net sd "
+                     f"{x['random_sd_between']:.1f}")
+    lines.append(f"  targets: top third {t['top_third']['count']}/{t['top_third']['of']} "
+                 f"(need {t['top_third']['needed']}): {'met' if t['top_third']['met'] else 'MISSED'}; "
+                 f"test diff > SE: {'met' if t['test_above_random']['met'] else 'MISSED'}; "
+                 f"val ranks networks: {'met' if t['val_ranks_networks']['met'] else 'MISSED'}; "
+                 f"Kendall tau mean {t['kendall_tau']['mean']:+.2f} >= 0.3: "
+                 f"{'met' if t['kendall_tau']['met'] else 'MISSED'}")
+    return lines
+
+
+def write_report(report: dict, prefix: Path) -> None:
+    """``PREFIX.json`` (everything) and ``PREFIX.md`` (the tables)."""
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(prefix.with_suffix(".json"), report)
+    md = ["# Search quality: searched networks against random ones of the same latency", "",
+          f"Command: `{report.get('command', '')}`", "",
+          f"Conditions: {report.get('conditions', '')}; wall clock {report.get('wall_s', 0) / 60:.1f} min; "
+          f"latency cost `{report.get('latency_cost', '')}`.", "", "```", *report["summary_lines"], "```", "",
+          "## Per search seed", "",
+          "| seed | latency ms | val mAP | val rank | random val | test mAP | test rank | random test | "
+          "test diff (95% CI) | Kendall tau (n) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for s in report["per_search_seed"]:
+        e = s["test_effect"]
+        md.append(f"| {s['search_seed']} | {s['latency_ms']:.3f} | {_pm(s['val_mean'], s['val_sd'])} | "
+                  f"{s['val_rank']}/{s['num_random'] + 1} | {s['val_random_mean']:.1f} | "
+                  f"{_pm(s['test_mean'], s['test_sd'])} | {s['test_rank']}/{s['num_random'] + 1} | "
+                  f"{s['test_random_mean']:.1f} | {e['diff']:+.1f} ({e['ci95'][0]:+.1f}..{e['ci95'][1]:+.1f}) | "
+                  f"{s['kendall_tau']:+.2f} ({s['kendall_n']}) |")
+    md += ["", "## Every architecture (mean +- sd over retrain seeds)", "",
+           "| arch | kind | latency ms | val mAP | test mAP | supernet estimates (val, per search seed) |",
+           "|---|---|---|---|---|---|"]
+    for a in report["per_arch"]:
+        est = [f"{e[a['arch']]:.1f}" for e in report["estimates"].values() if a["arch"] in e]
+        md.append(f"| `{json.loads(a['arch'])}` | {a['kind']} | {a['latency_ms']:.3f} | "
+                  f"{_pm(a['val_mean'], a['val_sd'])} | {_pm(a['test_mean'], a['test_sd'])} | {' '.join(est)} |")
+    atomic_write_text(prefix.with_suffix(".md"), "\n".join(md) + "\n")

@@ -1,0 +1,135 @@
+"""The equal-latency baseline and the search-quality benchmark's pieces: random
+architectures in a latency band, the supernet's one-hot estimates with re-estimated BN
+statistics, the data seed apart from the run seed, the report's statistics, and the
+benchmark end to end in its smoke mode."""
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from dnas.data.synthetic import synthetic_reid_from_recipe
+from dnas.errors import DnasError
+from dnas.latency.auto import resolve_latency_cost
+from dnas.latency.band import arch_key, sample_in_band
+from dnas.retrain.config import ReIDConfig
+from dnas.search.config import SearchConfig
+from dnas.search.estimate import recalibrate_bn
+from dnas.space import load_space
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_cost():
+    space = load_space("tiny")
+    cost = resolve_latency_cost(str(ROOT / "latency_tables/cpu_tiny_b8_fp32.csv"), space, "cpu", supernet="tiny",
+                                batch=8, budget_s=0, progress=False)
+    return space, cost.model
+
+
+def test_band_draws_are_distinct_in_band_and_prefix_stable(tiny_cost):
+    space, model = tiny_cost
+    got = sample_in_band(space, model.arch_ms, 1.62, 0.03, 12, seed=0)
+    keys = [arch_key(i) for i, _ in got]
+    assert len(set(keys)) == 12
+    for idx, lat in got:
+        assert abs(lat / 1.62 - 1) <= 0.03 and lat == pytest.approx(model.arch_ms(idx))
+    # a band shifted a little keeps the architectures of the overlap, in the same order
+    shifted = [arch_key(i) for i, lat in sample_in_band(space, model.arch_ms, 1.63, 0.03, 12, seed=0)]
+    common = [k for k in keys if k in shifted]
+    assert len(common) >= 6 and common == [k for k in shifted if k in keys]
+    # exclusions are never returned; another seed draws another set
+    again = sample_in_band(space, model.arch_ms, 1.62, 0.03, 4, seed=0, exclude={keys[0]})
+    assert keys[0] not in [arch_key(i) for i, _ in again]
+    assert [arch_key(i) for i, _ in sample_in_band(space, model.arch_ms, 1.62, 0.03, 12, seed=1)] != keys
+
+
+def test_band_without_enough_archs_is_one_clear_error(tiny_cost):
+    space, model = tiny_cost
+    with pytest.raises(DnasError, match=r"only \d+ of 5 .*0\.500 ms .*widen --tolerance"):
+        sample_in_band(space, model.arch_ms, 0.5, 0.03, 5)  # tiny spans about 1.27-1.99 ms
+    with pytest.raises(DnasError, match="tolerance in"):
+        sample_in_band(space, model.arch_ms, 1.6, 1.5, 5)
+
+
+def test_data_seed_not_run_seed_chooses_the_synthetic_set():
+    search, retrain = SearchConfig(seed=3, synthetic_ids=90), ReIDConfig(seed=0, synthetic_ids=90)
+    assert synthetic_reid_from_recipe(search) == synthetic_reid_from_recipe(retrain)
+    assert synthetic_reid_from_recipe(search).num_train_ids == 90
+    assert synthetic_reid_from_recipe(SearchConfig(data_seed=2)).seed == 2
+
+
+def test_search_and_retrain_see_the_same_validation_split_whatever_the_seed():
+    from dnas.retrain.reid import build_reid_data
+    from dnas.runtime import Runtime
+    from dnas.search.run import build_search_data
+
+    rt = Runtime(torch.device("cpu"), 0, 1, 0)
+    keys = dict(synthetic_ids=14, val_ids_fraction=0.3, val_min_ids=2, p=4, k=2, workers=0)
+    search = build_search_data(SearchConfig(seed=5, **keys), rt)
+    retrain = build_reid_data(ReIDConfig(seed=1, **keys), rt, 64, 32)
+    assert search.validation.num_ids == 4 == retrain.validation.num_ids
+    assert search.validation.query == retrain.validation.query
+    assert search.validation.gallery == retrain.validation.gallery
+
+
+def test_bn_recalibration_takes_the_statistics_of_the_data():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bn = nn.BatchNorm1d(3)
+
+        def forward(self, x, choice):
+            return self.bn(x * choice)
+
+    torch.manual_seed(0)
+    batches = [(torch.randn(64, 3) * 2 + 5, None) for _ in range(4)]
+    net = Net()
+    recalibrate_bn(net, batches, 0.5, torch.device("cpu"), batches=3)
+    seen = torch.cat([b[0] for b in batches[:3]]) * 0.5
+    assert not net.training
+    assert torch.allclose(net.bn.running_mean, seen.mean(0), atol=1e-5)
+    assert torch.allclose(net.bn.running_var, seen.var(0), rtol=0.05)
+
+
+def test_report_statistics_and_targets():
+    from bench.search_quality_report import build_report
+
+    def runs(val, test):
+        return [{"seed": i, "val_mAP": v, "test_mAP": t} for i, (v, t) in enumerate(zip(val, test))]
+
+    results = {"s": runs([60, 62], [30, 32]), "a": runs([50, 52], [20, 22]), "b": runs([55, 57], [25, 27]),
+               "c": runs([40, 42], [10, 12])}
+    archs = {k: {"latency_ms": 1.6, "kind": "random" if k != "s" else "searched"} for k in results}
+    found = {0: {"key": "s", "latency_ms": 1.6}}
+    bands = [{"seeds": [0], "centre_ms": 1.6, "random": ["a", "b", "c"]}]
+    estimates = {0: {"s": 9.0, "a": 5.0, "b": 6.0, "c": 1.0}}
+    r = build_report(archs, found, bands, results, estimates)
+    seed = r["per_search_seed"][0]
+    assert seed["val_rank"] == 1 and seed["top_third"] and seed["kendall_tau"] == pytest.approx(1.0)
+    assert seed["val_random_mean"] == pytest.approx(148 / 3)
+    eff = seed["test_effect"]  # 31 - mean(21, 26, 11) = 35/3; SE^2 = 2/2 + (175/3)/3
+    assert eff["diff"] == pytest.approx(35 / 3) and eff["se"] == pytest.approx(math.sqrt(1 + 175 / 9))
+    assert r["overall"]["val"]["seed_to_seed_sd"] == pytest.approx(math.sqrt(2))
+    assert r["targets"]["val_ranks_networks"]["met"] and not r["targets"]["kendall_tau"]["met"]  # n < 20
+
+
+@pytest.mark.slow
+def test_benchmark_smoke_runs_and_resumes(tmp_path):
+    work = tmp_path / "sq"
+    cmd = [sys.executable, "-m", "bench.search_quality", "--smoke", "--work", str(work), "--results",
+           str(tmp_path / "res")]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    report = json.loads((tmp_path / "res.json").read_text())
+    assert len(report["per_search_seed"]) == 2 and (tmp_path / "res.md").is_file()
+    for row in report["per_search_seed"]:
+        assert 1 <= row["val_rank"] <= row["num_random"] + 1 and 0 <= row["test_mean"] <= 100
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "0 to run" in again.stdout  # a finished benchmark redoes nothing
+    assert json.loads((tmp_path / "res.json").read_text())["per_search_seed"] == report["per_search_seed"]
