@@ -1,5 +1,5 @@
 """``python -m bench.search_quality``: does the search find better networks than chance at
-the same latency? (paper section 3.4; docs/method.md section 8)
+the same latency? (paper section 3.4; docs/method.md section 10)
 
 1. ``dnas-search`` with several seeds (one recipe, ``--search-set`` overrides).
 2. The searched (argmax) architectures are grouped into latency bands: a band holds the
@@ -47,7 +47,8 @@ from dnas.runlog import read_csv_rows
 
 SMOKE_DATA = ["synthetic_ids=12", "val_ids_fraction=0.34", "val_min_ids=4", "p=4"]  # 4 validation ids, 8 training
 SMOKE_SEARCH = SMOKE_DATA + ["epochs=2", "warmup_epochs=1", "max_steps_per_epoch=2", "eval_max_queries=20"]
-SMOKE_RETRAIN = SMOKE_DATA + ["epochs=1", "warmup_epochs=0", "max_steps_per_epoch=2", "eval_every=1"]
+SMOKE_RETRAIN = SMOKE_DATA + ["epochs=1", "warmup_epochs=0", "max_steps_per_epoch=2", "eval_every=1",
+                               "export_onnx=false"]
 
 
 def _tag(*parts) -> str:
@@ -55,11 +56,17 @@ def _tag(*parts) -> str:
 
 
 def _recipe_tag(recipe: str, folder: str, sets: list[str]) -> str:
-    """A tag of a recipe's contents and overrides: an edited recipe is a new set of runs."""
+    """A tag of the recipe's keys after the overrides (comments and key order do not count):
+    a recipe that changes is a new set of runs, one that writes the same keys is not."""
+    import yaml
+
     from dnas.resources import find_data_file
 
-    path = find_data_file(recipe, folder, ".yaml")
-    return _tag(path.read_text() if path.is_file() else recipe, sets)
+    keys = yaml.safe_load(find_data_file(recipe, folder, ".yaml").read_text()) or {}
+    for kv in sets:
+        k, _, v = kv.partition("=")
+        keys[k.strip()] = yaml.safe_load(v)
+    return _tag(keys)
 
 
 def _sets(pairs: list[str]) -> list[str]:
@@ -130,7 +137,7 @@ def run_searches(args, work: Path, jobs: Jobs) -> dict[int, Path]:
     for s, d in dirs.items():
         cmd = _run_cmd("search", d, ["--recipe", args.search_recipe, "--seed", str(s)] + _sets(sets))
         if cmd:
-            todo.append((f"search-s{s}", cmd))
+            todo.append((f"search-{base.name}-s{s}", cmd))
     print(f"searches: {len(dirs)} seeds, {len(todo)} to run ({base})", flush=True)
     jobs.run(todo)
     atomic_write_json(base / "recipe.json", {"recipe": args.search_recipe, "set": sets})
@@ -145,7 +152,15 @@ def searched_archs(dirs: dict[int, Path], arch_ms) -> dict[int, dict]:
     for s, d in dirs.items():
         net, _ = load_search_run(d, "last")
         idx = net.argmax_indices()
-        out[s] = {"indices": idx, "key": arch_key(idx), "latency_ms": arch_ms(idx), "run": str(d)}
+        summary = json.loads((d / "summary.json").read_text())
+        conf = summary["found"]["confidence"]
+        outcome = {"params": summary["found"]["argmax"]["params"], "macs": summary["found"]["argmax"]["macs"],
+                   "entropy_mean": {a: c["entropy_mean"] for a, c in conf.items()},
+                   "decided": {a: f"{c['decided']}/{c['units']}" for a, c in conf.items()},
+                   "supernet_test_mAP": 100 * summary["test"]["mAP"],
+                   "supernet_best_val_mAP": 100 * summary["checkpoint_best"].get("val_mAP", float("nan"))}
+        out[s] = {"indices": idx, "key": arch_key(idx), "latency_ms": arch_ms(idx), "run": str(d),
+                  "search": outcome}
     return out
 
 
@@ -187,7 +202,7 @@ def run_retrains(args, work: Path, arch_files: dict[str, Path], jobs: Jobs) -> d
             fresh += _sets(sets)
             cmd = _run_cmd("retrain", d, fresh)
             if cmd:
-                todo.append((f"retrain-{path.stem}-r{r}", cmd))
+                todo.append((f"retrain-{base.name}-{path.stem}-r{r}", cmd))
     print(f"retrains: {len(arch_files)} archs x {args.retrain_seeds} seeds, {len(todo)} to run ({base})", flush=True)
     jobs.run(todo)
     out: dict[str, list[dict]] = {}
@@ -198,15 +213,16 @@ def run_retrains(args, work: Path, arch_files: dict[str, Path], jobs: Jobs) -> d
     return out
 
 
-def supernet_estimates(work: Path, found: dict[int, dict], band_archs: dict[int, list[dict]]) -> dict:
-    """``{search seed: {arch key: one-hot val mAP of that seed's supernet}}`` (cached per seed)."""
+def supernet_estimates(work: Path, found: dict[int, dict], archs: list[dict]) -> dict:
+    """``{search seed: {arch key: one-hot val mAP of that seed's supernet}}`` for every
+    architecture of every band (cached per seed)."""
     from dnas.search.estimate import run_estimates
 
     out = {}
     for s, info in found.items():
         path = work / "estimates" / f"{_tag(info['run'])}-s{s}.json"
         cached = json.loads(path.read_text()) if path.is_file() else {}
-        need = [a for a in band_archs[s] if a["key"] not in cached]
+        need = [a for a in archs if a["key"] not in cached]
         if need:
             t0 = time.time()
             maps = run_estimates(info["run"], [a["indices"] for a in need])
@@ -227,16 +243,17 @@ def main(argv=None) -> int:
     p.add_argument("--retrain-recipe", default="retrain/reid_synthetic.yaml")
     p.add_argument("--retrain-set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--search-seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    p.add_argument("--random", type=int, default=16, help="random architectures per latency band")
+    p.add_argument("--random", type=int, default=8, help="random architectures per latency band")
     p.add_argument("--retrain-seeds", type=int, default=3)
     p.add_argument("--tolerance", type=float, default=0.03, help="relative half-width of a latency band")
     p.add_argument("--band-seed", type=int, default=0, help="draw sequence of the random architectures")
     p.add_argument("--jobs", type=int, default=2, help="runs at a time, one thread each")
+    p.add_argument("--searches-only", action="store_true", help="run (or resume) the searches and stop")
     p.add_argument("--smoke", action="store_true", help="tiny settings: checks the pipeline, not the method")
     args = p.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the running jobs are stopped too
     if args.smoke:
-        args.search_seeds, args.random, args.retrain_seeds = args.search_seeds[:2], 1, 1
+        args.search_seeds, args.random, args.retrain_seeds = args.search_seeds[:1], 1, 1
     from dnas.config import load_config
     from dnas.latency.auto import resolve_latency_cost
     from dnas.search.config import SearchConfig
@@ -245,6 +262,8 @@ def main(argv=None) -> int:
     work = Path(args.work)
     jobs = Jobs(args.jobs, work / "logs")
     dirs = run_searches(args, work, jobs)
+    if args.searches_only:
+        return 0
     cfg = load_config(SearchConfig, next(iter(dirs.values())) / "config.yaml")
     space = cfg.load_space()
     cost = resolve_latency_cost(cfg.latency_table, space, "cpu", supernet=cfg.supernet, batch=cfg.batch_size,
@@ -253,7 +272,6 @@ def main(argv=None) -> int:
     bands = group_bands(found, args.tolerance)
     searched_keys = {f["key"] for f in found.values()}
     archs: dict[str, dict] = {f["key"]: {**f, "kind": "searched"} for f in found.values()}
-    band_archs: dict[int, list[dict]] = {}
     for b in bands:
         drawn = sample_in_band(space, cost.model.arch_ms, b["centre_ms"], args.tolerance, args.random,
                                seed=args.band_seed, exclude=searched_keys)
@@ -261,14 +279,11 @@ def main(argv=None) -> int:
         for idx, lat in drawn:
             archs.setdefault(arch_key(idx), {"indices": idx, "key": arch_key(idx), "latency_ms": lat,
                                              "kind": "random"})
-        members = [archs[k] for k in b["random"]] + [found[s] for s in b["seeds"]]
-        for s in b["seeds"]:
-            band_archs[s] = list({a["key"]: a for a in members}.values())
         print(f"band {b['centre_ms']:.3f} ms +- {args.tolerance:.0%}: search seeds {b['seeds']}, "
               f"{len(b['random'])} random archs", flush=True)
     arch_files = {k: write_arch(space, a["indices"], work) for k, a in archs.items()}
     results = run_retrains(args, work, arch_files, jobs)
-    estimates = supernet_estimates(work, found, band_archs)
+    estimates = supernet_estimates(work, found, list(archs.values()))
     report = build_report(archs, found, bands, results, estimates, space=space)
     report["settings"] = {k: v for k, v in vars(args).items()}
     report["latency_cost"] = cost.source

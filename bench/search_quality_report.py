@@ -1,4 +1,4 @@
-"""The figures and the report of ``bench/search_quality.py`` (docs/method.md section 8).
+"""The figures and the report of ``bench/search_quality.py`` (docs/method.md section 10).
 
 Every figure names its split: ``val`` is the validation split carved from the training
 identities (what selection and the conclusions use), ``test`` the test query/gallery
@@ -47,6 +47,21 @@ def kendall_tau(x: list[float], y: list[float]) -> tuple[float, float]:
     return float(res.statistic), float(res.pvalue)
 
 
+def within_band_tau(bands: list[list[str]], x: dict[str, float], y: dict[str, float]) -> tuple[float, int]:
+    """Kendall's tau-b of ``x`` against ``y`` within each band (arch keys), averaged over the
+    bands with weights equal to their numbers of pairs: pairs across bands (different
+    latencies) never count. Returns the tau and the number of architectures."""
+    num = den = 0.0
+    n = 0
+    for keys in bands:
+        if len(keys) < 3:
+            continue
+        tau, _ = kendall_tau([x[k] for k in keys], [y[k] for k in keys])
+        pairs = len(keys) * (len(keys) - 1) / 2
+        num, den, n = num + tau * pairs, den + pairs, n + len(keys)
+    return (num / den if den else math.nan), n
+
+
 def _effect(searched: dict, random_means: list[float], split: str) -> dict:
     m, sd, n = searched[f"{split}_mean"], searched[f"{split}_sd"], searched["n"]
     d = m - statistics.fmean(random_means)
@@ -58,12 +73,14 @@ def build_report(archs: dict, found: dict, bands: list[dict], results: dict, est
     """Per search seed and overall figures, the targets' verdicts and the summary lines."""
     stats = per_arch_stats(results)
     seeds, taus = [], []
+    band_keys = [list(dict.fromkeys(b["random"] + [found[t]["key"] for t in b["seeds"]])) for b in bands]
+    val_means = {k: v["val_mean"] for k, v in stats.items()}
     for b in bands:
         rand = b["random"]
         for s in b["seeds"]:
             key = found[s]["key"]
             row = {"search_seed": s, "band_ms": b["centre_ms"], "latency_ms": found[s]["latency_ms"],
-                   "arch": key, "num_random": len(rand)}
+                   "arch": key, "num_random": len(rand), "search": found[s].get("search", {})}
             for split in SPLITS:
                 mine = stats[key][f"{split}_mean"]
                 others = [stats[k][f"{split}_mean"] for k in rand]
@@ -72,10 +89,8 @@ def build_report(archs: dict, found: dict, bands: list[dict], results: dict, est
                 row[f"{split}_random_mean"] = statistics.fmean(others)
                 row[f"{split}_effect"] = _effect(stats[key], others, split)
             row["top_third"] = row["val_rank"] <= math.ceil((len(rand) + 1) / 3)
-            members = list(dict.fromkeys(rand + [found[t]["key"] for t in b["seeds"]]))
-            est = [estimates[s][k] for k in members]
-            tau, pval = kendall_tau(est, [stats[k]["val_mean"] for k in members])
-            row["kendall_tau"], row["kendall_p"], row["kendall_n"] = tau, pval, len(members)
+            tau, n = within_band_tau(band_keys, estimates[s], val_means)
+            row["kendall_tau"], row["kendall_n"] = tau, n
             taus.append(tau)
             seeds.append(row)
     random_keys = list(dict.fromkeys(k for b in bands for k in b["random"]))
@@ -107,7 +122,10 @@ def build_report(archs: dict, found: dict, bands: list[dict], results: dict, est
     }
     per_arch = [{"arch": k, "kind": archs[k].get("kind"), "latency_ms": archs[k]["latency_ms"], **stats[k],
                  "runs": results[k]} for k in archs]
-    report = {"per_search_seed": seeds, "overall": overall, "targets": targets, "bands": bands,
+    all_keys = [k for keys in band_keys for k in keys]
+    report = {"kendall_all_bands": {str(s): kendall_tau([estimates[s][k] for k in all_keys],
+                                                        [val_means[k] for k in all_keys])[0] for s in estimates},
+              "per_search_seed": seeds, "overall": overall, "targets": targets, "bands": bands,
               "per_arch": sorted(per_arch, key=lambda r: -r["val_mean"]),
               "estimates": {str(s): e for s, e in estimates.items()}}
     report["summary_lines"] = summary_lines(report)
@@ -160,6 +178,16 @@ def write_report(report: dict, prefix: Path) -> None:
                   f"{_pm(s['test_mean'], s['test_sd'])} | {s['test_rank']}/{s['num_random'] + 1} | "
                   f"{s['test_random_mean']:.1f} | {e['diff']:+.1f} ({e['ci95'][0]:+.1f}..{e['ci95'][1]:+.1f}) | "
                   f"{s['kendall_tau']:+.2f} ({s['kendall_n']}) |")
+    md += ["", "## The searches (the supernet itself, from each run's summary.json)", "",
+           "| seed | argmax latency ms | params (no classifier) | decided (normalised entropy <= 0.5) | "
+           "mean normalised entropy | supernet best val mAP | supernet test mAP |", "|---|---|---|---|---|---|---|"]
+    for s in report["per_search_seed"]:
+        o = s.get("search") or {}
+        if o:
+            md.append(f"| {s['search_seed']} | {s['latency_ms']:.3f} | {o['params'] / 1e3:.1f} k | "
+                      + ", ".join(f"{a} {v}" for a, v in o["decided"].items()) + " | "
+                      + ", ".join(f"{a} {v:.2f}" for a, v in o["entropy_mean"].items())
+                      + f" | {o['supernet_best_val_mAP']:.1f} | {o['supernet_test_mAP']:.1f} |")
     md += ["", "## Every architecture (mean +- sd over retrain seeds)", "",
            "| arch | kind | latency ms | val mAP | test mAP | supernet estimates (val, per search seed) |",
            "|---|---|---|---|---|---|"]

@@ -1,5 +1,5 @@
 """Random architectures at a given latency: the equal-cost baseline of a search (paper
-section 3.4; docs/method.md section 8, "Does the search beat chance?").
+section 3.4; docs/method.md section 10, "Does the search beat chance?").
 
 :func:`sample_in_band` draws architectures uniformly from a space and keeps those whose
 lookup-table latency lies within ``tolerance`` (relative) of a target. Draw ``i`` of a

@@ -1,5 +1,5 @@
 """What a trained supernet believes of single architectures (paper section 3.4; docs/method.md
-section 8): the validation mAP of a one-hot subnet with the weights it inherits from the
+section 10): the validation mAP of a one-hot subnet with the weights it inherits from the
 supernet, after its BatchNorm statistics are re-estimated under that choice.
 
 The supernet's running BN statistics belong to the Gumbel mixtures it was trained on; a

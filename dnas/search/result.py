@@ -29,6 +29,7 @@ def _arch_figures(net: Supernet, indices: dict, latency) -> dict:
     if latency is not None:
         with torch.no_grad():
             out["latency_ms"] = float(latency.expected_ms(net.onehot_choice(indices)))
+    out["indices"] = {axis: [int(i) for i in v] for axis, v in indices.items()}
     return out
 
 
@@ -55,7 +56,7 @@ def search_result(net: Supernet, latency=None) -> dict:
     option over the second.
 
     Returns:
-        ``{"argmax": {params, macs, latency_ms?}, "widest": {...}, "smallest": {...},
+        ``{"argmax": {params, macs, latency_ms?, indices}, "widest": {...}, "smallest": {...},
         "confidence": {axis: {"entropy_mean", "entropy_max": mean and highest normalised
         entropy of the units, "margin_mean", "margin_min": mean and lowest top-second
         margin, "decided": units whose normalised entropy is <= 0.5, "units": n,
