@@ -73,6 +73,30 @@ def _sets(pairs: list[str]) -> list[str]:
     return [a for kv in pairs for a in ("--set", kv)]
 
 
+class Ledger:
+    """What is finished, apart from the run directories (which hold checkpoints and are not
+    kept): ``searches`` (each search's argmax and outcome), ``retrains`` (each retrain's
+    last-epoch val/test mAP) and ``estimates`` (each supernet's one-hot estimates), keyed by
+    run tag. Saved after every entry; given a committed ledger (``--ledger``), a fresh
+    checkout resumes the benchmark without redoing what it records."""
+
+    SECTIONS = ("searches", "retrains", "estimates")
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.data = json.loads(path.read_text()) if path.is_file() else {}
+        for section in self.SECTIONS:
+            self.data.setdefault(section, {})
+
+    def get(self, section: str, key: str):
+        return self.data[section].get(key)
+
+    def put(self, section: str, key: str, value) -> None:
+        self.data[section][key] = value
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.path, self.data)
+
+
 class Jobs:
     """Run shell jobs ``n`` at a time (one thread each); print one line as each ends."""
 
@@ -80,11 +104,12 @@ class Jobs:
         self.n, self.log_dir = n, log_dir
         self.log_dir.mkdir(parents=True, exist_ok=True)
 
-    def run(self, jobs: list[tuple[str, list[str]]]) -> None:
+    def run(self, jobs: list[tuple[str, list[str]]], on_done=None) -> None:
+        """Run ``(name, argv)`` jobs; ``on_done(name)`` after each one that succeeds."""
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         pending, running, failed, total, done = list(jobs), [], [], len(jobs), 0
         try:
-            self._loop(pending, running, failed, total, done, env)
+            self._loop(pending, running, failed, total, done, env, on_done)
         finally:  # killed or interrupted: stop the runs too (each resumes from its checkpoint)
             for _, proc, _, log in running:
                 proc.terminate()
@@ -93,7 +118,7 @@ class Jobs:
         if failed:
             raise SystemExit("jobs failed: " + "; ".join(failed))
 
-    def _loop(self, pending, running, failed, total, done, env) -> None:
+    def _loop(self, pending, running, failed, total, done, env, on_done) -> None:
         while pending or running:
             while pending and len(running) < self.n:
                 name, argv = pending.pop(0)
@@ -115,6 +140,8 @@ class Jobs:
                       f"in {time.time() - t0:.0f} s", flush=True)
                 if not ok:
                     failed.append(f"{name} (log: {Path(log.name)})")
+                elif on_done is not None:
+                    on_done(name)
 
 
 def _run_cmd(tool: str, run_dir: Path, fresh: list[str]) -> list[str] | None:
@@ -129,12 +156,14 @@ def _run_cmd(tool: str, run_dir: Path, fresh: list[str]) -> list[str] | None:
     return exe + fresh + ["--out", str(run_dir), "--overwrite", "--no-progress"]
 
 
-def run_searches(args, work: Path, jobs: Jobs) -> dict[int, Path]:
+def run_searches(args, work: Path, jobs: Jobs, ledger: Ledger) -> dict[int, Path]:
     sets = args.search_set + (SMOKE_SEARCH if args.smoke else [])
     base = work / "searches" / _recipe_tag(args.search_recipe, "search", sets)
     dirs = {s: base / f"s{s}" for s in args.search_seeds}
     todo = []
     for s, d in dirs.items():
+        if ledger.get("searches", f"{base.name}/s{s}"):
+            continue
         cmd = _run_cmd("search", d, ["--recipe", args.search_recipe, "--seed", str(s)] + _sets(sets))
         if cmd:
             todo.append((f"search-{base.name}-s{s}", cmd))
@@ -144,12 +173,17 @@ def run_searches(args, work: Path, jobs: Jobs) -> dict[int, Path]:
     return dirs
 
 
-def searched_archs(dirs: dict[int, Path], arch_ms) -> dict[int, dict]:
-    """Each search's argmax indices and table latency (read from its last checkpoint)."""
+def searched_archs(dirs: dict[int, Path], arch_ms, ledger: Ledger) -> dict[int, dict]:
+    """Each search's argmax indices and table latency (read from its last checkpoint once,
+    then from the ledger)."""
     from dnas.search.derive_run import load_search_run
 
     out = {}
     for s, d in dirs.items():
+        entry = f"{d.parent.name}/s{s}"
+        if ledger.get("searches", entry):
+            out[s] = ledger.get("searches", entry)
+            continue
         net, _ = load_search_run(d, "last")
         idx = net.argmax_indices()
         summary = json.loads((d / "summary.json").read_text())
@@ -160,7 +194,8 @@ def searched_archs(dirs: dict[int, Path], arch_ms) -> dict[int, dict]:
                    "supernet_test_mAP": 100 * summary["test"]["mAP"],
                    "supernet_best_val_mAP": 100 * summary["checkpoint_best"].get("val_mAP", float("nan"))}
         out[s] = {"indices": idx, "key": arch_key(idx), "latency_ms": arch_ms(idx), "run": str(d),
-                  "search": outcome}
+                  "entry": entry, "search": outcome}
+        ledger.put("searches", entry, out[s])
     return out
 
 
@@ -189,47 +224,78 @@ def write_arch(space, indices: dict, work: Path) -> Path:
     return path
 
 
-def run_retrains(args, work: Path, arch_files: dict[str, Path], jobs: Jobs) -> dict[str, list[dict]]:
-    """Retrain every arch with every retrain seed; ``{arch key: [{seed, val_mAP, test_mAP}]}``."""
+def arch_params(space, indices: dict) -> int:
+    """Parameters without the classifier of an architecture of ``space``."""
+    from dnas.export import params_without_classifier
+    from dnas.models import PlainNet
+    from dnas.space import SearchSpace
+
+    return params_without_classifier(PlainNet(SearchSpace.from_dict(space.arch_from_indices(indices))))
+
+
+def _retrain_result(run_dir: Path) -> dict | None:
+    """The last epoch's val/test mAP (%) of a finished retrain, ``None`` if unfinished."""
+    if not (run_dir / "final" / "summary.json").is_file():
+        return None
+    last = read_csv_rows(run_dir / "metrics.csv")[-1]
+    return {"val_mAP": 100 * float(last["val_mAP"]), "test_mAP": 100 * float(last["test_mAP"])}
+
+
+def run_retrains(args, work: Path, arch_files: dict[str, Path], jobs: Jobs,
+                 ledger: Ledger) -> dict[str, list[dict]]:
+    """Retrain every arch with every retrain seed, seed by seed (a stopped benchmark has every
+    arch with the same seeds); ``{arch key: [{seed, val_mAP, test_mAP}]}`` of the finished
+    retrains (with ``--report-only``, none is started)."""
     sets = args.retrain_set + (SMOKE_RETRAIN if args.smoke else [])
     base = work / "retrains" / _recipe_tag(args.retrain_recipe, "retrain", sets)
-    todo, dirs = [], {}
-    for key, path in arch_files.items():
-        for r in range(args.retrain_seeds):
-            d = base / f"{path.stem}-r{r}"
-            dirs[(key, r)] = d
+    todo, entries = [], {}
+    for r in range(args.retrain_seeds):
+        for key, path in arch_files.items():
+            d, entry = base / f"{path.stem}-r{r}", f"{base.name}/{path.stem}-r{r}"
+            entries[f"retrain-{base.name}-{path.stem}-r{r}"] = (entry, d)
+            if ledger.get("retrains", entry) is None and (res := _retrain_result(d)) is not None:
+                ledger.put("retrains", entry, res)  # finished before the ledger knew it
+            if ledger.get("retrains", entry) is not None:
+                continue
             fresh = ["--recipe", args.retrain_recipe, "--arch", str(path), "--data", "synthetic", "--seed", str(r)]
             fresh += _sets(sets)
-            cmd = _run_cmd("retrain", d, fresh)
-            if cmd:
-                todo.append((f"retrain-{base.name}-{path.stem}-r{r}", cmd))
+            todo.append((f"retrain-{base.name}-{path.stem}-r{r}", _run_cmd("retrain", d, fresh)))
+
+    def record(name: str) -> None:
+        entry, d = entries[name]
+        ledger.put("retrains", entry, _retrain_result(d))
+
     print(f"retrains: {len(arch_files)} archs x {args.retrain_seeds} seeds, {len(todo)} to run ({base})", flush=True)
-    jobs.run(todo)
+    if not args.report_only:
+        jobs.run(todo, on_done=record)
     out: dict[str, list[dict]] = {}
-    for (key, r), d in dirs.items():
-        last = read_csv_rows(d / "metrics.csv")[-1]
-        out.setdefault(key, []).append({"seed": r, "val_mAP": 100 * float(last["val_mAP"]),
-                                        "test_mAP": 100 * float(last["test_mAP"])})
+    for r in range(args.retrain_seeds):
+        for key, path in arch_files.items():
+            res = ledger.get("retrains", f"{base.name}/{path.stem}-r{r}")
+            if res is not None:
+                out.setdefault(key, []).append({"seed": r, **res})
     return out
 
 
-def supernet_estimates(work: Path, found: dict[int, dict], archs: list[dict]) -> dict:
-    """``{search seed: {arch key: one-hot val mAP of that seed's supernet}}`` for every
-    architecture of every band (cached per seed)."""
+def supernet_estimates(found: dict[int, dict], archs: list[dict], ledger: Ledger) -> dict:
+    """``{search seed: {arch key: one-hot val mAP (%) of that seed's supernet}}`` for every
+    architecture of every band (kept in the ledger; a search whose checkpoint is gone
+    keeps the estimates the ledger has)."""
     from dnas.search.estimate import run_estimates
 
     out = {}
     for s, info in found.items():
-        path = work / "estimates" / f"{_tag(info['run'])}-s{s}.json"
-        cached = json.loads(path.read_text()) if path.is_file() else {}
+        cached = dict(ledger.get("estimates", info["entry"]) or {})
         need = [a for a in archs if a["key"] not in cached]
-        if need:
+        if need and (Path(info["run"]) / "checkpoint-last.pt").is_file():
             t0 = time.time()
             maps = run_estimates(info["run"], [a["indices"] for a in need])
             cached.update({a["key"]: 100 * m for a, m in zip(need, maps)})
-            path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(path, cached)
+            ledger.put("estimates", info["entry"], cached)
             print(f"  supernet estimates of search s{s}: {len(need)} archs in {time.time() - t0:.0f} s", flush=True)
+        elif need:
+            print(f"  search s{s}: no checkpoint for the estimates of {len(need)} archs (not in the ledger)",
+                  flush=True)
         out[s] = cached
     return out
 
@@ -238,6 +304,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--work", required=True, help="working directory (resumable state)")
     p.add_argument("--results", help="write RESULTS.json and RESULTS.md (e.g. bench/results/search_quality)")
+    p.add_argument("--ledger", help="what is finished (default WORK/ledger.json; commit one to resume elsewhere)")
     p.add_argument("--search-recipe", default="search/tiny_synthetic.yaml")
     p.add_argument("--search-set", action="append", default=[], metavar="KEY=VALUE", help="search recipe override")
     p.add_argument("--retrain-recipe", default="retrain/reid_synthetic.yaml")
@@ -249,26 +316,36 @@ def main(argv=None) -> int:
     p.add_argument("--band-seed", type=int, default=0, help="draw sequence of the random architectures")
     p.add_argument("--jobs", type=int, default=2, help="runs at a time, one thread each")
     p.add_argument("--searches-only", action="store_true", help="run (or resume) the searches and stop")
+    p.add_argument("--report-only", action="store_true", help="report the retrains finished so far, start none")
     p.add_argument("--smoke", action="store_true", help="tiny settings: checks the pipeline, not the method")
     args = p.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the running jobs are stopped too
     if args.smoke:
         args.search_seeds, args.random, args.retrain_seeds = args.search_seeds[:1], 1, 1
+    import dataclasses
+
+    import yaml
+
     from dnas.config import load_config
     from dnas.latency.auto import resolve_latency_cost
+    from dnas.resources import find_data_file
     from dnas.search.config import SearchConfig
 
     t_start = time.time()
     work = Path(args.work)
     jobs = Jobs(args.jobs, work / "logs")
-    dirs = run_searches(args, work, jobs)
+    ledger = Ledger(Path(args.ledger) if args.ledger else work / "ledger.json")
+    dirs = run_searches(args, work, jobs, ledger)
     if args.searches_only:
         return 0
-    cfg = load_config(SearchConfig, next(iter(dirs.values())) / "config.yaml")
+    cfg = load_config(SearchConfig, find_data_file(args.search_recipe, "search", ".yaml"))
+    for kv in args.search_set + (SMOKE_SEARCH if args.smoke else []):
+        k, _, v = kv.partition("=")
+        cfg = dataclasses.replace(cfg, **{k.strip(): yaml.safe_load(v)})
     space = cfg.load_space()
     cost = resolve_latency_cost(cfg.latency_table, space, "cpu", supernet=cfg.supernet, batch=cfg.batch_size,
                                 budget_s=0, progress=False)
-    found = searched_archs(dirs, cost.model.arch_ms)
+    found = searched_archs(dirs, cost.model.arch_ms, ledger)
     bands = group_bands(found, args.tolerance)
     searched_keys = {f["key"] for f in found.values()}
     archs: dict[str, dict] = {f["key"]: {**f, "kind": "searched"} for f in found.values()}
@@ -282,8 +359,10 @@ def main(argv=None) -> int:
         print(f"band {b['centre_ms']:.3f} ms +- {args.tolerance:.0%}: search seeds {b['seeds']}, "
               f"{len(b['random'])} random archs", flush=True)
     arch_files = {k: write_arch(space, a["indices"], work) for k, a in archs.items()}
-    results = run_retrains(args, work, arch_files, jobs)
-    estimates = supernet_estimates(work, found, list(archs.values()))
+    for a in archs.values():
+        a["params"] = arch_params(space, a["indices"])
+    results = run_retrains(args, work, arch_files, jobs, ledger)
+    estimates = supernet_estimates(found, list(archs.values()), ledger)
     report = build_report(archs, found, bands, results, estimates, space=space)
     report["settings"] = {k: v for k, v in vars(args).items()}
     report["latency_cost"] = cost.source

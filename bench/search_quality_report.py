@@ -71,7 +71,9 @@ def _effect(searched: dict, random_means: list[float], split: str) -> dict:
 
 def build_report(archs: dict, found: dict, bands: list[dict], results: dict, estimates: dict, space=None) -> dict:
     """Per search seed and overall figures, the targets' verdicts and the summary lines."""
-    stats = per_arch_stats(results)
+    stats = per_arch_stats({k: v for k, v in results.items() if v})  # a stopped benchmark: finished retrains only
+    bands = [{**b, "random": [k for k in b["random"] if k in stats],
+              "seeds": [t for t in b["seeds"] if found[t]["key"] in stats]} for b in bands]
     seeds, taus = [], []
     band_keys = [list(dict.fromkeys(b["random"] + [found[t]["key"] for t in b["seeds"]])) for b in bands]
     val_means = {k: v["val_mean"] for k, v in stats.items()}
@@ -120,10 +122,13 @@ def build_report(archs: dict, found: dict, bands: list[dict], results: dict, est
                         "n_archs": [r["kendall_n"] for r in seeds],
                         "met": statistics.fmean(taus) >= 0.3 and min(r["kendall_n"] for r in seeds) >= 20},
     }
-    per_arch = [{"arch": k, "kind": archs[k].get("kind"), "latency_ms": archs[k]["latency_ms"], **stats[k],
-                 "runs": results[k]} for k in archs]
+    per_arch = [{"arch": k, "kind": archs[k].get("kind"), "latency_ms": archs[k]["latency_ms"],
+                 "params": archs[k].get("params"), **stats[k],
+                 "runs": results[k]} for k in archs if k in stats]
     all_keys = [k for keys in band_keys for k in keys]
-    report = {"kendall_all_bands": {str(s): kendall_tau([estimates[s][k] for k in all_keys],
+    params = {k: float(archs[k].get("params", math.nan)) for k in stats}
+    report = {"kendall_params_within_band": within_band_tau(band_keys, params, val_means)[0],
+              "kendall_all_bands": {str(s): kendall_tau([estimates[s][k] for k in all_keys],
                                                         [val_means[k] for k in all_keys])[0] for s in estimates},
               "per_search_seed": seeds, "overall": overall, "targets": targets, "bands": bands,
               "per_arch": sorted(per_arch, key=lambda r: -r["val_mean"]),
@@ -151,6 +156,9 @@ def summary_lines(r: dict) -> list[str]:
                      f"{x['diff']:+.1f} +- {x['se']:.1f} (SE; 95% CI {x['ci95'][0]:+.1f}..{x['ci95'][1]:+.1f}); "
                      f"one net's seed-to-seed sd {x['seed_to_seed_sd']:.1f} vs between-net sd "
                      f"{x['random_sd_between']:.1f}")
+    lines.append(f"  within-band Kendall tau against stand-alone val mAP: supernet estimates "
+                 f"{t['kendall_tau']['mean']:+.2f} (mean over search seeds); parameter count "
+                 f"{r['kendall_params_within_band']:+.2f} (a reference predictor)")
     lines.append(f"  targets: top third {t['top_third']['count']}/{t['top_third']['of']} "
                  f"(need {t['top_third']['needed']}): {'met' if t['top_third']['met'] else 'MISSED'}; "
                  f"test diff > SE: {'met' if t['test_above_random']['met'] else 'MISSED'}; "
@@ -189,10 +197,11 @@ def write_report(report: dict, prefix: Path) -> None:
                       + ", ".join(f"{a} {v:.2f}" for a, v in o["entropy_mean"].items())
                       + f" | {o['supernet_best_val_mAP']:.1f} | {o['supernet_test_mAP']:.1f} |")
     md += ["", "## Every architecture (mean +- sd over retrain seeds)", "",
-           "| arch | kind | latency ms | val mAP | test mAP | supernet estimates (val, per search seed) |",
-           "|---|---|---|---|---|---|"]
+           "| arch | kind | latency ms | params | retrain seeds | val mAP | test mAP | "
+           "supernet estimates (val, per search seed) |", "|---|---|---|---|---|---|---|---|"]
     for a in report["per_arch"]:
         est = [f"{e[a['arch']]:.1f}" for e in report["estimates"].values() if a["arch"] in e]
-        md.append(f"| `{json.loads(a['arch'])}` | {a['kind']} | {a['latency_ms']:.3f} | "
+        md.append(f"| `{json.loads(a['arch'])}` | {a['kind']} | {a['latency_ms']:.3f} | {a.get('params') or 0:,} | "
+                  f"{a['n']} | "
                   f"{_pm(a['val_mean'], a['val_sd'])} | {_pm(a['test_mean'], a['test_sd'])} | {' '.join(est)} |")
     atomic_write_text(prefix.with_suffix(".md"), "\n".join(md) + "\n")
