@@ -9,6 +9,7 @@ for nested sections (``--set optim.lr=0.05``) and YAML syntax for values
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -16,7 +17,8 @@ from typing import Any, Iterable, Literal, Mapping, TypeVar, Union
 
 import yaml
 
-from dnas.errors import ConfigError
+from dnas.errors import ConfigError, brief
+from dnas.strict_yaml import YamlRefused, load_yaml, read_yaml
 
 T = TypeVar("T")
 
@@ -25,8 +27,10 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Check ``value`` against the annotation ``tp``; allow int -> float widening."""
+def _coerce(value: Any, tp: Any, where: str, origins: Mapping[str, str] | None = None, prefix: str = "") -> Any:
+    """Check ``value`` against the annotation ``tp``; allow int -> float widening; refuse
+    non-finite floats. ``prefix``: the dotted key of ``value`` (for nested sections, whose
+    keys may come from ``origins``: see :func:`_build`)."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if tp is Any:
@@ -39,55 +43,65 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _coerce(value, arg, where)
+                return _coerce(value, arg, where, origins, prefix)
             except ConfigError as exc:
                 errors.append(str(exc))
-        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {brief(value)}")
     if origin is Literal:
         if value not in args:
-            raise ConfigError(f"{where}: expected one of {list(args)}, got {value!r}")
+            raise ConfigError(f"{where}: expected one of {list(args)}, got {brief(value)}")
         return value
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
+            raise ConfigError(f"{where}: expected a list, got {brief(value)}")
         item = args[0] if args else Any
         return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{where}: expected a mapping, got {brief(value)}")
         return dict(value)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{where}: expected a mapping of {tp.__name__} keys, got {value!r}")
-        return _build(tp, value, where)
+            raise ConfigError(f"{where}: expected a mapping of {tp.__name__} keys, got {brief(value)}")
+        return _build(tp, value, where, origins, f"{prefix}.")
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
+            raise ConfigError(f"{where}: expected a number, got {brief(value)}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: expected a finite number, got {brief(value)}")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+            raise ConfigError(f"{where}: expected an integer, got {brief(value)}")
         return value
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+            raise ConfigError(f"{where}: expected true or false, got {brief(value)}")
         return value
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
+            raise ConfigError(f"{where}: expected a string, got {brief(value)}")
         return value
     return value
 
 
-def _build(cls: type[T], data: Mapping[str, Any], where: str) -> T:
+def _build(cls: type[T], data: Mapping[str, Any], where: str, origins: Mapping[str, str] | None = None,
+           prefix: str = "") -> T:
+    """``cls(**data)`` with every value checked; a message names ``where`` (the recipe file)
+    and the key, or the option a key came from when ``origins`` (dotted key -> ``--set``,
+    ``--seed``, ...) has it."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    unknown = sorted(set(data) - names, key=str)
     if unknown:
         raise ConfigError(
-            f"{where}: unknown key {unknown[0]!r} (known keys: {', '.join(sorted(names))})"
+            f"{where}: unknown key {brief(unknown[0])} (known keys: {', '.join(sorted(names))})"
         )
-    kwargs = {k: _coerce(v, hints[k], f"{where}: key {k!r}") for k, v in data.items()}
+    origins = origins or {}
+    kwargs = {}
+    for k, v in data.items():
+        dotted = f"{prefix}{k}"
+        kwargs[k] = _coerce(v, hints[k], f"{origins.get(dotted, where)}: key {dotted!r}", origins, dotted)
     try:
         return cls(**kwargs)
     except TypeError as exc:
@@ -101,7 +115,7 @@ def _nested_update(base: dict, dotted: str, value: Any, cls: type, where: str) -
         fields = {f.name: f for f in dataclasses.fields(node_cls)} if dataclasses.is_dataclass(node_cls) else {}
         if part not in fields:
             known = ", ".join(sorted(fields)) if fields else "(none)"
-            raise ConfigError(f"{where}: unknown key {dotted!r} (known keys here: {known})")
+            raise ConfigError(f"{where}: unknown key {brief(dotted)} (known keys here: {known})")
         if i == len(parts) - 1:
             node[part] = value
             return
@@ -117,11 +131,13 @@ def parse_overrides(pairs: Iterable[str]) -> list[tuple[str, Any]]:
     out = []
     for pair in pairs:
         if "=" not in pair:
-            raise ConfigError(f"--set {pair!r}: expected key=value")
+            raise ConfigError(f"--set {brief(pair)}: expected key=value")
         key, raw = pair.split("=", 1)
         key = key.strip()
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = load_yaml(raw, f"--set {brief(key, 60).strip(chr(39))}", lines=False) if raw.strip() else ""
+        except YamlRefused as exc:
+            raise ConfigError(str(exc)) from None
         except yaml.YAMLError:
             value = raw
         out.append((key, value))
@@ -146,18 +162,14 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Iterabl
         ConfigError: unreadable file, unknown key, or a value of the wrong type.
     """
     data: dict = {}
+    origins: dict[str, str] = {}
     where = "config"
     if path is not None:
         path = Path(path)
         where = str(path)
         if not path.is_file():
             raise ConfigError(f"{path}: recipe file not found")
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"{path}: not a text file (a recipe is UTF-8 YAML)") from None
+        loaded = read_yaml(path, ConfigError, "a recipe")
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -165,9 +177,11 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Iterabl
         data = loaded
     for key, value in parse_overrides(overrides):
         _nested_update(data, key, value, cls, "--set")
+        origins[key] = "--set"
     for key, value in (direct or {}).items():
         _nested_update(data, key, value, cls, f"--{key.replace('_', '-')}")
-    return _build(cls, data, where)
+        origins[key] = f"--{key.replace('_', '-')}"
+    return _build(cls, data, where, origins)
 
 
 def config_to_dict(cfg: Any) -> dict:

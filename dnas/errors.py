@@ -33,3 +33,19 @@ class LatencyTableError(DnasError):
 
 class EvaluationError(DnasError, ValueError):
     """Features or distances that cannot be ranked (NaN or inf, e.g. from a diverged model)."""
+
+
+def brief(value, limit: int = 80) -> str:
+    """A bounded ``repr`` of a user's value for a message: nested containers, long strings
+    and long numbers are cut (``[1, 2, 3, ...]``), never expanded in full, so a value
+    built from YAML aliases (billions of items) costs a few hundred steps to show."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxlevel, r.maxlist, r.maxtuple, r.maxdict, r.maxset = 3, 4, 4, 4, 4
+    r.maxstring, r.maxlong, r.maxother = max(limit - 2, 8), max(limit, 8), max(limit, 8)
+    try:
+        text = r.repr(value)
+    except Exception:  # noqa: BLE001 - a value whose repr fails is still named
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -46,8 +46,6 @@ def read_arch(arch: Any, **changes) -> dict:
     """
     import copy
 
-    import yaml
-
     from dnas.backbones import BackboneArch, backbone_arch_path, is_backbone_arch
     from dnas.space import resolve_space_path
 
@@ -67,10 +65,9 @@ def read_arch(arch: Any, **changes) -> dict:
 
                 raise SpaceError(f"{arch}: architecture file not found (nor a backbone short name: "
                                  f"{', '.join(SHORT_NAMES)})") from None
-        try:
-            data = yaml.safe_load(path.read_text())
-        except (OSError, yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise SpaceError(f"{path}: cannot read ({str(exc).splitlines()[0][:160]})") from None
+        from dnas.strict_yaml import read_yaml
+
+        data = read_yaml(path, SpaceError, "an arch file")
         if not isinstance(data, dict):
             raise SpaceError(f"{path}: expected a mapping at the top level")
         source = str(path)

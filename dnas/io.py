@@ -134,7 +134,10 @@ def atomic_directory(target: str | os.PathLike, overwrite: bool = False, kind: s
                      inputs: tuple = ()) -> Iterator[Path]:
     """Build a directory in a temporary sibling and rename it into place on success.
 
-    On an exception the temporary directory is removed and ``target`` is untouched.
+    On an exception the temporary directory is removed and ``target`` is untouched. The
+    output's lock (:mod:`dnas.runlock`) is held throughout: a second process given the
+    same ``target`` is refused. A ``target`` that is a symbolic link is followed: the
+    directory it points to is written (and with ``overwrite`` replaced); the link stays.
 
     Args:
         target: the directory to create.
@@ -147,10 +150,21 @@ def atomic_directory(target: str | os.PathLike, overwrite: bool = False, kind: s
     Yields:
         The temporary directory to write into.
     """
-    from dnas.errors import DnasError
-    from dnas.outputs import check_replace, check_writable_target, write_marker
+    from dnas.outputs import check_replace, check_writable_target
+    from dnas.runlock import output_lock
 
     target = check_writable_target(target)  # absolute: ``--out .`` has a name
+    if kind is not None:  # refused before the lock too (``--out .``: no lock file beside the working directory)
+        check_replace(target, kind, overwrite, inputs)
+    with output_lock(target):  # one process at a time builds and renames into ``target``
+        yield from _build_directory(target, overwrite, kind, inputs)
+
+
+def _build_directory(target: Path, overwrite: bool, kind: str | None, inputs: tuple) -> Iterator[Path]:
+    """The body of :func:`atomic_directory` (under the output's lock)."""
+    from dnas.errors import DnasError
+    from dnas.outputs import check_replace, write_marker
+
     if kind is not None:
         check_replace(target, kind, overwrite, inputs)
     elif target.exists() and not overwrite and any(target.iterdir()):

@@ -43,11 +43,11 @@ def write_marker(directory: str | os.PathLike, kind: str) -> Path:
 def _legacy_kind(directory: Path) -> str | None:
     """The kind of a directory written before markers existed, from its files."""
     if (directory / "config.yaml").is_file():
-        import yaml
+        from dnas.strict_yaml import read_yaml
 
         try:
-            cfg = yaml.safe_load((directory / "config.yaml").read_text())
-        except (OSError, ValueError, yaml.YAMLError):
+            cfg = read_yaml(directory / "config.yaml")
+        except DnasError:
             return None
         if not isinstance(cfg, dict):
             return None
@@ -83,18 +83,28 @@ def _is_within(inner: Path, outer: Path) -> bool:
     return inner == outer or outer in inner.parents
 
 
+def real_target(target: str | os.PathLike) -> Path:
+    """The absolute path of an output; a symbolic link is followed (``--out LINK`` writes,
+    and with ``--overwrite`` replaces, the directory the link points to; the link stays)."""
+    target = Path(os.path.abspath(target))
+    return Path(os.path.realpath(target)) if target.is_symlink() else target
+
+
 def check_writable_target(target: str | os.PathLike, what: str = "--out", shown=None) -> Path:
     """Refuse a target that is a file, lies under a file, or in a directory we cannot write.
 
     Args:
-        target: the directory to create or write in.
+        target: the directory to create or write in (a symbolic link: the directory it
+            points to, see :func:`real_target`).
         what: the option's name in messages.
         shown: the path named in messages (default: ``target``).
 
     Returns:
-        The absolute target path.
+        The absolute target path (a link resolved).
     """
-    target = Path(os.path.abspath(target))
+    if shown is None and Path(target).is_symlink():
+        shown = f"{target} (a link to {real_target(target)})"
+    target = real_target(target)
     shown = target if shown is None else shown
     if target.exists() and not target.is_dir():
         where = "is a file" if shown == target else f"{target} is a file"
@@ -158,7 +168,7 @@ def claim_run_dir(run_dir: str | os.PathLike, kind: str, replace: bool = False) 
     Called by the training commands once every input has been validated, so a bad
     input never costs the old run. ``replace`` re-checks the kind before deleting.
     """
-    run_dir = Path(run_dir)
+    run_dir = real_target(run_dir)
     if replace and run_dir.is_dir():
         have = output_kind(run_dir)
         if have != kind:
@@ -168,6 +178,17 @@ def claim_run_dir(run_dir: str | os.PathLike, kind: str, replace: bool = False) 
     if not (run_dir / MARKER).is_file():
         write_marker(run_dir, kind)
     return run_dir
+
+
+def kept_run_note(run_dir: str | os.PathLike) -> str:
+    """What a failed run leaves and how to take it up: ``--resume`` from its last
+    checkpoint, or ``--overwrite`` (and, before its first checkpoint, the same ``--out``)."""
+    run_dir = Path(run_dir)
+    if (run_dir / "checkpoint-last.pt").is_file():
+        return (f"the run directory {run_dir} is kept: continue it from its last checkpoint with --resume {run_dir} "
+                "(--set changes a key), or start afresh with --overwrite")
+    return (f"the run directory {run_dir} is kept (no checkpoint yet): start afresh with the same --out "
+            "(or --overwrite)")
 
 
 def require_kind(path: str | os.PathLike, kinds: tuple[str, ...], taker: str) -> str | None:

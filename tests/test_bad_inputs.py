@@ -309,3 +309,225 @@ def test_verify_images_lists_the_unreadable_ones(runs, market_copy, tmp_path):
 
     images = sorted(str(p) for p in (market_copy / "query").iterdir())
     assert [p for p, _ in find_unreadable(images, workers=2)] == [str(bad)]
+
+
+# -- non-finite numbers: refused where they are read, naming the file/option and the key --------
+@pytest.mark.parametrize("pair, key", [("w_lr=.inf", "w_lr"), ("ib_eta=.nan", "ib_eta"), ("a_lr=1.0e+999", "a_lr")])
+def test_search_refuses_non_finite_set_values(tmp_path, pair, key):
+    proc = cli("dnas-search", *SEARCH_FAST, "--set", pair, "--out", tmp_path / "run")
+    one_line_error(proc, "dnas-search", f"--set {key}", "not a finite number")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_non_finite_values_in_recipe_space_and_arch_files(runs, tmp_path):
+    import yaml
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("epochs: 1\ntau0: -.inf\n")
+    one_line_error(cli("dnas-search", "--recipe", recipe, "--out", tmp_path / "run"), "dnas-search",
+                   "r.yaml: line 2: key 'tau0'", "not a finite number")
+    space = yaml.safe_load((ROOT / "supernets" / "tiny.yaml").read_text())
+    space["dcs"] = {"tau_m": 1.0}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(space).replace("tau_m: 1.0", "tau_m: .nan"))
+    one_line_error(cli("dnas-search", "--supernet", tmp_path / "s.yaml", "--describe"), "dnas-search",
+                   "s.yaml: line", "key 'dcs.tau_m'", "not a finite number")
+    arch = tmp_path / "arch.yaml"
+    arch.write_text((runs["derived"] / "arch.yaml").read_text().replace("{expansion: 1.0,", "{expansion: .inf,", 1))
+    proc = cli("dnas-retrain", "reid", "--arch", arch, "--data", "synthetic", "--out", tmp_path / "r", *RETRAIN_FAST)
+    one_line_error(proc, "dnas-retrain", "arch.yaml: line", "expansion", "not a finite number")
+    from dnas.errors import SpaceError
+    from dnas.space import SearchSpace
+
+    space["dcs"]["tau_m"] = float("inf")  # the API: a dict is checked by the schema
+    with pytest.raises(SpaceError, match="tau_m"):
+        SearchSpace.from_dict(space)
+
+
+@pytest.mark.parametrize("value", ['"abc"', "NaN", "-1", "1e999"])
+def test_table_calibration_must_be_a_finite_positive_number(tmp_path, value):
+    table = copy_table(ROOT / "latency_tables" / "cpu_tiny_b8_fp32.csv", tmp_path)
+    meta_path = table.with_name("table.meta.json")
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps(meta).replace(f'"b": {meta["calibration"]["b"]}', f'"b": {value}'))
+    one_line_error(cli("dnas-latency", "show", table), "dnas-latency", "table.meta.json", "'calibration.b'",
+                   "finite number > 0")
+    if value == "NaN":  # the search refuses it before its run directory exists
+        proc = cli("dnas-search", *SEARCH_FAST, "--set", f"latency_table={table}", "--out", tmp_path / "run")
+        one_line_error(proc, "dnas-search", "'calibration.b'")
+        assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("option", ["--window-ms", "--time-limit", "--checkpoint-every"])
+def test_profile_refuses_non_finite_number_options(tmp_path, option):
+    proc = cli("dnas-latency", "profile", "--supernet", "tiny", "--device", "cpu", "--out", tmp_path / "t",
+               option, "inf")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert f"error: argument {option}: expected a finite number, got 'inf'" in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_table_csv_stats_must_be_finite(tmp_path):
+    table = copy_table(ROOT / "latency_tables" / "cpu_tiny_b8_fp32.csv", tmp_path)
+    lines = table.read_text().splitlines()
+    head = lines[0].split(",")
+    row = lines[1].split(",")
+    row[head.index("spread")] = "nan"
+    table.write_text("\n".join([lines[0], ",".join(row), *lines[2:]]) + "\n")
+    one_line_error(cli("dnas-latency", "show", table), "dnas-latency", "line 2", "spread is 'nan'")
+
+
+def test_a_loss_turning_non_finite_names_the_part_and_keeps_a_takeable_run(tmp_path):
+    out = tmp_path / "run"
+    proc = cli("dnas-search", *SEARCH_FAST, "--set", "ib_eta=1.0e+300", "--out", out)
+    one_line_error(proc, "dnas-search", "weights phase", "non-finite loss", "ibb", "is kept", "same --out")
+    assert "KeyError" not in proc.stderr and out.is_dir()
+    proc = cli("dnas-search", *SEARCH_FAST, "--out", out)  # the unfinished start is taken up
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+# -- bounded messages; YAML bombs, deep nesting and duplicate keys refused up front --------------
+BOMB = ("&a [1, 1, 1, 1, 1, 1, 1, 1, 1]", "&b [*a, *a, *a, *a, *a, *a, *a, *a, *a]",
+        "&c [*b, *b, *b, *b, *b, *b, *b, *b, *b]", "&d [*c, *c, *c, *c, *c, *c, *c, *c, *c]",
+        "[*d, *d, *d, *d, *d, *d, *d, *d, *d]")
+
+
+@pytest.mark.parametrize("how", ["recipe", "set"])
+def test_an_alias_bomb_is_refused_at_once(tmp_path, how):
+    value = "[" + ", ".join(BOMB) + "]"
+    (tmp_path / "bomb.yaml").write_text(f"epochs: {value}\n")
+    argv = ["--recipe", tmp_path / "bomb.yaml"] if how == "recipe" else ["--supernet", "tiny", "--set",
+                                                                          f"epochs={value}"]
+    proc = cli("dnas-search", *argv, "--out", tmp_path / "run", timeout=60)
+    one_line_error(proc, "dnas-search", "epochs", "aliases expand to more than")
+
+
+def test_deep_nesting_and_long_values_are_refused_with_a_bounded_line(tmp_path):
+    (tmp_path / "deep.yaml").write_text("epochs: " + "[" * 5000 + "]" * 5000 + "\n")
+    one_line_error(cli("dnas-search", "--recipe", tmp_path / "deep.yaml"), "dnas-search", "deep.yaml",
+                   "nested deeper than")
+    line = one_line_error(cli("dnas-search", "--supernet", "tiny", "--set", "epochs=" + "x" * 100000),
+                          "dnas-search", "key 'epochs'", "expected an integer")
+    assert len(line) < 300
+    from dnas.config import load_config
+    from dnas.errors import ConfigError
+    from dnas.search.config import SearchConfig
+
+    big = [list(range(1000))] * 1000
+    with pytest.raises(ConfigError) as exc:
+        load_config(SearchConfig, direct={"w_milestones": big})
+    assert len(str(exc.value)) < 300
+
+
+@pytest.mark.parametrize("kind", ["recipe", "space", "arch"])
+def test_a_duplicated_key_names_the_key_and_both_lines(runs, tmp_path, kind):
+    if kind == "recipe":
+        (tmp_path / "f.yaml").write_text("epochs: 1\np: 4\nepochs: 2\n")
+        proc = cli("dnas-search", "--recipe", tmp_path / "f.yaml")
+        prog, where = "dnas-search", "line 3"
+    else:
+        src = ROOT / "supernets" / "tiny.yaml" if kind == "space" else runs["derived"] / "arch.yaml"
+        text = src.read_text()
+        (tmp_path / "f.yaml").write_text(text + f"name: {'again'}\n")
+        first = 1 + text.splitlines().index(next(ln for ln in text.splitlines() if ln.startswith("name:")))
+        where = f"first given at line {first}"
+        proc = (cli("dnas-search", "--supernet", tmp_path / "f.yaml", "--describe") if kind == "space" else
+                cli("dnas-retrain", "reid", "--arch", tmp_path / "f.yaml", "--data", "synthetic",
+                    "--out", tmp_path / "r", *RETRAIN_FAST))
+        prog = "dnas-search" if kind == "space" else "dnas-retrain"
+    one_line_error(proc, prog, "f.yaml", "duplicate key", where)
+    assert not (tmp_path / "r").exists()
+
+
+# -- --out a symbolic link: the directory it points to is written (and replaced) -------------------
+def test_derive_overwrite_through_a_link_replaces_its_target(tmp_path):
+    derive = ["--supernet", "tiny", "--no-onnx"]
+    assert cli("dnas-derive", *derive, "--sample", "max", "--out", tmp_path / "d1").returncode == 0
+    (tmp_path / "latest").symlink_to("d1")
+    proc = cli("dnas-derive", *derive, "--sample", "min", "--out", tmp_path / "latest", "--overwrite")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "latest").is_symlink() and "tiny-min" in (tmp_path / "d1" / "arch.yaml").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d1", "latest"]
+
+
+# -- one process per output directory ----------------------------------------------------------------
+HOLD = "import sys\nfrom dnas.runlock import acquire\nacquire(sys.argv[1])\nprint('held', flush=True)\nsys.stdin.read()"
+
+
+def _hold(target: Path) -> subprocess.Popen:
+    """A process holding ``target``'s lock until its stdin closes."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(target)], env=env(), stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+@pytest.mark.parametrize("command", ["search", "search-resume", "derive", "retrain", "profile"])
+def test_an_output_in_use_by_another_process_is_refused(runs, tmp_path, command):
+    target = runs["search"] if command == "search-resume" else tmp_path / "out"
+    argv = {"search": ["dnas-search", *SEARCH_FAST, "--out", target],
+            "search-resume": ["dnas-search", "--resume", target],
+            "derive": ["dnas-derive", "--supernet", "tiny", "--sample", "max", "--no-onnx", "--out", target],
+            "retrain": ["dnas-retrain", "reid", "--arch", runs["derived"], "--data", "synthetic", "--out", target,
+                        *RETRAIN_FAST],
+            "profile": ["dnas-latency", "profile", "--supernet", "tiny", "--device", "cpu", "--out", target]}[command]
+    before = sorted(p.name for p in target.iterdir()) if target.is_dir() else None
+    holder = _hold(target)
+    try:
+        proc = cli(*argv)
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+    one_line_error(proc, argv[0], f"pid {holder.pid}", "in use by another dnas process")
+    if before is None:
+        assert list(tmp_path.iterdir()) == []  # nothing made, the holder's lock file removed
+    else:
+        assert sorted(p.name for p in target.iterdir()) == before
+
+
+def test_a_killed_holder_frees_the_lock_and_two_derives_never_share_an_output(tmp_path):
+    import signal
+
+    holder = _hold(tmp_path / "out")
+    holder.send_signal(signal.SIGKILL)
+    holder.wait(timeout=60)
+    _hold(tmp_path / "out").stdin.close()  # the next process takes it at once
+    argv = [sys.executable, "-m", "dnas.cli.derive", "--supernet", "tiny", "--sample", "max", "--no-onnx",
+            "--out", str(tmp_path / "same")]
+    procs = [subprocess.Popen(argv, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    errs = [p.communicate(timeout=300)[1] for p in procs]
+    assert sorted(p.returncode for p in procs) == [0, 2], errs
+    assert any("in use by another dnas process" in e or "exists" in e for e in errs), errs
+
+
+# -- memory: estimated before building; an allocator failure is one line ---------------------------
+def test_a_space_too_large_for_memory_is_refused_with_the_estimate(tmp_path):
+    import yaml
+
+    space = yaml.safe_load((ROOT / "supernets" / "tiny.yaml").read_text())
+    for st in space["stages"]:
+        st["channels"], st["expansion"] = [16384], [64]
+    (tmp_path / "huge.yaml").write_text(yaml.safe_dump(space))
+    proc = cli("dnas-search", *SEARCH_FAST, "--supernet", tmp_path / "huge.yaml", "--out", tmp_path / "run")
+    one_line_error(proc, "dnas-search", "huge.yaml", "M parameters", "GiB", "available")
+    assert not (tmp_path / "run").exists()
+    proc = cli("dnas-search", "--supernet", tmp_path / "huge.yaml", "--describe")
+    assert proc.returncode == 0 and "widest net:" in proc.stdout and "MACs not counted" in proc.stdout
+
+
+def test_training_memory_is_checked_before_the_run(monkeypatch):
+    import dnas.memory as memory
+    from dnas.models import Supernet
+    from dnas.space import load_space
+
+    net = Supernet(load_space("tiny"), num_classes=10)
+    monkeypatch.setattr(memory, "available_bytes", lambda device=None: 10 * 2 ** 20)
+    with pytest.raises(memory.MemoryLimitError, match=r"batch of 64 at 256x128\), more than the 10 MiB free"):
+        memory.check_training(net, 64, "cpu", input_hw=(256, 128))
+    memory.check_training(net, 1, "cpu")  # 0.2 M parameters and one image fit
+
+
+def test_an_allocator_failure_is_one_line():
+    code = ("import sys, torch\nfrom dnas.cli.common import cli_entry\n@cli_entry('x')\ndef main(argv):\n"
+            "    torch.empty(10 ** 14)\nsys.exit(main())")
+    one_line_error(py(code), "x", "out of memory on the host", "GiB asked for")

@@ -260,7 +260,7 @@ def test_retrain_selects_on_validation_and_without_one_on_loss(tmp_path):
     rows0 = list(csv.DictReader(open(out0 / "metrics.csv")))
     assert "val_mAP" not in rows0[0] and rows0[-1]["test_mAP"] != ""
     summary0 = json.loads((out0 / "final/summary.json").read_text())
-    assert summary0["checkpoint_best"]["selected_by"] == "loss" and summary0["num_classes"] == 60
+    assert summary0["checkpoint_best"]["selected_by"] == "loss" and summary0["num_classes"] == 90
     lowest = int(min(rows0, key=lambda r: (float(r["loss"]), int(r["epoch"])))["epoch"])
     assert summary0["checkpoint_best"]["epoch"] == lowest
 

@@ -23,10 +23,11 @@ JPM; ViT only). Short names (``resnet50``, ...) name the shipped files in
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 from typing import Any, Mapping
 
-from dnas.errors import SpaceError
+from dnas.errors import SpaceError, brief
 from dnas.space.schema import ATTENTION_FORMS
 
 #: short name -> file in the ``backbones/`` data folder (one per Table I row)
@@ -114,14 +115,15 @@ class BackboneArch:
     def _validate(d: dict, source: str) -> dict:
         unknown = sorted(set(d) - set(REQUIRED) - set(OPTIONAL))
         if unknown:
-            raise _fail(source, f"unknown key {unknown[0]!r} (a backbone arch takes {', '.join(REQUIRED + OPTIONAL)})")
+            raise _fail(source, f"unknown key {brief(unknown[0])} "
+                                f"(a backbone arch takes {', '.join(REQUIRED + OPTIONAL)})")
         for key in REQUIRED:
             if key not in d:
                 raise _fail(source, f"missing key {key!r}")
         if not isinstance(d["name"], str) or not d["name"]:
-            raise _fail(source, f"key 'name': expected a non-empty string, got {d['name']!r}")
+            raise _fail(source, f"key 'name': expected a non-empty string, got {brief(d['name'])}")
         if not isinstance(d["backbone"], str):
-            raise _fail(source, f"key 'backbone': expected a string, got {d['backbone']!r}")
+            raise _fail(source, f"key 'backbone': expected a string, got {brief(d['backbone'])}")
         try:
             fam = family_of(d["backbone"])
         except SpaceError as exc:
@@ -130,20 +132,20 @@ class BackboneArch:
         if not (isinstance(size, list) and len(size) == 3 and all(isinstance(v, int) and not isinstance(v, bool)
                                                                    for v in size) and size[0] == 3
                 and size[1] >= 16 and size[2] >= 8):
-            raise _fail(source, f"key 'input_size': expected [3, H, W] with H >= 16, W >= 8, got {size!r}")
+            raise _fail(source, f"key 'input_size': expected [3, H, W] with H >= 16, W >= 8, got {brief(size)}")
         n = d["num_classes"]
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise _fail(source, f"key 'num_classes': expected a positive integer, got {n!r}")
+            raise _fail(source, f"key 'num_classes': expected a positive integer, got {brief(n)}")
         from dnas.space.schema import attention_from_keys
 
         d["attention"] = attention_from_keys(d.get("attention"), d.pop("use_dcs", None), source) or "dcs"
         d.setdefault("attention_form", "linear")
         if d["attention_form"] not in ATTENTION_FORMS:
             raise _fail(source, f"key 'attention_form': expected one of {', '.join(ATTENTION_FORMS)}, "
-                                f"got {d['attention_form']!r}")
+                                f"got {brief(d['attention_form'])}")
         after = d.setdefault("attention_after", [])
         if not isinstance(after, list) or not all(isinstance(s, str) for s in after):
-            raise _fail(source, f"key 'attention_after': expected a list of stage names, got {after!r}")
+            raise _fail(source, f"key 'attention_after': expected a list of stage names, got {brief(after)}")
         if fam == "vit" and after:
             raise _fail(source, "key 'attention_after': a ViT takes attention in every block (leave it out)")
         for s in after:
@@ -156,23 +158,24 @@ class BackboneArch:
             raise _fail(source, f"key 'attention_after': attention {d['attention']!r} needs at least one stage")
         ls = d.setdefault("last_stride", None)
         if ls not in (None, 1, 2) or isinstance(ls, bool):
-            raise _fail(source, f"key 'last_stride': expected 1, 2 or null, got {ls!r}")
+            raise _fail(source, f"key 'last_stride': expected 1, 2 or null, got {brief(ls)}")
         if ls is not None and fam not in ("mobilenetv2", "resnet"):
             raise _fail(source, f"key 'last_stride': {fam} has no last-stride option (leave it null)")
         if not isinstance(d.setdefault("bnneck", True), bool):
-            raise _fail(source, f"key 'bnneck': expected true or false, got {d['bnneck']!r}")
+            raise _fail(source, f"key 'bnneck': expected true or false, got {brief(d['bnneck'])}")
         tau = d.setdefault("tau_m", 1.0)
-        if isinstance(tau, bool) or not isinstance(tau, (int, float)) or tau <= 0:
-            raise _fail(source, f"key 'tau_m': expected a positive number, got {tau!r}")
+        if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0 < tau < math.inf:
+            raise _fail(source, f"key 'tau_m': expected a positive number, got {brief(tau)}")
         reps = d.setdefault("block_repeats", None)
         if reps is not None and (fam != "mobilenetv2" or not isinstance(reps, list) or len(reps) != 7
                                  or not all(isinstance(r, int) and not isinstance(r, bool) and r >= 1 for r in reps)):
-            raise _fail(source, f"key 'block_repeats': expected 7 positive integers for a mobilenetv2, got {reps!r}")
+            raise _fail(source, f"key 'block_repeats': expected 7 positive integers for a mobilenetv2, "
+                                f"got {brief(reps)}")
         if not isinstance(d.setdefault("timm_kwargs", {}), dict):
-            raise _fail(source, f"key 'timm_kwargs': expected a mapping, got {d['timm_kwargs']!r}")
+            raise _fail(source, f"key 'timm_kwargs': expected a mapping, got {brief(d['timm_kwargs'])}")
         tr = d.setdefault("transreid", {})
         if not isinstance(tr, dict) or (tr and fam != "vit"):
-            raise _fail(source, f"key 'transreid': expected a mapping, on a vit_* backbone only, got {tr!r}")
+            raise _fail(source, f"key 'transreid': expected a mapping, on a vit_* backbone only, got {brief(tr)}")
         bad = sorted(set(tr) - set(TRANSREID_DEFAULTS))
         if bad:
             raise _fail(source, f"key 'transreid.{bad[0]}': unknown (expected some of {', '.join(TRANSREID_DEFAULTS)})")
@@ -183,9 +186,10 @@ class BackboneArch:
                 if isinstance(v, bool) or not isinstance(v, int) or v < (0 if key in ("sie_cameras", "shift_num")
                                                                          else 1):
                     raise _fail(source, f"key 'transreid.{key}': expected an integer >= 1 (0 allowed for "
-                                        f"sie_cameras and shift_num), got {v!r}")
+                                        f"sie_cameras and shift_num), got {brief(v)}")
             if not isinstance(d["transreid"]["jpm"], bool):
-                raise _fail(source, f"key 'transreid.jpm': expected true or false, got {d['transreid']['jpm']!r}")
+                raise _fail(source, "key 'transreid.jpm': expected true or false, "
+                                    f"got {brief(d['transreid']['jpm'])}")
         return d
 
     def to_dict(self) -> dict:

@@ -2,7 +2,8 @@
 
 Every console script's ``main(argv=None)`` is wrapped by :func:`cli_entry`, so a
 :class:`dnas.errors.DnasError` (bad input) becomes one line on stderr and exit status 2,
-never a traceback. Argument-parsing errors also exit 2 (argparse's convention).
+never a traceback. Argument-parsing errors also exit 2 (argparse's convention). The
+output locks a command took (:mod:`dnas.runlock`) are released when it returns.
 """
 from __future__ import annotations
 
@@ -35,16 +36,45 @@ def cli_entry(prog: str) -> Callable[[Callable[[Sequence[str] | None], int]], Ca
             except KeyboardInterrupt:
                 print(f"{prog}: interrupted", file=sys.stderr)
                 return 130
+            except (RuntimeError, MemoryError) as exc:  # an allocator failure: one line, the size and where
+                from dnas.memory import allocation_error
+
+                err = allocation_error(exc)
+                if err is None:
+                    raise
+                print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
+                return 2
             except OSError as exc:  # a file system refusal (read-only, full disk, permissions)
                 if exc.filename is None:
                     raise
                 where = exc.filename if exc.filename2 is None else f"{exc.filename} -> {exc.filename2}"
                 print(f"{prog}: error: {where}: {exc.strerror or exc}", file=sys.stderr)
                 return 2
+            finally:
+                from dnas.runlock import release_all
+
+                release_all()
 
         return main
 
     return wrap
+
+
+def finite_float(text: str) -> float:
+    """``argparse`` type of a number option: a finite float (``inf`` and ``nan`` are refused
+    with argparse's one error line naming the option and the value)."""
+    import argparse
+    import math
+
+    from dnas.errors import brief
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {brief(text)}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {brief(text)}")
+    return value
 
 
 def one_line(exc: BaseException) -> str:
@@ -89,7 +119,9 @@ def add_run_arguments(p, out_default: str, recipe_help: str = "recipe YAML") -> 
     """The options every training command shares (recipe, data, run dir, resume, overrides)."""
     p.add_argument("--recipe", help=recipe_help)
     p.add_argument("--data", help="data set spec, e.g. synthetic or market1501:/data/market")
-    p.add_argument("--out", help=f"run directory (default {out_default})")
+    p.add_argument("--out", help=f"run directory (default {out_default}); a symbolic link is followed (with "
+                                 "--overwrite the directory it points to is replaced, the link stays); one process "
+                                 "at a time (a second one is refused, naming the first one's pid)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh in --out, replacing a run of the same command already there (never "
@@ -111,7 +143,10 @@ def check_run_dir(run_dir, kind: str, args, inputs=(), started_files=("checkpoin
     With ``--resume``: the directory must be a run of this command. Otherwise ``--out``
     must be new, empty, an unfinished start of the same command, or (with
     ``--overwrite``) a run of the same command; never a file, the working directory, a
-    directory holding an input, or a directory some other program wrote.
+    directory holding an input, or a directory some other program wrote. Then the
+    directory's lock is taken (:mod:`dnas.runlock`; held until the command ends; a
+    directory another process runs in is refused, naming its pid) and the checks are
+    made again (another process may have ended there meanwhile).
 
     Returns:
         ``True`` when an existing run is to be replaced (done once the inputs validate).
@@ -119,22 +154,29 @@ def check_run_dir(run_dir, kind: str, args, inputs=(), started_files=("checkpoin
     from pathlib import Path
 
     from dnas.outputs import COMMANDS, check_replace, output_kind, require_kind
+    from dnas.runlock import acquire
 
     if args.resume:
         path = Path(args.resume)
         if not path.is_dir():
             raise DnasError(f"--resume {path}: run directory not found")
         require_kind(path, (kind,), f"{COMMANDS[kind]} --resume")
+        acquire(path, "--resume")
         return False
     run_dir = Path(run_dir)
-    if (not args.overwrite and run_dir.is_dir() and output_kind(run_dir) == kind
-            and not any((run_dir / f).exists() for f in started_files)):
-        return False  # an unfinished start of the same command: continue into it
-    if not args.overwrite and output_kind(run_dir) == kind:
-        raise DnasError(f"{run_dir}: holds a run already; continue it with --resume {run_dir}, "
-                        "pick another --out, or pass --overwrite")
-    return check_replace(run_dir, kind, args.overwrite, inputs)
 
+    def check() -> bool:
+        if (not args.overwrite and run_dir.is_dir() and output_kind(run_dir) == kind
+                and not any((run_dir / f).exists() for f in started_files)):
+            return False  # an unfinished start of the same command: continue into it
+        if not args.overwrite and output_kind(run_dir) == kind:
+            raise DnasError(f"{run_dir}: holds a run already; continue it with --resume {run_dir}, "
+                            "pick another --out, or pass --overwrite")
+        return check_replace(run_dir, kind, args.overwrite, inputs)
+
+    check()
+    acquire(run_dir, "--out")
+    return check()
 
 
 def resolve_config(args, cls, *, command: str, run_kind: str, recipe_folder: str, direct: dict,

@@ -27,7 +27,7 @@ import textwrap
 from pathlib import Path
 from typing import Sequence
 
-from dnas.cli.common import cli_entry
+from dnas.cli.common import cli_entry, finite_float
 from dnas.errors import DnasError
 
 PROTOCOL_HELP = """Protocol: modules run in eval mode (inference latency: BN running statistics,
@@ -70,14 +70,14 @@ def _add_profile(sub) -> None:
     p.add_argument("--num-classes", type=int, nargs="+", help="classifier sizes to cover (default: the space's)")
     p.add_argument("--passes", type=int, default=3, help="shuffled round-robin passes (default 3)")
     p.add_argument("--windows", type=int, default=7, help="timing windows per sample (default 7)")
-    p.add_argument("--window-ms", type=float, help="length of one window in ms (default 2 on CUDA, 5 on CPU)")
+    p.add_argument("--window-ms", type=finite_float, help="length of one window in ms (default 2 on CUDA, 5 on CPU)")
     p.add_argument("--warmup", type=int, default=3, help="warm-up calls/replays (default 3)")
-    p.add_argument("--min-replay-ms", type=float, default=0.2, help="CUDA: minimum duration of one graph replay")
+    p.add_argument("--min-replay-ms", type=finite_float, default=0.2, help="CUDA: minimum duration of one graph replay")
     p.add_argument("--threads", type=int, default=1, help="CPU: intra-op threads while timing (0: torch default)")
     p.add_argument("--seed", type=int, default=0, help="shuffling seed")
-    p.add_argument("--checkpoint-every", type=float, default=30.0, help="seconds between partial writes")
+    p.add_argument("--checkpoint-every", type=finite_float, default=30.0, help="seconds between partial writes")
     p.add_argument("--restart", action="store_true", help="ignore (and replace) a partial profile")
-    p.add_argument("--time-limit", type=float, metavar="SECONDS",
+    p.add_argument("--time-limit", type=finite_float, metavar="SECONDS",
                    help="start no measurement after this many seconds; what is done stays in the incomplete "
                         "table TABLE.partial.csv, which the same command continues later")
     p.add_argument("--overwrite", action="store_true", help="replace an existing table")
@@ -133,7 +133,7 @@ def _add_time_net(sub) -> None:
     p.add_argument("--width", type=int, help="input width (default: the arch's)")
     p.add_argument("--passes", type=int, default=3, help="passes (default 3; median and spread over them)")
     p.add_argument("--windows", type=int, default=7, help="timing windows per pass (default 7)")
-    p.add_argument("--window-ms", type=float, help="length of one window in ms (default 2 on CUDA, 5 on CPU)")
+    p.add_argument("--window-ms", type=finite_float, help="length of one window in ms (default 2 on CUDA, 5 on CPU)")
     p.add_argument("--warmup", type=int, default=3, help="warm-up calls/replays (default 3)")
     p.add_argument("--threads", type=int, default=1, help="CPU: intra-op threads while timing (0: torch default)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -220,6 +220,11 @@ def cmd_profile(args: argparse.Namespace) -> int:
     if args.time_limit is not None and not args.time_limit >= 0:
         raise DnasError(f"--time-limit {args.time_limit}: expected a number of seconds >= 0")
     _check_table_target(csv_path, args.overwrite)
+    from dnas.runlock import acquire
+
+    acquire(csv_path.with_name(csv_path.name[: -len(".csv")]), "--out")  # held until the command ends
+    if csv_path.is_file() and not args.overwrite:  # again, now that no other profile can write it
+        raise DnasError(f"{csv_path}: table exists (pass --overwrite to replace it)")
     from dnas.latency.profile import profile_space
     from dnas.latency.timing import TimingConfig
 

@@ -95,13 +95,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if not args.supernet:
             raise DnasError("--describe needs --supernet NAME_OR_PATH")
+        from dnas.memory import MemoryLimitError, check_build, describe_footprint, footprint
+
         space = load_space(args.supernet)
-        macs = describe_macs(space)
+        try:
+            check_build(space, 1)
+            macs, too_big = describe_macs(space), None
+        except MemoryLimitError as exc:  # too large to build here: the arithmetic alone
+            macs, too_big = None, str(exc)
         if args.json:
-            print(json.dumps({**space.to_json(), "macs": macs}))
+            print(json.dumps({**space.to_json(), "macs": macs, "widest_net": footprint(space)}))
         else:
             print(space.describe())
-            for mode in ("max", "min"):
+            print(describe_footprint(space))
+            if too_big:
+                print(f"MACs not counted: {too_big}")
+            for mode in ("max", "min") if macs else ():
                 m = macs[mode]
                 print(f"{mode} arch: {m['with_attention'] / 1e6:.1f} M MACs with its attention modules, "
                       f"{m['without_attention'] / 1e6:.1f} M without (fvcore, {space.input_size[1]}x"
@@ -110,7 +119,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not (args.recipe or args.supernet or args.resume):
         raise DnasError("give --recipe, --supernet or --resume (see --help)")
     cfg = resolve_config(args)
-    cfg.load_space()  # fail early on a bad space or attention setting
+    from dnas.memory import check_build
+
+    check_build(cfg.load_space(), 1, what="supernet")  # fail early on a bad space, attention setting or size
     run_dir = Path(args.resume or args.out or f"runs/search-{Path(cfg.supernet).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
     table = cfg.latency_table if cfg.has_latency_cost and cfg.latency_table.lower() != "auto" else None
     replace = check_run_dir(run_dir, "search-run", args, [args.recipe, cfg.supernet, table,

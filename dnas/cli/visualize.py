@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from dnas.cli.common import cli_entry, setup_logging
+from dnas.cli.common import cli_entry, finite_float, setup_logging
 from dnas.errors import DnasError
 
 EPILOG = r"""examples:
@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--num-ids", type=_positive, default=10, help="identities shown (seeded; default 10)")
     t.add_argument("--seed", type=int, default=0, help="seed of the identity choice and of t-SNE (default 0)")
     t.add_argument("--knn", type=_positive, default=5, help="k of the kNN accuracy (default 5)")
-    t.add_argument("--perplexity", type=float, help="t-SNE perplexity (default min(30, (images - 1) / 3))")
+    t.add_argument("--perplexity", type=finite_float, help="t-SNE perplexity (default min(30, (images - 1) / 3))")
     t.add_argument("--lda", type=int, default=0, metavar="K",
                    help="the paper's Appendix B: project to K LDA components (at most identities - 1), "
                         "standardise, then t-SNE; the title's figures are then those of the projection "

@@ -175,11 +175,12 @@ def legacy_protocol_changes(config_yaml: str | Path, cfg) -> dict:
     resuming it with today's defaults would change its classes. Returns the
     ``dataclasses.replace`` changes (``{}`` for a current run), with a warning.
     """
-    import yaml
+    from dnas.errors import DnasError
+    from dnas.strict_yaml import read_yaml
 
     try:
-        old = yaml.safe_load(Path(config_yaml).read_text())
-    except (OSError, yaml.YAMLError):
+        old = read_yaml(config_yaml)
+    except DnasError:
         return {}
     if not isinstance(old, dict):
         return {}

@@ -30,7 +30,7 @@ import os
 import re
 from pathlib import Path
 
-from dnas.errors import DataError
+from dnas.errors import DataError, brief
 
 Item = tuple[str, int, int]  # (path, pid, camid)
 
@@ -273,7 +273,7 @@ def _read_msmt17_list(list_path: Path, img_dir: Path, check_files: bool) -> list
                 continue
             where = f"{list_path}:{lineno}"
             if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
-                raise DataError(f"{where}: expected 'relative/path.jpg pid', got {line.strip()!r}")
+                raise DataError(f"{where}: expected 'relative/path.jpg pid', got {brief(line.strip())}")
             rel, pid = parts[0], int(parts[1])
             cam = parse_msmt17_camid(rel, where)
             path = img_dir / rel

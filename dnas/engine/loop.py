@@ -8,7 +8,8 @@ updates), and implements :meth:`Engine.forward_loss`. The search has two phases 
 epoch (``weights``, ``arch``), retraining one (``train``).
 
 The step: autocast, the loss and its named parts, a non-finite check that every rank
-agrees on (all ranks skip together under DDP; ``max_bad_steps`` in a row stop the run),
+agrees on (all ranks skip together under DDP; ``max_bad_steps`` in a row, or an epoch
+with no finite step of a phase, stop the run with a line naming the non-finite parts),
 backward, gradient clipping, optional all-reduce of gradients outside DDP's
 synchronisation, the optimizer steps, and running sums of the named parts.
 
@@ -38,6 +39,7 @@ from torch import nn
 from dnas.engine.checkpoint import save_checkpoint
 from dnas.engine.optim import LRSchedule
 from dnas.errors import CheckpointError, DnasError
+from dnas.memory import check_training
 from dnas.runtime import Runtime, all_reduce_mean, autocast, epoch_batches, prepare_model, rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
@@ -89,6 +91,10 @@ class Engine:
 
     def __init__(self, cfg, rt: Runtime, data, net: nn.Module, progress: bool = True):
         self.cfg, self.rt, self.data, self.net = cfg, rt, data, net
+        size = getattr(cfg, "size", None)  # ImageNet: a square crop
+        check_training(net, getattr(cfg, "batch_size", None), rt.device, f"{self.kind} run",
+                       (size, size) if size else (getattr(cfg, "height", None), getattr(cfg, "width", None)),
+                       2 if cfg.amp and rt.device.type == "cuda" else 4)
         self.progress = progress and sys.stderr.isatty() and rt.is_main
         self.model = prepare_model(net, rt, cfg.channels_last, cfg.compile)
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
@@ -99,6 +105,8 @@ class Engine:
         self.phase = ""
         self.best_metric, self.best_epoch, self.last_eval = -math.inf, None, {}
         self.acc: dict[str, float] = {}
+        self.part_names: set[str] = set()  # every named part a step returned (metrics of skipped phases)
+        self.last_bad = "a non-finite loss"  # what the last skipped step's loss had
 
     # -- set-up -----------------------------------------------------------------------
     def add_optimizer(self, name: str, opt: torch.optim.Optimizer, schedule: LRSchedule, lr_metric: str) -> None:
@@ -196,16 +204,19 @@ class Engine:
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast(self.rt.device, self.cfg.amp):
             out = self.forward_loss(images, labels, phase, cameras)
+        self.part_names.update(out.parts)
         finite = all_reduce_mean(torch.isfinite(out.loss.detach()).float(), self.rt)
         a = self.acc
         if float(finite) < 1.0:  # every rank skips together (DDP)
             self.bad_steps += 1
             a["skipped"] = a.get("skipped", 0.0) + 1
-            log.warning("epoch %d %s step %d: non-finite loss, step skipped (%d in a row)", self.epoch + 1, phase,
-                        self.pos, self.bad_steps)
+            self.last_bad = non_finite_parts(out)
+            log.warning("epoch %d %s step %d: non-finite loss (%s), step skipped (%d in a row)", self.epoch + 1,
+                        phase, self.pos, non_finite_parts(out), self.bad_steps)
             if self.bad_steps >= self.cfg.max_bad_steps:
-                raise DnasError(f"{self.bad_steps} non-finite losses in a row at epoch {self.epoch + 1}: "
-                                "lower the learning rate, check the data, or disable amp")
+                raise DnasError(f"{self.bad_steps} non-finite losses in a row at epoch {self.epoch + 1}, {phase} "
+                                f"phase ({self.last_bad}): lower the learning rate or that part's weight, check the "
+                                "data, or disable amp")
             return
         self.bad_steps = 0
         for o in self.optimizers.values():
@@ -268,7 +279,7 @@ class Engine:
         (NaN for a phase that did not run), accuracies, learning rates, skipped steps."""
         a, m = self.acc, {}
         sums = {k: v for k, v in a.items() if "/" not in k and k != "skipped"}
-        parts = {"loss"} | {k.split("_", 1)[1] if len(self.phases) > 1 else k for k in sums}
+        parts = {"loss"} | self.part_names | {k.split("_", 1)[1] if len(self.phases) > 1 else k for k in sums}
         for phase in self.phases:
             n = a.get(f"{phase}/steps", 0.0)
             if n:
@@ -284,6 +295,19 @@ class Engine:
     def next_epoch(self) -> None:
         self.epoch, self.pos, self.acc = self.epoch + 1, 0, {}
         self.phase = next(iter(self.phases))
+
+
+def non_finite_parts(out: StepResult) -> str:
+    """Which named parts of a step's loss are not finite (``"ibb nan, triplet inf"``), or
+    that the parts are finite and their weighted sum is not."""
+    def value(v) -> float:
+        return float(v.detach().float().mean()) if torch.is_tensor(v) else float(v)
+
+    bad = [f"{k} {value(v):g}" for k, v in out.parts.items() if not math.isfinite(value(v))]
+    if bad:
+        return "loss part " + ", ".join(bad)
+    shown = ", ".join(f"{k} {value(v):.4g}" for k, v in out.parts.items())
+    return f"loss {value(out.loss):g} though its parts are finite ({shown}): a weight of the sum overflows"
 
 
 def fit(e: Engine, run_dir: Path, curve_keys: list[str], title: str) -> None:
@@ -309,6 +333,11 @@ def fit(e: Engine, run_dir: Path, curve_keys: list[str], title: str) -> None:
     while e.epoch < cfg.epochs:
         t0 = time.time()
         e.run_epoch(on_step)
+        for phase in e.epoch_phases(e.epoch):  # an epoch with no finite step of a phase has nothing to report
+            if e.acc.get(f"{phase}/steps", 0.0) == 0 and e.acc.get("skipped", 0.0) > 0:
+                raise DnasError(f"epoch {e.epoch + 1}: every step of the {phase} phase had a non-finite loss "
+                                f"({e.last_bad}): lower the learning rate or that part's weight, check the data, "
+                                "or disable amp")
         metrics = e.end_epoch()
         number = e.epoch + 1  # the epoch just trained, from 1
         if rt.is_main and (number % cfg.eval_every == 0 or number == cfg.epochs):

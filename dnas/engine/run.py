@@ -17,6 +17,8 @@ from typing import Callable
 from dnas.config import config_to_dict
 from dnas.engine.checkpoint import load_checkpoint
 from dnas.engine.loop import Engine, fit
+from dnas.errors import DnasError
+from dnas.memory import allocation_error
 from dnas.runtime import Runtime, setup_runtime, teardown_runtime
 
 log = logging.getLogger(__name__)
@@ -45,7 +47,7 @@ def run_in_dir(cfg, run_dir: Path, *, output_kind: str, resume: bool, overwrite:
         What ``finish`` returns.
     """
     from dnas.io import atomic_write_json, atomic_write_yaml
-    from dnas.outputs import claim_run_dir
+    from dnas.outputs import claim_run_dir, kept_run_note
 
     cfg.validate()
     run_dir = Path(run_dir)
@@ -61,11 +63,22 @@ def run_in_dir(cfg, run_dir: Path, *, output_kind: str, resume: bool, overwrite:
             log.info("%s", engine.resume_line(run_dir))
         if rt.is_main:  # every input is valid: only now the run directory is made (or replaced)
             claim_run_dir(run_dir, output_kind, replace=overwrite and not resume)
-            atomic_write_yaml(run_dir / "config.yaml", config_to_dict(cfg))
-            for name, content in files.items() if not resume else ():
-                if content is not None:
-                    (atomic_write_json if name.endswith(".json") else atomic_write_yaml)(run_dir / name, content)
-        fit(engine, run_dir, curves, f"{engine.kind} {run_dir.name}")
-        return finish(engine, cfg, rt)
+        try:
+            if rt.is_main:
+                atomic_write_yaml(run_dir / "config.yaml", config_to_dict(cfg))
+                for name, content in files.items() if not resume else ():
+                    if content is not None:
+                        (atomic_write_json if name.endswith(".json") else atomic_write_yaml)(run_dir / name, content)
+            fit(engine, run_dir, curves, f"{engine.kind} {run_dir.name}")
+            return finish(engine, cfg, rt)
+        except (DnasError, RuntimeError, MemoryError) as exc:  # the run directory stays: say how to take it up
+            err = exc if isinstance(exc, DnasError) else allocation_error(exc)
+            if err is None:
+                raise
+            if rt.is_main:
+                err.args = (f"{str(err).rstrip()}; {kept_run_note(run_dir)}", *err.args[1:])
+            if err is exc:
+                raise
+            raise err from None
     finally:
         teardown_runtime(rt)

@@ -20,11 +20,12 @@ so the search would stop trading accuracy for speed exactly on small tables.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 
-from dnas.errors import ConfigError
+from dnas.errors import ConfigError, brief
 
 DEFAULTS: dict[str, dict[str, float | None]] = {
     "multiplicative": {"alpha": 0.2, "beta": 0.6},
@@ -60,11 +61,12 @@ class LatencyLoss:
         for name, value in merged.items():
             if value is None:
                 raise ConfigError(f"latency loss {self.kind!r}: parameter {name!r} is required")
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-                raise ConfigError(f"latency loss {self.kind!r}: parameter {name!r} is {value!r}, "
-                                  "expected a number >= 0")
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < math.inf:
+                raise ConfigError(f"latency loss {self.kind!r}: parameter {name!r} is {brief(value)}, "
+                                  "expected a number >= 0 (finite)")
         if "target_ms" in merged and merged["target_ms"] <= 0:
-            raise ConfigError(f"latency loss {self.kind!r}: target_ms must be > 0, got {merged['target_ms']!r}")
+            raise ConfigError(f"latency loss {self.kind!r}: target_ms must be > 0, "
+                              f"got {brief(merged['target_ms'])}")
         self.resolved = {k: float(v) for k, v in merged.items()}
 
     def __call__(self, task_loss: torch.Tensor, lat_ms: torch.Tensor) -> torch.Tensor:

@@ -39,7 +39,7 @@ import statistics
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from dnas.errors import LatencyTableError
+from dnas.errors import LatencyTableError, brief
 from dnas.io import atomic_write_json, atomic_write_text
 from dnas.latency.keys import KINDS, parse_key
 
@@ -290,9 +290,11 @@ class LatencyTable:
         try:
             meta = json.loads(meta_path.read_text())
         except (OSError, ValueError) as exc:
-            raise LatencyTableError(f"{meta_path}: not readable JSON ({exc})") from None
+            raise LatencyTableError(f"{meta_path}: not readable JSON "
+                                    f"({brief(str(exc), 160).strip(chr(39))})") from None
         if not isinstance(meta, dict) or "space_hash" not in meta:
             raise LatencyTableError(f"{meta_path}: missing key 'space_hash'")
+        check_meta(meta, meta_path)
         entries, stats = _read_csv(csv_path)
         # an incomplete table's two files come from one checkpoint, written CSV first; a job
         # killed between the two writes leaves a newer CSV, whose whole rows are kept
@@ -307,6 +309,59 @@ class LatencyTable:
         if not table.is_complete and not allow_incomplete:
             raise table.incomplete_error()
         return table
+
+
+# the metadata numbers a table's reader computes with: dotted key -> (integer?, lowest, lowest excluded?)
+META_NUMBERS = {"calibration.a": (False, -math.inf, True), "calibration.b": (False, 0.0, True),
+                "batch": (True, 1, False), "entries": (True, 0, False), "protocol.passes": (True, 1, False),
+                "protocol.windows": (True, 1, False), "protocol.warmup": (True, 0, False),
+                "protocol.threads": (True, 0, False), "protocol.batch": (True, 1, False),
+                "protocol.window_ms": (False, 0.0, True), "protocol.min_replay_ms": (False, 0.0, False),
+                "protocol.max_inner": (True, 1, False)}
+
+
+def _number_ok(v, integer: bool, lo: float, open_lo: bool) -> bool:
+    ok = not isinstance(v, bool) and isinstance(v, int if integer else (int, float)) and math.isfinite(v)
+    return ok and (v > lo if open_lo else v >= lo)
+
+
+def check_meta(meta: dict, meta_path: Path) -> None:
+    """Refuse metadata whose numbers a reader computes with are not finite and in range
+    (a calibration of ``"abc"`` or ``NaN``, a batch of 0, ...): a :class:`LatencyTableError`
+    naming the file and the key."""
+    def fail(key: str, expected: str, value) -> LatencyTableError:
+        return LatencyTableError(f"{meta_path}: key {key!r}: expected {expected}, got {brief(value)}")
+
+    for section in ("calibration", "protocol", "counts"):
+        if meta.get(section) is not None and not isinstance(meta[section], dict):
+            raise fail(section, "a mapping", meta[section])
+    if meta.get("calibration") is not None and not {"a", "b"} <= set(meta["calibration"]):
+        raise fail("calibration", "a mapping with 'a' and 'b' (measured ~= a + b * sum)", meta["calibration"])
+    for key, (integer, lo, open_lo) in META_NUMBERS.items():
+        section, _, name = key.rpartition(".")
+        holder = meta.get(section) if section else meta
+        if not isinstance(holder, dict) or holder.get(name) is None:
+            continue
+        if not _number_ok(holder[name], integer, lo, open_lo):
+            what = "an integer" if integer else "a finite number"
+            raise fail(key, what + ("" if lo == -math.inf else f" {'>' if open_lo else '>='} {lo:g}"), holder[name])
+    for kind, n in (meta.get("counts") or {}).items():
+        if not _number_ok(n, True, 0, False):
+            raise fail(f"counts.{kind}", "an integer >= 0", n)
+    if "complete" in meta and not isinstance(meta["complete"], bool):
+        raise fail("complete", "true or false", meta["complete"])
+
+
+def _finite(text: str, path: Path, line: int, key: str, column: str, integer: bool = False) -> float:
+    """A CSV cell as a finite number >= 0 (an integer with ``integer``)."""
+    try:
+        v = int(text) if integer else float(text)
+    except (TypeError, ValueError):
+        v = math.nan
+    if not math.isfinite(v) or v < 0:
+        raise LatencyTableError(f"{path}: line {line} key {brief(key)}: {column} is {brief(text)}, expected "
+                                f"{'an integer' if integer else 'a finite number'} >= 0")
+    return v
 
 
 def _read_csv(path: Path) -> tuple[dict[str, float], dict[str, dict]]:
@@ -326,18 +381,18 @@ def _read_csv(path: Path) -> tuple[dict[str, float], dict[str, dict]]:
                 except (TypeError, ValueError):
                     ms = float("nan")
                 if not math.isfinite(ms) or ms < 0:
-                    raise LatencyTableError(f"{path}: line {line} key {key!r}: ms is {row['ms']!r}, "
+                    raise LatencyTableError(f"{path}: line {line} key {brief(key)}: ms is {brief(row['ms'])}, "
                                             "expected a finite number >= 0")
                 if key in entries:
-                    raise LatencyTableError(f"{path}: line {line}: duplicate key {key!r}")
+                    raise LatencyTableError(f"{path}: line {line}: duplicate key {brief(key)}")
                 entries[key] = ms
                 st = {}
                 if row.get("spread"):
-                    st["spread"] = float(row["spread"])
+                    st["spread"] = _finite(row["spread"], path, line, key, "spread")
                 if row.get("samples"):
-                    st["samples"] = int(row["samples"])
+                    st["samples"] = int(_finite(row["samples"], path, line, key, "samples", integer=True))
                 if row.get("pass_ms"):
-                    st["pass_ms"] = [float(v) for v in row["pass_ms"].split()]
+                    st["pass_ms"] = [_finite(v, path, line, key, "pass_ms") for v in row["pass_ms"].split()]
                 stats[key] = st
     except OSError as exc:
         raise LatencyTableError(f"{path}: cannot read ({exc.strerror})") from None

@@ -12,6 +12,7 @@ from torch import nn
 
 from dnas.errors import SpaceError
 from dnas.ib import input_representation
+from dnas.memory import check_build
 from dnas.models.head import ClassifierHead
 from dnas.ops.blocks import ConvBNReLU
 from dnas.ops.dcs import DCSAttention
@@ -44,6 +45,7 @@ class PlainNet(nn.Module):
         self.arch = arch
         self.attention = resolve_attention(arch.attention, attention)
         self.num_classes = int(num_classes or arch.num_classes)
+        check_build(arch, self.num_classes, self.attention, "network")  # before any tensor is made
         stem = arch.stem
         self.stem = ConvBNReLU(3, stem["out_chs"], stem["stride"], kernel_size=stem["kernel_size"])
         self.blocks = nn.ModuleList(

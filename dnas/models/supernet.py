@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from dnas.ib import input_representation
+from dnas.memory import check_build
 from dnas.models.head import ClassifierHead
 from dnas.models.plain import stage_ends
 from dnas.ops.blocks import ConvBNReLU
@@ -75,6 +76,7 @@ class Supernet(nn.Module):
         self.space = space
         self.attention = resolve_attention(space.attention, attention)
         self.num_classes = int(num_classes or space.num_classes)
+        check_build(space, self.num_classes, self.attention, "supernet")  # before any tensor is made
         self.bnneck = space.bnneck if bnneck is None else bnneck
         self.axes = list(space.axes)
         for name, axis in space.axes.items():

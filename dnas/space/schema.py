@@ -36,9 +36,10 @@ file, the stage/block index and the key.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Mapping
 
-from dnas.errors import SpaceError
+from dnas.errors import SpaceError, brief
 from dnas.space.op_specs import OP_SPECS, OpSpec
 
 TOP_KEYS = {"name", "input_size", "num_classes", "stem", "stages", "head", "dcs", "space", "bnneck", "use_dcs",
@@ -78,11 +79,11 @@ def attention_from_keys(attention: Any, use_dcs: Any, where: str) -> str | None:
         SpaceError: a value of the wrong kind, or the two keys disagree.
     """
     if attention is not None and attention not in ATTENTIONS:
-        raise _fail(where, f"key 'attention': expected one of {', '.join(ATTENTIONS)}, got {attention!r}")
+        raise _fail(where, f"key 'attention': expected one of {', '.join(ATTENTIONS)}, got {brief(attention)}")
     if use_dcs is None:
         return attention
     if not isinstance(use_dcs, bool):
-        raise _fail(where, f"key 'use_dcs': expected true or false, got {use_dcs!r}")
+        raise _fail(where, f"key 'use_dcs': expected true or false, got {brief(use_dcs)}")
     if attention is not None and (attention != "none") != use_dcs:
         raise _fail(where, f"keys 'use_dcs: {str(use_dcs).lower()}' and 'attention: {attention}' disagree "
                            "(use_dcs is the legacy key; keep only attention)")
@@ -94,7 +95,7 @@ def _attention_keys(data: Mapping, source: str) -> tuple[str, str]:
     attention = attention_from_keys(data.get("attention"), data.get("use_dcs"), source)
     form = data.get("attention_form", "linear")
     if form not in ATTENTION_FORMS:
-        raise _fail(source, f"key 'attention_form': expected one of {', '.join(ATTENTION_FORMS)}, got {form!r}")
+        raise _fail(source, f"key 'attention_form': expected one of {', '.join(ATTENTION_FORMS)}, got {brief(form)}")
     return attention or "dcs", form
 
 
@@ -107,7 +108,7 @@ def _check_keys(obj: Any, allowed: set[str], required: tuple[str, ...], where: s
         raise _fail(where, f"expected a mapping, got {type(obj).__name__}")
     for key in obj:
         if key not in allowed:
-            raise _fail(where, f"unknown key {key!r} (allowed: {', '.join(sorted(allowed))})")
+            raise _fail(where, f"unknown key {brief(key)} (allowed: {', '.join(sorted(allowed))})")
     for key in required:
         if key not in obj:
             raise _fail(where, f"missing key {key!r}")
@@ -118,12 +119,13 @@ def _is_int(v: Any) -> bool:
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    """A finite int or float (not a bool, not inf or nan)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _int_in(v: Any, lo: int, hi: int, where: str, key: str) -> int:
     if not _is_int(v) or not lo <= v <= hi:
-        raise _fail(where, f"key {key!r}: expected an integer in [{lo}, {hi}], got {v!r}")
+        raise _fail(where, f"key {key!r}: expected an integer in [{lo}, {hi}], got {brief(v)}")
     return v
 
 
@@ -134,9 +136,9 @@ def _options(v: Any, where: str, key: str, check: Callable[[Any], bool], what: s
         raise _fail(where, f"key {key!r}: empty option list")
     for x in values:
         if not check(x):
-            raise _fail(where, f"key {key!r}: expected {what}, got {x!r}")
+            raise _fail(where, f"key {key!r}: expected {what}, got {brief(x)}")
     if len(set(values)) != len(values):
-        raise _fail(where, f"key {key!r}: duplicate options in {values!r}")
+        raise _fail(where, f"key {key!r}: duplicate options in {brief(values)}")
     return values
 
 
@@ -180,14 +182,14 @@ def validate_space_dict(data: Any, source: str, ops: Mapping[str, OpSpec] | None
     out["name"] = data["name"]
     size = data["input_size"]
     if not (isinstance(size, list) and len(size) == 3 and all(_is_int(s) and s > 0 for s in size)):
-        raise _fail(source, f"key 'input_size': expected [C, H, W] positive integers, got {size!r}")
+        raise _fail(source, f"key 'input_size': expected [C, H, W] positive integers, got {brief(size)}")
     if size[0] != 3:
         raise _fail(source, f"key 'input_size': expected 3 input channels, got {size[0]}")
     out["input_size"] = list(size)
     out["num_classes"] = _int_in(data.get("num_classes", 1000), 1, 10_000_000, source, "num_classes")
     out["bnneck"] = data.get("bnneck", False)
     if not isinstance(out["bnneck"], bool):
-        raise _fail(source, f"key 'bnneck': expected true or false, got {out['bnneck']!r}")
+        raise _fail(source, f"key 'bnneck': expected true or false, got {brief(out['bnneck'])}")
     out["attention"], out["attention_form"] = _attention_keys(data, source)
     if "space" in data:
         if not isinstance(data["space"], str):
@@ -209,7 +211,7 @@ def validate_space_dict(data: Any, source: str, ops: Mapping[str, OpSpec] | None
     _check_keys(dcs, DCS_KEYS, (), f"{source}: dcs")
     tau_m = dcs.get("tau_m", 1.0)
     if not _is_number(tau_m) or tau_m <= 0:
-        raise _fail(f"{source}: dcs", f"key 'tau_m': expected a positive number, got {tau_m!r}")
+        raise _fail(f"{source}: dcs", f"key 'tau_m': expected a finite positive number, got {brief(tau_m)}")
     out["dcs"] = {"tau_m": float(tau_m)}
 
     stages = data["stages"]
@@ -245,7 +247,7 @@ def _validate_stage(stage: Any, where: str, ops: Mapping[str, OpSpec]) -> dict:
     n = _int_in(stage["n"], 1, 1000, where, "n")
     stride = _int_in(stage["stride"], 1, 2, where, "stride")
     if not isinstance(stage["dcs_after"], bool):
-        raise _fail(where, f"key 'dcs_after': expected true or false, got {stage['dcs_after']!r}")
+        raise _fail(where, f"key 'dcs_after': expected true or false, got {brief(stage['dcs_after'])}")
     channels = _options(stage["channels"], where, "channels", _channel_ok, f"an integer in [1, {MAX_CHANNELS}]")
     if "expansion" not in stage and "blocks" not in stage:
         raise _fail(where, "missing key 'expansion' (or per-block 'blocks')")

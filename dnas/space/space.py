@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import yaml
-
 from dnas.errors import SpaceError
 from dnas.resources import data_dir, data_root, find_data_file  # noqa: F401 (data_root: re-exported)
 from dnas.space.axes import ChoiceAxis, build_axes
@@ -138,15 +136,9 @@ class SearchSpace:
     @classmethod
     def load(cls, name_or_path: str | Path) -> "SearchSpace":
         path = resolve_space_path(name_or_path)
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise SpaceError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-        except OSError as exc:
-            raise SpaceError(f"{path}: cannot read ({exc.strerror})") from None
-        except UnicodeDecodeError:
-            raise SpaceError(f"{path}: not a text file (a space YAML is UTF-8 text)") from None
-        return cls.from_dict(raw, str(path))
+        from dnas.strict_yaml import read_yaml
+
+        return cls.from_dict(read_yaml(path, SpaceError, "a space"), str(path))
 
     def _width_groups(self) -> tuple[list[tuple[int, ...]], list[int]]:
         options: list[tuple[int, ...]] = []

@@ -52,15 +52,12 @@ class LoadedModel:
 
 
 def _read_config(run: Path) -> dict:
-    import yaml
+    from dnas.strict_yaml import read_yaml
 
     path = run / "config.yaml"
     if not path.is_file():
         return {}
-    try:
-        cfg = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise DnasError(f"{path}: cannot read ({str(exc).splitlines()[0][:160]})") from None
+    cfg = read_yaml(path, DnasError, "a run's config")
     return cfg if isinstance(cfg, dict) else {}
 
 
