@@ -93,9 +93,10 @@ def test_gradcam_compare_maps_have_the_image_size(models, tmp_path, capsys):
 
 def test_gradcam_logit_target_of_chosen_ids(models, tmp_path):
     out = tmp_path / "cam"
-    assert _visualize("gradcam", models["trained"] / "final", "--ids", 61, 62, "--out", out) == 0
+    # the retrain recipe's synthetic set has 90 training ids: the test ids are 91..130
+    assert _visualize("gradcam", models["trained"] / "final", "--ids", 91, 92, "--out", out) == 0
     rows = _rows(out / "gradcam.csv")
-    assert rows and {int(r["pid"]) for r in rows} == {61, 62}
+    assert rows and {int(r["pid"]) for r in rows} == {91, 92}
     num_classes = json.loads((models["trained"] / "final" / "summary.json").read_text())["num_classes"]
     assert all(0 <= int(r["target_class"]) < num_classes and r["target_match"] == "" for r in rows)
 
