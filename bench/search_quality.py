@@ -57,15 +57,14 @@ def _tag(*parts) -> str:
 
 def _recipe_tag(recipe: str, folder: str, sets: list[str]) -> str:
     """A tag of the recipe's keys after the overrides (comments and key order do not count):
-    a recipe that changes is a new set of runs, one that writes the same keys is not."""
-    import yaml
-
+    a recipe that changes is a new set of runs, one that writes the same keys is not.
+    Read as the commands read them (the strict YAML reader, ``--set`` parsing)."""
+    from dnas.config import parse_overrides
     from dnas.resources import find_data_file
+    from dnas.strict_yaml import read_yaml
 
-    keys = yaml.safe_load(find_data_file(recipe, folder, ".yaml").read_text()) or {}
-    for kv in sets:
-        k, _, v = kv.partition("=")
-        keys[k.strip()] = yaml.safe_load(v)
+    keys = read_yaml(find_data_file(recipe, folder, ".yaml")) or {}
+    keys.update(parse_overrides(sets))
     return _tag(keys)
 
 
@@ -322,10 +321,6 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the running jobs are stopped too
     if args.smoke:
         args.search_seeds, args.random, args.retrain_seeds = args.search_seeds[:1], 1, 1
-    import dataclasses
-
-    import yaml
-
     from dnas.config import load_config
     from dnas.latency.auto import resolve_latency_cost
     from dnas.resources import find_data_file
@@ -338,10 +333,8 @@ def main(argv=None) -> int:
     dirs = run_searches(args, work, jobs, ledger)
     if args.searches_only:
         return 0
-    cfg = load_config(SearchConfig, find_data_file(args.search_recipe, "search", ".yaml"))
-    for kv in args.search_set + (SMOKE_SEARCH if args.smoke else []):
-        k, _, v = kv.partition("=")
-        cfg = dataclasses.replace(cfg, **{k.strip(): yaml.safe_load(v)})
+    cfg = load_config(SearchConfig, find_data_file(args.search_recipe, "search", ".yaml"),
+                      overrides=args.search_set + (SMOKE_SEARCH if args.smoke else []))
     space = cfg.load_space()
     cost = resolve_latency_cost(cfg.latency_table, space, "cpu", supernet=cfg.supernet, batch=cfg.batch_size,
                                 budget_s=0, progress=False)
