@@ -29,6 +29,8 @@ from dnas.models.plain import PlainNet
 from dnas.space import SearchSpace
 
 log = logging.getLogger(__name__)
+# Relative to the largest output magnitude (at least 1): float32 logits of tens differ by
+# a few 1e-4 between the two runtimes' summation orders on some trained nets.
 ONNX_TOLERANCE = 1e-4
 ONNX_OPSET = 17
 
@@ -177,7 +179,8 @@ def export_onnx(model: nn.Module, input_size: list[int], path: Path, seed: int =
         The max abs difference over both outputs on a random input of batch 2.
 
     Raises:
-        DnasError: export failed or the difference exceeds :data:`ONNX_TOLERANCE`.
+        DnasError: export failed or the difference exceeds :data:`ONNX_TOLERANCE` times the
+            largest output magnitude (at least 1).
     """
     import numpy as np
     import onnx
@@ -203,8 +206,10 @@ def export_onnx(model: nn.Module, input_size: list[int], path: Path, seed: int =
     with torch.no_grad():
         ref = wrapper(x)
     diff = max(float(np.abs(g - r.numpy()).max()) for g, r in zip(got, ref))
-    if not diff <= ONNX_TOLERANCE:
-        raise DnasError(f"{path}: ONNX output differs from PyTorch by {diff:.3g} (> {ONNX_TOLERANCE})")
+    allowed = ONNX_TOLERANCE * max([1.0] + [float(r.abs().max()) for r in ref])
+    if not diff <= allowed:
+        raise DnasError(f"{path}: ONNX output differs from PyTorch by {diff:.3g} (> {allowed:.3g}, "
+                        f"{ONNX_TOLERANCE} of the largest output)")
     return diff
 
 
