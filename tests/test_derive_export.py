@@ -185,13 +185,18 @@ def test_describe_table_and_json(capsys):
 
 
 def test_onnx_check_is_relative_to_the_output_scale(tmp_path):
-    """Logits of 1e5 differ between the runtimes by far more than 1e-4 in float32; the check
-    scales its tolerance by the largest output (a trained net failed the absolute 1e-4)."""
+    """Large activations and logits differ between the runtimes by more than 1e-4 in
+    float32; the check scales its tolerance by the largest output (a trained net's export
+    failed the absolute 1e-4 after its whole retraining)."""
     from dnas.export import export_onnx
 
     space = load_space("tiny")
+    torch.manual_seed(0)
     model = PlainNet(SearchSpace.from_dict(space.arch_from_indices(space.sample_indices("min")))).eval()
     with torch.no_grad():
-        model.head.classifier.weight.mul_(1e5)
+        for weight in model.parameters():
+            if weight.dim() > 1:
+                weight.mul_(3)
+        model.head.classifier.weight.mul_(100)
     diff = export_onnx(model, [3, 64, 32], tmp_path / "model.onnx")
-    assert diff <= 1e-4 * 1e6
+    assert diff > 1e-4  # beyond the absolute tolerance, within the relative one
