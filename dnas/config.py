@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -21,6 +22,7 @@ from dnas.errors import ConfigError, brief
 from dnas.strict_yaml import YamlRefused, load_yaml, read_yaml
 
 T = TypeVar("T")
+_EXPONENT_LITERAL = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 
 def _type_name(tp: Any) -> str:
@@ -65,6 +67,8 @@ def _coerce(value: Any, tp: Any, where: str, origins: Mapping[str, str] | None =
             raise ConfigError(f"{where}: expected a mapping of {tp.__name__} keys, got {brief(value)}")
         return _build(tp, value, where, origins, f"{prefix}.")
     if tp is float:
+        if isinstance(value, str) and _EXPONENT_LITERAL.match(value.strip()):
+            value = float(value)  # YAML 1.1 reads 6e-3 (no dot) as a string; YAML 1.2 and users read a number
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {brief(value)}")
         if not math.isfinite(value):

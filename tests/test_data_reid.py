@@ -299,3 +299,20 @@ def test_direct_flags_are_type_checked_like_set(tmp_path):
         load_config(SearchConfig, None, [], {"seed": "four"})
     with pytest.raises(ConfigError, match="--no-such-key"):
         load_config(SearchConfig, None, [], {"no_such_key": 1})
+
+
+def test_exponent_without_a_dot_is_a_number(tmp_path):
+    """``--set a_lr=6e-3`` and ``a_lr: 6e-3`` in a recipe (a string to YAML 1.1) are numbers
+    for a float key, and still not for an integer key."""
+    from dnas.config import load_config
+    from dnas.errors import ConfigError
+    from dnas.search.config import SearchConfig
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("a_lr: 6e-3\nw_lr: 1E-2\n")
+    cfg = load_config(SearchConfig, recipe, ["tau0=+5e0"])
+    assert (cfg.a_lr, cfg.w_lr, cfg.tau0) == (0.006, 0.01, 5.0)
+    with pytest.raises(ConfigError, match="'epochs': expected an integer"):
+        load_config(SearchConfig, None, ["epochs=1e1"])
+    with pytest.raises(ConfigError, match="expected a number"):
+        load_config(SearchConfig, None, ["a_lr=6e-"])
