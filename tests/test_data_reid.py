@@ -316,3 +316,25 @@ def test_exponent_without_a_dot_is_a_number(tmp_path):
         load_config(SearchConfig, None, ["epochs=1e1"])
     with pytest.raises(ConfigError, match="expected a number"):
         load_config(SearchConfig, None, ["a_lr=6e-"])
+
+
+def test_search_takes_the_augmentation_keys(monkeypatch):
+    """flip_prob, pad and erasing_prob are keys of every Re-ID run: the search passes them
+    to its loaders (it used the loader defaults whatever the recipe said)."""
+    import dnas.data.loaders as loaders
+    from dnas.config import load_config
+    from dnas.runtime import Runtime
+    from dnas.search.config import SearchConfig
+    from dnas.search.run import build_search_data
+
+    seen = {}
+
+    def fake_build(dcfg):
+        seen.update(flip=dcfg.flip_prob, pad=dcfg.pad, erasing=dcfg.erasing_prob)
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(loaders, "build_loaders", fake_build)
+    cfg = load_config(SearchConfig, None, ["erasing_prob=0", "flip_prob=0.25", "pad=2"])
+    with pytest.raises(RuntimeError, match="stop"):
+        build_search_data(cfg, Runtime(torch.device("cpu")))
+    assert seen == {"flip": 0.25, "pad": 2, "erasing": 0.0}

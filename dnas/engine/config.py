@@ -105,6 +105,8 @@ class ReIDRunConfig(RunConfig):
         data_seed: the embedded set's seed (default 0 for the search and retraining
         alike; ``seed`` never changes the data, nor does it change the validation
         split, which is a function of the data and val_seed only).
+    Augmentation of the training images: flip_prob, pad (pad + random crop; default:
+        10 pixels per 256 of input height), erasing_prob (random erasing).
     """
 
     p: int = 16
@@ -124,6 +126,9 @@ class ReIDRunConfig(RunConfig):
     synthetic_ids: int = 0
     synthetic_images_per_id: int = 0
     data_seed: int = 0
+    flip_prob: float = 0.5
+    pad: Optional[int] = None
+    erasing_prob: float = 0.5
 
     @property
     def batch_size(self) -> int:
@@ -137,6 +142,9 @@ class ReIDRunConfig(RunConfig):
             (self.ib_eta >= 0 and self.ib_temperature > 0, "ib_eta/ib_temperature",
              "ib_eta >= 0 and ib_temperature > 0"),
             (self.eval_max_queries >= 0, "eval_max_queries", "an integer >= 0 (0 = all)"),
+            (0 <= self.flip_prob <= 1 and 0 <= self.erasing_prob <= 1, "flip_prob/erasing_prob",
+             "probabilities in [0, 1]"),
+            (self.pad is None or self.pad >= 0, "pad", "an integer >= 0 (or null: 10 px per 256 px of height)"),
             (0 <= self.val_ids_fraction < 1, "val_ids_fraction", "a number in [0, 1) (0 = no validation split)"),
             (self.val_min_ids >= 1, "val_min_ids", "an integer >= 1"),
         ]

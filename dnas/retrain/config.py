@@ -140,9 +140,8 @@ class ReIDConfig(TrainConfig, ReIDRunConfig):
     """``dnas-retrain reid``: Re-ID finetuning of a derived network (eq. 4); the Re-ID keys
     (PK batches, the loss, the validation protocol) are :class:`dnas.engine.config.ReIDRunConfig`'s.
 
-    Data: a Re-ID ``--data`` spec (``market1501:/path``, ..., ``synthetic``); flip_prob,
-        pad (pad + random crop; default: 10 pixels per 256 of input height),
-        erasing_prob (random erasing); test_batch_size.
+    Data: a Re-ID ``--data`` spec (``market1501:/path``, ..., ``synthetic``);
+        test_batch_size (the augmentation keys are ReIDRunConfig's).
     Model: pretrained: weights to start from (an ``imagenet`` run directory, a
         ``dnas-derive`` directory, or a ``.pt`` state dict / checkpoint); the classifier
         (and BNNeck) of the source are dropped.
@@ -157,9 +156,6 @@ class ReIDConfig(TrainConfig, ReIDRunConfig):
     """
 
     test_batch_size: int = 128
-    flip_prob: float = 0.5
-    pad: Optional[int] = None
-    erasing_prob: float = 0.5
     pretrained: Optional[str] = None
     soft_margin: bool = False
     center_weight: float = 0.0
@@ -169,9 +165,6 @@ class ReIDConfig(TrainConfig, ReIDRunConfig):
 
     def checks(self) -> list[tuple[bool, str, str]]:
         return super().checks() + [
-            (0 <= self.flip_prob <= 1 and 0 <= self.erasing_prob <= 1, "flip_prob/erasing_prob",
-             "probabilities in [0, 1]"),
-            (self.pad is None or self.pad >= 0, "pad", "an integer >= 0 (or null: 10 px per 256 px of height)"),
             (self.center_weight >= 0 and self.center_lr > 0, "center_weight/center_lr",
              "center_weight >= 0 and center_lr > 0"),
         ]

@@ -43,7 +43,8 @@ def build_search_data(cfg: SearchConfig, rt: Runtime):
                       seed=cfg.seed, arch_fraction=cfg.arch_fraction, rank=rt.rank, world_size=rt.world_size,
                       test_batch_size=max(cfg.batch_size, 32), synthetic_reid=synth,
                       val_ids_fraction=cfg.val_ids_fraction, val_min_ids=cfg.val_min_ids, val_seed=cfg.val_seed,
-                      msmt17_use_val=cfg.msmt17_use_val)
+                      msmt17_use_val=cfg.msmt17_use_val, flip_prob=cfg.flip_prob, pad=cfg.pad,
+                      erasing_prob=cfg.erasing_prob)
     data = build_loaders(dcfg)
     if data.task != "reid":
         raise DnasError(f"--data {cfg.data}: the search needs a Re-ID data set (identities for the triplet loss)")
