@@ -21,7 +21,7 @@ With learned features ``F_i`` (the embedding), input features ``X_i`` and labels
   ``I(A;Y) >= H(Y) + sum P(a,y) log Q(y|a)``. Reports use the bound with constants.
 
 :func:`evaluate_ib` measures all of it on one data set (centroids and Q from the same
-data: the Table V measurement). :class:`IBTracker` keeps centroids and Q across epochs.
+data: the Table V measurement). :class:`dnas.ib_tracker.IBTracker` keeps centroids and Q across epochs.
 
 NOTE: choices the paper leaves open (docs/method.md). (1) ``Q`` gets an additive prior
 ``q_prior`` per cell (``log Q`` finite). (2) Normalised features with temperature
@@ -36,12 +36,15 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+
+from dnas.reid.features import extract_features
 
 AllReduce = Callable[[torch.Tensor], None]
 DEFAULT_TEMPERATURE = 0.1  # docs/method.md: IB of a trained net lands in the paper's range
 INPUT_GRID = (8, 4)  # (H, W) cells of the fixed input representation: 3 x 8 x 4 = 96 values
-_CHUNK = 4096
+CHUNK = 4096  # samples per soft-assignment chunk (bounds the (N, K) work arrays)
 
 
 def input_representation(images: torch.Tensor, grid: tuple[int, int] = INPUT_GRID) -> torch.Tensor:
@@ -162,7 +165,7 @@ def ib_from_sums(p_fx: torch.Tensor, s_fy: torch.Tensor, sum_phi_x: torch.Tensor
             "ibb_paper": ibb_paper, "h_px": h_px, "h_y": h_y}
 
 
-def _batch_sums(phi_f: torch.Tensor, phi_x: torch.Tensor, q: torch.Tensor, labels: torch.Tensor,
+def batch_sums(phi_f: torch.Tensor, phi_x: torch.Tensor, q: torch.Tensor, labels: torch.Tensor,
                 k: int) -> list[torch.Tensor]:
     """The :func:`ib_from_sums` sums of one batch (float64, detached)."""
     pf, px = phi_f.detach().double(), phi_x.detach().double()
@@ -176,7 +179,7 @@ def _batch_sums(phi_f: torch.Tensor, phi_x: torch.Tensor, q: torch.Tensor, label
 def ib_terms(phi_f: torch.Tensor, phi_x: torch.Tensor, q: torch.Tensor, labels: torch.Tensor,
              num_classes: int) -> dict[str, float]:
     """IB loss, its bound with constants (``>= ib``) and the paper's IBB of one sample set."""
-    return ib_from_sums(*_batch_sums(phi_f, phi_x, q, labels, num_classes))
+    return ib_from_sums(*batch_sums(phi_f, phi_x, q, labels, num_classes))
 
 
 def class_means(feats: torch.Tensor, labels: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -211,8 +214,8 @@ def evaluate_ib(features: torch.Tensor, inputs: torch.Tensor, labels, num_classe
     cf, _ = class_means(f, y, k)
     cx, _ = class_means(x, y, k)
     valid = torch.bincount(y, minlength=k) > 0
-    phi_f = torch.cat([soft_assign(c, cf, valid, temperature) for c in f.split(_CHUNK)])
-    phi_x = torch.cat([soft_assign(c, cx, valid, temperature) for c in x.split(_CHUNK)])
+    phi_f = torch.cat([soft_assign(c, cf, valid, temperature) for c in f.split(CHUNK)])
+    phi_x = torch.cat([soft_assign(c, cx, valid, temperature) for c in x.split(CHUNK)])
     q = q_from_assignments(phi_f, y, k, q_prior)
     out = ib_terms(phi_f, phi_x, q, y, k)
     out.update(classes=int(valid.sum()), n=int(labels.shape[0]))
@@ -234,8 +237,6 @@ def evaluate_model_ib(model: torch.nn.Module, loader, device, temperature: float
     Returns:
         The :func:`evaluate_ib` dict, plus ``"split"`` naming what was measured.
     """
-    from dnas.reid.features import extract_features
-
     def feature_fn(images: torch.Tensor) -> torch.Tensor:  # (B, D + 96): the embedding, then X
         out = model(images, return_features=True, **forward_kw)
         return torch.cat([out["global_feat"].float(), input_representation(images)], dim=1)
@@ -249,8 +250,6 @@ def evaluate_model_ib(model: torch.nn.Module, loader, device, temperature: float
 
 def default_all_reduce(t: torch.Tensor) -> None:
     """Sum ``t`` in place over processes when ``torch.distributed`` is initialised."""
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
 
@@ -265,7 +264,5 @@ def reduce_tensors(tensors: list[torch.Tensor], all_reduce: AllReduce | None) ->
         t.copy_(chunk.view_as(t))
 
 
-from dnas.ib_tracker import IBTracker  # noqa: E402  (re-exported: dnas.ib.IBTracker)
-
-__all__ = ["IBTracker", "evaluate_ib", "evaluate_model_ib", "ib_bound", "ib_terms", "input_representation", "normalize",
+__all__ = ["evaluate_ib", "evaluate_model_ib", "ib_bound", "ib_terms", "input_representation", "normalize",
            "soft_assign", "q_from_sums", "q_from_assignments", "mutual_information", "entropy"]

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from dnas.ib import (_CHUNK, DEFAULT_TEMPERATURE, AllReduce, _batch_sums, default_all_reduce, ib_bound,
-                     ib_from_sums, normalize, q_from_sums, reduce_tensors, soft_assign)
+from dnas.ib import (CHUNK, DEFAULT_TEMPERATURE, AllReduce, batch_sums, default_all_reduce, ib_bound, ib_from_sums,
+                     normalize, q_from_sums, reduce_tensors, soft_assign)
 
 _RUNNING = ("p_fx", "s_fy", "sum_phi_x", "neg_entropy_x", "cross", "count_assigned")
 _CLASS_SUMS = ("sum_f", "sum_x", "count")
@@ -117,7 +117,7 @@ class IBTracker:
         q = self.q.to(phi_f.dtype)
         ibb = ib_bound(phi_f, phi_x, q, labels)
         with torch.no_grad():
-            for name, s in zip(_RUNNING, _batch_sums(phi_f, phi_x, q, labels, self.num_classes)):
+            for name, s in zip(_RUNNING, batch_sums(phi_f, phi_x, q, labels, self.num_classes)):
                 getattr(self, name).add_(s)
         return ibb
 
@@ -127,7 +127,7 @@ class IBTracker:
         s = torch.zeros(k, k, dtype=torch.float64, device=self.centroids_f.device)
         if self.bank_f:
             feats, ys = torch.cat(self.bank_f), torch.cat(self.bank_y)
-            for fc, yc in zip(feats.split(_CHUNK), ys.split(_CHUNK)):
+            for fc, yc in zip(feats.split(CHUNK), ys.split(CHUNK)):
                 phi = soft_assign(fc.float(), self.centroids_f, self.valid, self.temperature)  # (n, K_a)
                 s.index_add_(1, yc, phi.double().t())  # s[a, y_i] += phi(F_i, a)
         reduce_tensors([s], all_reduce)

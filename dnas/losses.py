@@ -16,6 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from dnas.ib_tracker import IBTracker
+
 
 def cross_entropy_smooth(logits: torch.Tensor, targets: torch.Tensor,
                          epsilon: float = 0.1) -> torch.Tensor:
@@ -152,8 +154,6 @@ class ReIDLoss:
                  triplet_weight: float = 1.0, soft_margin: bool = False, ib_eta: float = 0.1,
                  ib_temperature: float = 0.1, use_ibb: bool = True, center_weight: float = 0.0,
                  feat_dim: int | None = None) -> None:
-        from dnas.ib_tracker import IBTracker
-
         self.label_smoothing, self.triplet_margin, self.triplet_weight = label_smoothing, triplet_margin, triplet_weight
         self.soft_margin, self.ib_eta, self.use_ibb, self.center_weight = soft_margin, ib_eta, use_ibb, center_weight
         self.ib = IBTracker(num_classes, temperature=ib_temperature)

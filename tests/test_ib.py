@@ -11,8 +11,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from dnas.ib import (IBTracker, evaluate_ib, ib_bound, ib_terms, input_representation, mutual_information,
-                     normalize, q_from_assignments, q_from_sums, soft_assign)
+from dnas.ib import (evaluate_ib, ib_bound, ib_terms, input_representation, mutual_information, normalize,
+                     q_from_assignments, q_from_sums, soft_assign)
+from dnas.ib_tracker import IBTracker
 
 # ---------------------------------------------------------------- numpy reference
 

@@ -53,8 +53,8 @@ class _Searchable:
     """Names registered as both a plain op and a super op (usable in a stage)."""
 
     def __iter__(self) -> Iterator[str]:
-        import dnas.ops  # noqa: F401  (registers the built-in ops)
-
+        # The built-in ops are registered by now: importing this module runs
+        # dnas/ops/__init__.py first, which imports them.
         return iter(sorted(set(PLAIN_OPS) & set(SUPER_OPS)))
 
     def __contains__(self, name: str) -> bool:
