@@ -169,7 +169,7 @@ def _summary_line(args: argparse.Namespace, summary: dict) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
-    from dnas.io import atomic_directory
+    from dnas.outputs import atomic_directory
 
     inputs = [args.run] if args.command == "curves" else [args.model, *getattr(args, "compare", [])]
     data_root = (getattr(args, "data", None) or "").partition(":")[2]

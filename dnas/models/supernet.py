@@ -168,6 +168,15 @@ class Supernet(nn.Module):
 
         return self._per_logit(gs)
 
+    def uniform_onehot_choice(self, generator: torch.Generator | None = None) -> ArchChoice:
+        """A one-hot choice drawn uniformly per unit (every subnet equally likely): the
+        single-path warm-up of the shared weights (``warmup_paths: uniform``)."""
+        def pick(logit: torch.Tensor) -> torch.Tensor:
+            i = int(torch.randint(logit.numel(), (1,), generator=generator))
+            return torch.zeros_like(logit.detach()).index_fill_(0, torch.tensor([i], device=logit.device), 1.0)
+
+        return self._per_logit(pick)
+
     def probs_choice(self) -> ArchChoice:
         """Softmax probabilities of the logits (no noise): the architecture distribution."""
         return self._per_logit(lambda x: torch.softmax(x, 0))

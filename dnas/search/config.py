@@ -26,7 +26,12 @@ class SearchConfig(ReIDRunConfig):
         w_weight_decay on conv/linear weights only (not norms and biases).
     Architecture (Adam): a_lr, a_betas, a_weight_decay, cosine schedule;
         warmup_epochs of weight-only training before the first architecture steps.
-    Gumbel: tau0, multiplied by exp(-tau_decay) after every epoch.
+    Gumbel: tau0, multiplied by exp(-tau_decay) after every epoch; gumbel_hard: one-hot
+        (straight-through) samples instead of soft ones, in both phases (the supernet is
+        then evaluated as its argmax subnet). warmup_paths: what the warm-up epochs train,
+        ``gumbel`` (the Gumbel-softmax samples of the search) or ``uniform`` (one uniformly
+        drawn one-hot subnet per step, so that every subnet's shared weights are trained
+        as a subnet; docs/method.md section 10).
     Latency: latency_table ``auto`` (default: a table of this space for this device,
         shipped or cached; else one profiled on first use when the estimate is at most
         latency_profile_budget_s seconds (default 300 on CPU, 7200 on CUDA; 0 = never);
@@ -59,6 +64,8 @@ class SearchConfig(ReIDRunConfig):
     # gumbel
     tau0: float = 5.0
     tau_decay: float = 0.045
+    gumbel_hard: bool = False
+    warmup_paths: Literal["gumbel", "uniform"] = "gumbel"
     # latency
     latency_table: Optional[str] = "auto"
     latency_source: Optional[str] = None

@@ -98,8 +98,16 @@ class Searcher(Engine):
         self.loss.to(self.rt.device)
         self.gumbel.set_state(state["gumbel"])
 
+    def sample_choice(self, phase: str):
+        """The choice of one step: during the warm-up with ``warmup_paths: uniform`` a
+        uniformly drawn one-hot subnet, else a Gumbel-softmax sample (straight-through
+        one-hot with ``gumbel_hard``)."""
+        if phase == "weights" and self.epoch < self.cfg.warmup_epochs and self.cfg.warmup_paths == "uniform":
+            return self.net.uniform_onehot_choice(generator=self.gumbel)
+        return self.net.sample_choice(self.tau, hard=self.cfg.gumbel_hard, generator=self.gumbel)
+
     def forward_loss(self, images: torch.Tensor, labels: torch.Tensor, phase: str, cameras=None) -> StepResult:
-        choice = self.net.sample_choice(self.tau, generator=self.gumbel)
+        choice = self.sample_choice(phase)
         out = self.model(images, choice, return_features=True)
         task, parts = self.loss(out, labels, labels, accumulate=phase == "weights")
         loss = task
@@ -118,8 +126,10 @@ class Searcher(Engine):
         # NOTE: the supernet is evaluated under its expected architecture (softmax of the logits):
         # that is the mixture its weights and BN statistics were trained on; a one-hot argmax
         # subnet needs retraining (dnas-retrain) before its accuracy means anything.
+        # With gumbel_hard the weights are trained on one-hot subnets: evaluate the argmax one.
         with torch.no_grad():
-            choice = self.net.probs_choice()
+            choice = (self.net.onehot_choice(self.net.argmax_indices()) if self.cfg.gumbel_hard
+                      else self.net.probs_choice())
         d, out = self.data, {}
         splits = [("val", d.val_query, d.val_gallery)] if d.validation is not None else []
         if final or self.cfg.eval_test_every_epoch:
