@@ -8,9 +8,8 @@ Public API for users:
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from dnas.space import load_space  # noqa: E402
+from dnas.space import load_space
+from dnas.version import __version__
 
 
 def build_model(arch, num_classes: int | None = None, attention: str | bool | None = None,

@@ -7,16 +7,24 @@ the command that wrote it. ``--overwrite`` only replaces a directory of the same
 files); it never replaces the working directory or one of its parents, a directory that
 holds an input of the command, a file, or a directory some other program wrote. Each
 refusal is a :class:`dnas.errors.DnasError` naming the path and what to do instead.
+:func:`atomic_directory` builds such a directory in a temporary sibling under the
+output's lock (:mod:`dnas.runlock`) and renames it into place. No paper counterpart.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from dnas.errors import DnasError
+from dnas.io import UMASK, atomic_write_json, fsync_dir, real_target
+from dnas.runlock import output_lock
+from dnas.strict_yaml import read_yaml
+from dnas.version import __version__
 
 MARKER = ".dnas-output.json"
 COMMANDS = {"derived": "dnas-derive", "search-run": "dnas-search", "reid-run": "dnas-retrain reid",
@@ -33,9 +41,6 @@ def describe(kind: str | None) -> str:
 
 def write_marker(directory: str | os.PathLike, kind: str) -> Path:
     """Write the marker naming ``kind`` into ``directory`` (atomically)."""
-    from dnas import __version__
-    from dnas.io import atomic_write_json
-
     return atomic_write_json(Path(directory) / MARKER, {"kind": kind, "command": COMMANDS[kind],
                                                         "dnas_version": __version__})
 
@@ -43,8 +48,6 @@ def write_marker(directory: str | os.PathLike, kind: str) -> Path:
 def _legacy_kind(directory: Path) -> str | None:
     """The kind of a directory written before markers existed, from its files."""
     if (directory / "config.yaml").is_file():
-        from dnas.strict_yaml import read_yaml
-
         try:
             cfg = read_yaml(directory / "config.yaml")
         except DnasError:
@@ -81,13 +84,6 @@ def output_kind(directory: str | os.PathLike) -> str | None:
 
 def _is_within(inner: Path, outer: Path) -> bool:
     return inner == outer or outer in inner.parents
-
-
-def real_target(target: str | os.PathLike) -> Path:
-    """The absolute path of an output; a symbolic link is followed (``--out LINK`` writes,
-    and with ``--overwrite`` replaces, the directory the link points to; the link stays)."""
-    target = Path(os.path.abspath(target))
-    return Path(os.path.realpath(target)) if target.is_symlink() else target
 
 
 def check_writable_target(target: str | os.PathLike, what: str = "--out", shown=None) -> Path:
@@ -215,3 +211,67 @@ def require_kind(path: str | os.PathLike, kinds: tuple[str, ...], taker: str) ->
              "figures": "it holds figures, not a network; give the model they were drawn from"}
     raise DnasError(f"{path}: is {describe(have)}, but {taker} takes {' or '.join(describe(k) for k in kinds)}; "
                     f"{hints[have]}")
+
+
+@contextlib.contextmanager
+def atomic_directory(target: str | os.PathLike, overwrite: bool = False, kind: str | None = None,
+                     inputs: tuple = ()) -> Iterator[Path]:
+    """Build a directory in a temporary sibling and rename it into place on success.
+
+    On an exception the temporary directory is removed and ``target`` is untouched. The
+    output's lock (:mod:`dnas.runlock`) is held throughout: a second process given the
+    same ``target`` is refused. A ``target`` that is a symbolic link is followed: the
+    directory it points to is written (and with ``overwrite`` replaced); the link stays.
+
+    Args:
+        target: the directory to create.
+        overwrite: replace an existing ``target``; otherwise an existing non-empty
+            target raises :class:`dnas.errors.DnasError`.
+        kind: the kind of output (see :data:`COMMANDS`): its marker is written into
+            the directory, and ``overwrite`` only replaces a directory of that kind.
+        inputs: paths the command reads; a target holding one is never replaced.
+
+    Yields:
+        The temporary directory to write into.
+    """
+    target = check_writable_target(target)  # absolute: ``--out .`` has a name
+    if kind is not None:  # refused before the lock too (``--out .``: no lock file beside the working directory)
+        check_replace(target, kind, overwrite, inputs)
+    with output_lock(target):  # one process at a time builds and renames into ``target``
+        yield from _build_directory(target, overwrite, kind, inputs)
+
+
+def _build_directory(target: Path, overwrite: bool, kind: str | None, inputs: tuple) -> Iterator[Path]:
+    """The body of :func:`atomic_directory` (under the output's lock)."""
+    if kind is not None:
+        check_replace(target, kind, overwrite, inputs)
+    elif target.exists() and not overwrite and any(target.iterdir()):
+        raise DnasError(f"{target}: output directory exists and is not empty (pass --overwrite)")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    except OSError as exc:
+        raise DnasError(f"{target}: cannot create the output directory ({exc.strerror})") from None
+    os.chmod(tmp, 0o777 & ~UMASK)
+    try:
+        yield tmp
+        if kind is not None:
+            write_marker(tmp, kind)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+        try:
+            os.replace(target, old)  # an empty directory is replaced by rename
+            os.replace(tmp, target)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if old.exists() and not target.exists():
+                os.replace(old, target)
+            raise
+        finally:
+            shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, target)
+    fsync_dir(target.parent)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Iterator
 
 from dnas.errors import DnasError
+from dnas.io import real_target
 
 log = logging.getLogger(__name__)
 _HELD: dict[Path, "_Lock"] = {}
@@ -46,8 +47,6 @@ class _Lock:
 
 def lock_path(target: str | os.PathLike) -> Path:
     """``PARENT/.NAME.lock`` of an output (a symbolic link followed)."""
-    from dnas.outputs import real_target
-
     target = real_target(target)
     return target.parent / f".{target.name}.lock"
 

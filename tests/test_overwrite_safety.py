@@ -225,7 +225,7 @@ def test_out_in_a_read_only_directory(prog):
 
 def test_atomic_directory_replaces_without_leftovers(tmp_path):
     from dnas.errors import DnasError
-    from dnas.io import atomic_directory
+    from dnas.outputs import atomic_directory
 
     out = tmp_path / "d"
     for i in range(2):

@@ -141,7 +141,7 @@ def derive_without_search(args: argparse.Namespace) -> list[tuple[Path, dict]]:
         ``[(directory, summary)]`` of every exported architecture.
     """
     from dnas.export import export_derived
-    from dnas.io import atomic_directory
+    from dnas.outputs import atomic_directory
     from dnas.latency.band import sample_in_band
     from dnas.models import Supernet, derive_plain
     from dnas.runlog import write_csv_rows

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 from dnas.errors import DnasError
-from dnas.io import atomic_directory
 from dnas.models import Supernet, derive_plain
+from dnas.outputs import atomic_directory
 from dnas.runlog import write_csv_rows
 
 log = logging.getLogger(__name__)
