@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from dnas.errors import CheckpointError, DnasError, SpaceError
-from dnas.io import atomic_directory, atomic_write_json, atomic_write_text, atomic_write_yaml, safe_torch_load
+from dnas.io import atomic_write_json, atomic_write_text, atomic_write_yaml, safe_torch_load
+from dnas.outputs import atomic_directory
 from dnas.models.plain import PlainNet
 from dnas.space import SearchSpace
 
