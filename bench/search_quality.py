@@ -168,6 +168,7 @@ def run_searches(args, work: Path, jobs: Jobs, ledger: Ledger) -> dict[int, Path
             todo.append((f"search-{base.name}-s{s}", cmd))
     print(f"searches: {len(dirs)} seeds, {len(todo)} to run ({base})", flush=True)
     jobs.run(todo)
+    base.mkdir(parents=True, exist_ok=True)  # a fresh checkout: every search may come from the ledger
     atomic_write_json(base / "recipe.json", {"recipe": args.search_recipe, "set": sets})
     return dirs
 

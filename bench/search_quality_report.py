@@ -28,6 +28,16 @@ def _var(xs: list[float]) -> float:
     return statistics.variance(xs) if len(xs) > 1 else 0.0
 
 
+def _ci95(m: float, sd: float, n: int) -> list[float]:
+    """Student-t 95% interval of a mean of ``n`` values."""
+    if n < 2 or math.isnan(sd):
+        return [math.nan, math.nan]
+    from scipy.stats import t
+
+    half = float(t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+    return [m - half, m + half]
+
+
 def per_arch_stats(results: dict[str, list[dict]]) -> dict[str, dict]:
     out = {}
     for key, runs in results.items():
@@ -35,8 +45,28 @@ def per_arch_stats(results: dict[str, list[dict]]) -> dict[str, dict]:
         for split in SPLITS:
             m, sd = _mean_sd([r[f"{split}_mAP"] for r in runs])
             row[f"{split}_mean"], row[f"{split}_sd"] = m, sd
+            row[f"{split}_ci95"] = _ci95(m, sd, len(runs))
         out[key] = row
     return out
+
+
+def band_anova(results: dict[str, list[dict]], keys: list[str], split: str = "val") -> dict:
+    """Do the networks of one band differ at all? One-way ANOVA over their retrain seeds
+    (F and p), and the between-network sd of the true means, estimated as the sd of the
+    means less their sampling noise (pooled seed-to-seed variance / seeds per network)."""
+    from scipy.stats import f_oneway
+
+    groups = [[r[f"{split}_mAP"] for r in results[k]] for k in keys if len(results.get(k) or []) >= 2]
+    if len(groups) < 2:
+        return {"n_archs": len(groups), "F": math.nan, "p": math.nan, "true_between_sd": math.nan}
+    res = f_oneway(*groups)
+    within = statistics.fmean(_var(g) for g in groups)
+    means = [statistics.fmean(g) for g in groups]
+    n_per = statistics.fmean(len(g) for g in groups)
+    true_var = max(0.0, _var(means) - within / n_per)
+    return {"n_archs": len(groups), "F": float(res.statistic), "p": float(res.pvalue),
+            "seed_to_seed_sd": math.sqrt(within), "means_sd": _var(means) ** 0.5,
+            "true_between_sd": math.sqrt(true_var)}
 
 
 def kendall_tau(x: list[float], y: list[float]) -> tuple[float, float]:
@@ -128,6 +158,7 @@ def build_report(archs: dict, found: dict, bands: list[dict], results: dict, est
     all_keys = [k for keys in band_keys for k in keys]
     params = {k: float(archs[k].get("params", math.nan)) for k in stats}
     report = {"kendall_params_within_band": within_band_tau(band_keys, params, val_means)[0],
+              "band_anova": [{"band_ms": b["centre_ms"], **band_anova(results, b["random"])} for b in bands],
               "kendall_all_bands": {str(s): kendall_tau([estimates[s][k] for k in all_keys],
                                                         [val_means[k] for k in all_keys])[0] for s in estimates},
               "per_search_seed": seeds, "overall": overall, "targets": targets, "bands": bands,
@@ -139,6 +170,10 @@ def build_report(archs: dict, found: dict, bands: list[dict], results: dict, est
 
 def _pm(m: float, sd: float) -> str:
     return f"{m:.1f}" + ("" if math.isnan(sd) else f" +- {sd:.1f}")
+
+
+def _ci(ci) -> str:
+    return "" if not ci or any(math.isnan(x) for x in ci) else f"{ci[0]:.1f}..{ci[1]:.1f}"
 
 
 def summary_lines(r: dict) -> list[str]:
@@ -156,6 +191,12 @@ def summary_lines(r: dict) -> list[str]:
                      f"{x['diff']:+.1f} +- {x['se']:.1f} (SE; 95% CI {x['ci95'][0]:+.1f}..{x['ci95'][1]:+.1f}); "
                      f"one net's seed-to-seed sd {x['seed_to_seed_sd']:.1f} vs between-net sd "
                      f"{x['random_sd_between']:.1f}")
+    for b in r.get("band_anova", []):
+        if b["n_archs"] >= 2:
+            lines.append(f"  band {b['band_ms']:.3f} ms, {b['n_archs']} random nets (val): do they differ? ANOVA "
+                         f"F {b['F']:.1f}, p {b['p']:.2g}; seed-to-seed sd {b['seed_to_seed_sd']:.1f}, sd of "
+                         f"the means {b['means_sd']:.1f}, of the true means (less seed noise) "
+                         f"{b['true_between_sd']:.1f}")
     lines.append(f"  within-band Kendall tau against stand-alone val mAP: supernet estimates "
                  f"{t['kendall_tau']['mean']:+.2f} (mean over search seeds); parameter count "
                  f"{r['kendall_params_within_band']:+.2f} (a reference predictor)")
@@ -196,12 +237,13 @@ def write_report(report: dict, prefix: Path) -> None:
                       + ", ".join(f"{a} {v}" for a, v in o["decided"].items()) + " | "
                       + ", ".join(f"{a} {v:.2f}" for a, v in o["entropy_mean"].items())
                       + f" | {o['supernet_best_val_mAP']:.1f} | {o['supernet_test_mAP']:.1f} |")
-    md += ["", "## Every architecture (mean +- sd over retrain seeds)", "",
-           "| arch | kind | latency ms | params | retrain seeds | val mAP | test mAP | "
-           "supernet estimates (val, per search seed) |", "|---|---|---|---|---|---|---|---|"]
+    md += ["", "## Every architecture (mean +- sd over retrain seeds; val 95% CI of the mean, Student t)", "",
+           "| arch | kind | latency ms | params | retrain seeds | val mAP | val 95% CI | test mAP | "
+           "supernet estimates (val, per search seed) |", "|---|---|---|---|---|---|---|---|---|"]
     for a in report["per_arch"]:
         est = [f"{e[a['arch']]:.1f}" for e in report["estimates"].values() if a["arch"] in e]
         md.append(f"| `{json.loads(a['arch'])}` | {a['kind']} | {a['latency_ms']:.3f} | {a.get('params') or 0:,} | "
                   f"{a['n']} | "
-                  f"{_pm(a['val_mean'], a['val_sd'])} | {_pm(a['test_mean'], a['test_sd'])} | {' '.join(est)} |")
+                  f"{_pm(a['val_mean'], a['val_sd'])} | {_ci(a.get('val_ci95'))} | "
+                  f"{_pm(a['test_mean'], a['test_sd'])} | {' '.join(est)} |")
     atomic_write_text(prefix.with_suffix(".md"), "\n".join(md) + "\n")

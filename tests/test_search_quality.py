@@ -142,3 +142,19 @@ def test_benchmark_smoke_runs_and_resumes(tmp_path):
     again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "0 to run" in again.stdout  # a finished benchmark redoes nothing
     assert json.loads((tmp_path / "res.json").read_text())["per_search_seed"] == report["per_search_seed"]
+
+
+def test_band_anova_tells_real_differences_from_seed_noise():
+    from bench.search_quality_report import band_anova, per_arch_stats
+
+    def runs(*vals):
+        return [{"val_mAP": v, "test_mAP": v} for v in vals]
+
+    apart = {"a": runs(70, 71, 69), "b": runs(80, 79, 81), "c": runs(60, 61, 59)}
+    res = band_anova(apart, ["a", "b", "c"])
+    assert res["p"] < 1e-4 and res["true_between_sd"] == pytest.approx(10, abs=0.5)
+    noise = {"a": runs(70, 80, 60), "b": runs(71, 61, 79), "c": runs(69, 79, 62)}
+    res = band_anova(noise, ["a", "b", "c"])
+    assert res["p"] > 0.5 and res["true_between_sd"] == 0.0
+    ci = per_arch_stats(apart)["b"]["val_ci95"]
+    assert ci[0] < 80 < ci[1] and ci[1] - ci[0] == pytest.approx(2 * 4.303 * 1 / math.sqrt(3), rel=1e-3)
