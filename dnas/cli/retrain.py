@@ -117,6 +117,8 @@ def _eval_only(args: argparse.Namespace) -> int:
     if args.rerank:
         cfg = dataclasses.replace(cfg, rerank=True)
     m = evaluate_only(path, cfg, args.checkpoint)
+    if m.get("data_fingerprint"):
+        print(m["data_fingerprint"]["line"])
     print(f"mAP {100 * m['mAP']:.2f} | rank-1 {100 * m['rank1']:.2f} | rank-5 {100 * m['rank5']:.2f} | "
           f"rank-10 {100 * m['rank10']:.2f} | mINP {100 * m['mINP']:.2f} | {m['num_queries']} queries | {m['weights']}")
     if "rerank" in m:

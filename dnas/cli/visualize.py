@@ -32,6 +32,9 @@ and the numbers behind them into --out:
   rank:    rank_worst.png, rank_best.png, rank.csv (AP, first-match rank, top-k per query),
            rank.json (the mean AP beside the evaluation's mAP)
   curves:  curves.png, curves.json (the values drawn per panel)
+Each JSON file and the last lines printed carry the data set's fingerprint: its
+identity and image counts per split against the published ones (curves: the one the
+run recorded).
 --out is written atomically; --overwrite replaces only an earlier dnas-visualize output.
 """
 
@@ -176,6 +179,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     with atomic_directory(args.out, overwrite=args.overwrite, kind="figures", inputs=(*inputs, data_root)) as tmp:
         summary = _run(args, tmp)
     print(f"{args.command}: {_summary_line(args, summary)}")
+    verdict = summary.get("data_fingerprint")
+    if verdict:  # the data the figures come from (curves: as the run recorded it)
+        print(verdict["line"])
     print(f"figures written to {Path(args.out).resolve()}")
     return 0
 

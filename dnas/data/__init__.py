@@ -5,6 +5,8 @@ The public entry points (see each module for details):
 - :func:`build_loaders` / :class:`DataConfig` / :class:`DataLoaders`: loaders from a
   ``--data`` spec (:func:`parse_data_spec`, :data:`DATASET_NAMES`).
 - :func:`load_splits` and the per-set readers (:func:`load_market1501`, ...).
+- :func:`fingerprint_splits`: a Re-ID set's counts per split against the published ones
+  (``splits.fingerprint``, set by :func:`load_splits`).
 - :class:`ImageListDataset`: ``(path, pid, camid)`` lists as a torch Dataset.
 - :class:`PKSampler`, :class:`RandomBatchSampler`, :func:`split_weight_arch`.
 - :func:`carve_validation` / :class:`ValidationSplit` (model selection on held-out
@@ -13,6 +15,7 @@ The public entry points (see each module for details):
   :func:`mixup_batch`.
 - :func:`ensure_synthetic_reid`, :func:`ensure_synthetic_imagefolder`.
 """
+from dnas.data.fingerprint import fingerprint_splits
 from dnas.data.imagenet import ClassificationSplits, load_imagefolder
 from dnas.data.loaders import (CLASSIFICATION_NAMES, DATASET_NAMES, REID_NAMES, DataConfig,
                                DataLoaders, DataSpec, ImageListDataset, build_loaders,
@@ -34,6 +37,7 @@ __all__ = [
     "MixupBatch", "PKSampler", "RandomBatchSampler", "ReIDSplits",
     "SyntheticImageFolderConfig", "SyntheticReIDConfig", "ValidationSplit", "build_classification_transform",
     "build_loaders", "build_reid_transform", "carve_validation", "default_cache_dir", "ensure_synthetic_imagefolder",
+    "fingerprint_splits",
     "ensure_synthetic_reid", "load_cuhk03", "load_dukemtmc", "load_imagefolder",
     "load_market1501", "load_market_style", "load_msmt17", "load_splits", "mixup_batch",
     "parse_data_spec", "relabel", "split_statistics", "split_weight_arch",

@@ -24,6 +24,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from dnas.data.fingerprint import announce as announce_fingerprint
+from dnas.data.fingerprint import fingerprint_splits
 from dnas.data.imagenet import ClassificationSplits
 from dnas.data.protocol import carve_validation, format_split_statistics, split_statistics
 from dnas.data.registry import LoadOptions, dataset_names, get_dataset
@@ -76,8 +78,12 @@ def parse_data_spec(spec: str) -> DataSpec:
 
 def load_splits(spec: str | DataSpec, synthetic_reid: SyntheticReIDConfig | None = None,
                 synthetic_imagefolder: SyntheticImageFolderConfig | None = None,
-                msmt17_use_val: bool = False) -> ReIDSplits | ClassificationSplits:
+                msmt17_use_val: bool = False, announce: bool = True) -> ReIDSplits | ClassificationSplits:
     """Read the image lists a spec names (generating a synthetic set on first use).
+
+    A Re-ID set gets its fingerprint (``splits.fingerprint``: the identity and image
+    counts per split against the published ones, :mod:`dnas.data.fingerprint`), logged
+    as one line (a warning when the counts differ) unless ``announce`` is false.
 
     Args:
         spec: a ``--data`` string or a :class:`DataSpec`.
@@ -85,13 +91,19 @@ def load_splits(spec: str | DataSpec, synthetic_reid: SyntheticReIDConfig | None
         synthetic_imagefolder: parameters of the ``synthetic-imagenet`` set.
         msmt17_use_val: MSMT17 only: train on ``list_train`` + ``list_val`` (default:
             ``list_train`` only, as torchreid and fast-reid).
+        announce: log the fingerprint line (off on the other DDP ranks).
 
     Returns:
         :class:`ReIDSplits` for Re-ID sets, :class:`ClassificationSplits` otherwise.
     """
     ds = parse_data_spec(spec) if isinstance(spec, str) else spec
     opts = LoadOptions(synthetic_reid, synthetic_imagefolder, msmt17_use_val)
-    return get_dataset(ds.name).load(ds.root, opts)
+    splits = get_dataset(ds.name).load(ds.root, opts)
+    if isinstance(splits, ReIDSplits):
+        splits.fingerprint = fingerprint_splits(splits, msmt17_use_val)
+        if announce:
+            announce_fingerprint(splits.fingerprint)
+    return splits
 
 
 class ImageListDataset(Dataset):
@@ -274,7 +286,8 @@ def build_loaders(cfg: DataConfig) -> DataLoaders:
         DataError: bad spec, missing or malformed data, too few identities for P.
     """
     spec = parse_data_spec(cfg.data)
-    splits = load_splits(spec, cfg.synthetic_reid, cfg.synthetic_imagefolder, cfg.msmt17_use_val)
+    splits = load_splits(spec, cfg.synthetic_reid, cfg.synthetic_imagefolder, cfg.msmt17_use_val,
+                         announce=cfg.rank == 0)
     reid = spec.task == "reid"
     validation = None
     if reid and cfg.val_ids_fraction > 0:

@@ -18,7 +18,8 @@ its usual names):
   ``mask_test_v2/``) with ``list_train.txt``, ``list_val.txt``, ``list_query.txt``,
   ``list_gallery.txt``; each line ``relative/path.jpg pid``; the camera is the third
   ``_``-separated field of the file name (1..15), e.g.
-  ``0000/0000_000_01_0303morning_0015_0.jpg`` is camera 1 (camid 0).
+  ``0000/0000_000_01_0303morning_0015_0.jpg`` is camera 1 (camid 0). The layout read
+  is recorded (``layout``: ``MSMT17_V1`` or ``MSMT17_V2``, whose faces are masked).
 
 A missing folder, an empty split or a file name that does not parse raises
 :class:`dnas.errors.DataError` naming the path and what was expected.
@@ -52,6 +53,12 @@ class ReIDSplits:
             (:func:`dnas.data.protocol.carve_validation`; empty without one).
         val_gallery: its gallery.
         note: how the training list was made (e.g. which MSMT17 lists), for the log.
+        layout: which on-disk layout was read where a data set has several (MSMT17:
+            ``MSMT17_V1`` with ``train/``, ``test/``; ``MSMT17_V2`` with
+            ``mask_train_v2/``, ``mask_test_v2/``); empty otherwise.
+        fingerprint: the counts against the published ones
+            (:func:`dnas.data.fingerprint.fingerprint_splits`), set by
+            :func:`dnas.data.loaders.load_splits`; ``None`` until then.
     """
 
     name: str
@@ -62,6 +69,8 @@ class ReIDSplits:
     val_query: list[Item] = dataclasses.field(default_factory=list)
     val_gallery: list[Item] = dataclasses.field(default_factory=list)
     note: str = ""
+    layout: str = ""
+    fingerprint: dict | None = None
 
     @property
     def num_train_pids(self) -> int:
@@ -246,6 +255,7 @@ def load_cuhk03(root: str | os.PathLike, variant: str = "detected") -> ReIDSplit
 
 
 MSMT17_DIRS = (("train", "test"), ("mask_train_v2", "mask_test_v2"))
+MSMT17_LAYOUT_NAMES = ("MSMT17_V1", "MSMT17_V2")  # by MSMT17_DIRS: V2 has the faces masked
 
 
 def parse_msmt17_camid(rel_path: str, where: str) -> int:
@@ -303,7 +313,7 @@ def load_msmt17(root: str | os.PathLike, use_val: bool = False,
     """
     base = _resolve_root(root, "list_train.txt",
                          ("MSMT17_V2", "MSMT17_V1", "MSMT17", "msmt17"), "MSMT17")
-    for train_name, test_name in MSMT17_DIRS:
+    for (train_name, test_name), layout in zip(MSMT17_DIRS, MSMT17_LAYOUT_NAMES):
         if (base / train_name).is_dir() and (base / test_name).is_dir():
             train_dir, test_dir = base / train_name, base / test_name
             break
@@ -317,4 +327,5 @@ def load_msmt17(root: str | os.PathLike, use_val: bool = False,
     gallery = _read_msmt17_list(base / "list_gallery.txt", test_dir, check_files)
     note = "training: list_train.txt + list_val.txt (msmt17_use_val=true)" if use_val else \
         "training: list_train.txt only (msmt17_use_val=false)"
-    return ReIDSplits("msmt17", str(base), relabel(train), query, gallery, note=note)
+    note = f"{layout} layout ({train_dir.name}/, {test_dir.name}/); {note}"
+    return ReIDSplits("msmt17", str(base), relabel(train), query, gallery, note=note, layout=layout)

@@ -8,10 +8,11 @@ distance, Market-1501 protocol, no re-ranking): mAP, CMC rank-1/5/10, mINP, plus
 epoch's IB loss ``I(X;F) - I(F;Y)`` and IBB.
 
 Run directory: ``config.yaml``, ``arch.yaml`` (the trained arch: classes, BNNeck,
-input size), ``pretrained.json`` (what was loaded), ``metrics.csv``, ``tensorboard/``,
-``plots/curves.png``, ``checkpoint-{last,best}.pt`` and ``final/`` (the
-``dnas-derive`` layout: ``model.pt``, ``model.onnx``, ``summary.json`` with mAP, R1,
-mINP and MACs).
+input size), ``pretrained.json`` (what was loaded), ``data_fingerprint.json`` (the data
+set's counts against the published ones, :mod:`dnas.data.fingerprint`),
+``metrics.csv``, ``tensorboard/``, ``plots/curves.png``, ``checkpoint-{last,best}.pt``
+and ``final/`` (the ``dnas-derive`` layout: ``model.pt``, ``model.onnx``,
+``summary.json`` with mAP, R1, mINP, MACs and the data fingerprint).
 
 Model selection (:mod:`dnas.data.protocol`): the periodic evaluations use a validation
 query/gallery carved from the training identities (``val_*`` metrics; those identities
@@ -33,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from dnas.data.fingerprint import FILE_NAME as FINGERPRINT_FILE
 from dnas.errors import DnasError
 from dnas.engine import LAST, load_checkpoint
 from dnas.evaluation import held_out_parts, ib_part
@@ -208,7 +210,8 @@ def run_reid(cfg: ReIDConfig, run_dir: Path, resume: bool = False, progress: boo
     def build(cfg: ReIDConfig, rt: Runtime):
         t, arch, report = prepare_reid(cfg, run_dir, rt, resume, progress)
         t.arch = arch
-        return t, cfg, {"arch.yaml": arch, "pretrained.json": report}
+        return t, cfg, {"arch.yaml": arch, "pretrained.json": report,
+                        FINGERPRINT_FILE: {"data": cfg.data, "data_fingerprint": t.data.splits.fingerprint}}
 
     def finish(t: ReIDTrainer, cfg: ReIDConfig, rt: Runtime) -> dict:
         return _finish_reid(t, cfg, run_dir, t.arch) if rt.is_main else {}
@@ -264,6 +267,7 @@ def _protocol_summary(t: ReIDTrainer, arch: dict, run_dir: Path) -> dict:
     out["checkpoint_best"] = best
     out["validation"] = t.data.validation.to_dict() if t.data.validation is not None else None
     out["data_note"] = t.data.splits.note
+    out["data_fingerprint"] = t.data.splits.fingerprint
     return out
 
 
@@ -301,7 +305,8 @@ def evaluate_only(path: str | Path, cfg: ReIDConfig, which: str = "last") -> dic
 
     Returns:
         ``{"mAP", "rank1", "rank5", "rank10", "mINP", "num_queries", "num_valid",
-        "num_skipped", "split": "test", "weights", "data"}``: the test query/gallery;
+        "num_skipped", "split": "test", "weights", "data", "data_fingerprint"}``: the
+        test query/gallery (``data_fingerprint``: :mod:`dnas.data.fingerprint`);
         with ``cfg.rerank`` also ``"rerank": {"mAP", "rank1", ...}``, the re-ranked figures.
     """
     from dnas.evaluation import evaluate_reid
@@ -334,4 +339,5 @@ def evaluate_only(path: str | Path, cfg: ReIDConfig, which: str = "last") -> dic
     out = {k: v for k, v in metrics.items() if not k.startswith("rerank_")}
     if cfg.rerank:
         out["rerank"] = {**{k: metrics[f"rerank_{k}"] for k in RERANK_METRICS}, "method": RERANK_NOTE["method"]}
-    return {**out, "split": "test", "weights": source, "data": cfg.data}
+    return {**out, "split": "test", "weights": source, "data": cfg.data,
+            "data_fingerprint": data.splits.fingerprint}

@@ -4,7 +4,9 @@ held-out evaluation, metrics / TensorBoard / plots, and the final architecture.
 Run directory: ``config.yaml`` (resolved), ``metrics.csv``, ``tensorboard/``,
 ``arch_history.csv``, ``plots/arch_heatmap.png`` and ``plots/curves.png``,
 ``checkpoint-last.pt`` / ``checkpoint-best.pt``, ``final_arch.yaml`` (argmax), ready
-for ``dnas-derive RUN_DIR``, and ``summary.json`` (which split each figure comes from).
+for ``dnas-derive RUN_DIR``, ``data_fingerprint.json`` (the data set's counts against
+the published ones, :mod:`dnas.data.fingerprint`) and ``summary.json`` (which split each
+figure comes from, and the data fingerprint).
 
 Model selection: ``checkpoint-best.pt`` is the epoch with the best ``val_mAP``, on the
 validation query/gallery carved from the training identities (``val_ids_fraction``;
@@ -18,6 +20,7 @@ import logging
 from pathlib import Path
 
 
+from dnas.data.fingerprint import FILE_NAME as FINGERPRINT_FILE
 from dnas.errors import DnasError
 from dnas.ib import evaluate_model_ib
 from dnas.io import atomic_write_yaml
@@ -134,7 +137,8 @@ def run_search(cfg: SearchConfig, run_dir: Path, resume: bool = False, progress:
             cfg = dataclasses.replace(cfg, latency_source=None)
         cost = _resolve_cost(cfg, rt, progress)
         cfg = dataclasses.replace(cfg, latency_source=cost.source)
-        return Searcher(cfg, run_dir, rt, data, cost.model, progress=progress), cfg, {}
+        return Searcher(cfg, run_dir, rt, data, cost.model, progress=progress), cfg, {
+            FINGERPRINT_FILE: {"data": cfg.data, "data_fingerprint": data.splits.fingerprint}}
 
     def finish(s: Searcher, cfg: SearchConfig, rt: Runtime) -> Path:
         if rt.distributed:
@@ -197,6 +201,7 @@ def _write_summary(s: Searcher, cfg: SearchConfig, run_dir: Path) -> None:
         "ib_loss": ib["ib"], "ibb": ib["ibb"], "ib_final": ib,
         "data": cfg.data,
         "data_note": s.data.splits.note,
+        "data_fingerprint": s.data.splits.fingerprint,
         "test": {k[5:]: _num(k, v) for k, v in last.items() if k.startswith("test_") and v not in (None, "")},
         "test_note": "test query/gallery, after the last epoch; the supernet under its expected architecture "
                      "(softmax of the logits); never used for selection",

@@ -103,7 +103,8 @@ def gradcam_command(models: Sequence[LoadedModel], data: ReIDImages, out: Path, 
     _write_csv(out / "gradcam.csv", rows)
     np.savez_compressed(out / "gradcam_maps.npz", **{f"{i}_{m['label']}": maps[m["label"]]
                                                       for i, m in enumerate(meta)})
-    summary = {"target": target, "data": data.spec, "images": [it[0] for it in items], "query_indices": chosen,
+    summary = {"target": target, "data": data.spec, "data_fingerprint": data.fingerprint,
+               "images": [it[0] for it in items], "query_indices": chosen,
                "input_size": [data.height, data.width], "models": [{**a, **b} for a, b in zip(_models_json(models),
                                                                                               meta)]}
     _write_json(out / "gradcam.json", summary)
@@ -144,7 +145,8 @@ def tsne_command(models: Sequence[LoadedModel], data: ReIDImages, out: Path, *, 
     title = f"t-SNE of the {what}: {len(ids)} identities, {len(items)} images ({split} split of {data.spec})"
     save_figure(draw_tsne(panels, pids, title), out / "tsne.png")
     _write_csv(out / "tsne.csv", table)
-    summary = {"data": data.spec, "split": split, "identities": ids.tolist(), "num_images": len(items),
+    summary = {"data": data.spec, "data_fingerprint": data.fingerprint, "split": split,
+               "identities": ids.tolist(), "num_images": len(items),
                "separability_on": ("the standardised LDA projection" if lda else "the embeddings")
                + " (not the 2-D t-SNE map)", "lda_components": lda,
                "models": [{**meta, **{k: v for k, v in p.items() if k not in ("label", "coords")}}
@@ -189,7 +191,8 @@ def rank_command(model: LoadedModel, data: ReIDImages, out: Path, *, num: int = 
     _write_csv(out / "rank.csv", table)
     valid = np.isfinite(res["ap"])
     reference = evaluate_features(qf, gf, q_pids, g_pids, q_cams, g_cams)
-    summary = {"data": data.spec, "model": _models_json([model])[0], "num_queries": len(query),
+    summary = {"data": data.spec, "data_fingerprint": data.fingerprint, "model": _models_json([model])[0],
+               "num_queries": len(query),
                "num_with_match": int(valid.sum()), "topk": topk,
                "mean_ap": float(res["ap"][valid].mean()) if valid.any() else None,
                "evaluation_mAP": float(reference["mAP"]), "evaluation_rank1": float(reference["rank1"]),
@@ -202,7 +205,8 @@ def rank_command(model: LoadedModel, data: ReIDImages, out: Path, *, num: int = 
 # -- curves --------------------------------------------------------------------------------
 def curves_command(run: Path, out: Path) -> dict:
     """A run's ``metrics.csv`` as the labelled grid: ``curves.png`` and ``curves.json``
-    (the panels with the values drawn, percent already applied)."""
+    (the panels with the values drawn, percent already applied, and the data fingerprint
+    the run recorded, ``None`` for a run from before fingerprints)."""
     from dnas.viz.curves import curve_panels, draw_curves
 
     csv_path = run / "metrics.csv"
@@ -218,6 +222,8 @@ def curves_command(run: Path, out: Path) -> dict:
     if fig is None:
         raise DnasError(f"{csv_path}: none of its columns is a known metric with a value")
     save_figure(fig, out / "curves.png")
-    summary = {"run": str(run), "epochs": len(rows), "panels": panels}
+    from dnas.data.fingerprint import recorded_fingerprint
+
+    summary = {"run": str(run), "data_fingerprint": recorded_fingerprint(run), "epochs": len(rows), "panels": panels}
     _write_json(out / "curves.json", summary)
     return summary

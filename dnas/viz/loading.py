@@ -146,6 +146,8 @@ class ReIDImages:
         train: the training images (pids relabelled to ``0..K-1``).
         height: model input height.
         width: model input width.
+        fingerprint: the data set's counts against the published ones
+            (:mod:`dnas.data.fingerprint`); the figures' JSON files carry it.
     """
 
     spec: str
@@ -155,6 +157,7 @@ class ReIDImages:
     height: int
     width: int
     batch_size: int = 64
+    fingerprint: dict | None = None
 
     def split(self, name: str) -> list[Item]:
         """``query``, ``gallery``, ``train``, or ``test`` (query then gallery)."""
@@ -211,7 +214,8 @@ def resolve_data(spec: str | None, models: Sequence[LoadedModel], batch_size: in
         "data_seed", "synthetic_ids", "synthetic_images_per_id")}))
     splits = load_splits(ds, synth, msmt17_use_val=bool(config.get("msmt17_use_val", False)))
     h, w = models[0].input_hw
-    return ReIDImages(spec, list(splits.query), list(splits.gallery), list(splits.train), h, w, batch_size)
+    return ReIDImages(spec, list(splits.query), list(splits.gallery), list(splits.train), h, w, batch_size,
+                      fingerprint=splits.fingerprint)
 
 
 def embed(model: LoadedModel, data: ReIDImages, items: Sequence[Item], device: torch.device,
