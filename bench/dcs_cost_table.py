@@ -16,7 +16,7 @@ import argparse
 import json
 import warnings
 
-from dnas.export import count_macs
+from dnas.model_stats import count_macs
 from dnas.models import PlainNet
 from dnas.space import SearchSpace, load_space
 

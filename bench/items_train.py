@@ -159,7 +159,7 @@ DCS_VARIANTS = (("none", "linear"), ("self", "linear"), ("dcs", "linear"), ("dcs
 def bench_dcs(space_name: str, settings: BenchSettings) -> dict:
     """The widest derived net without attention, with self-attention, and with DCS-Attention
     in the linear (default) and softmax forms: training step time, peak memory, MACs."""
-    from dnas.export import count_macs
+    from dnas.model_stats import count_macs
 
     times, macs = {}, {}
     for attention, form in DCS_VARIANTS:

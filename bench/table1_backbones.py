@@ -28,7 +28,7 @@ ROWS = ("mobilenetv2", "mobilenetv2_200", "osnet_x1_0", "resnet50", "hrnet_w32",
 def measure(name: str, attention: str, num_classes: int = 751) -> dict:
     """Parameters (without the classifier) and fvcore MACs of one backbone x attention."""
     import dnas
-    from dnas.export import count_macs, params_without_classifier
+    from dnas.model_stats import count_macs, params_without_classifier
 
     model = dnas.build_model(name, num_classes=num_classes, attention=attention).eval()
     t0 = time.time()

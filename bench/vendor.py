@@ -2,7 +2,7 @@
 lacks into ``bench/vendor/`` (ignored by git), for the device run to carry.
 
 The device image has torch, timm, onnxruntime, scikit-learn, pytest and most of what
-dnas needs, but not fvcore (the MACs counts of ``dnas.export.count_macs``, used by the
+dnas needs, but not fvcore (the MACs counts of ``dnas.model_stats.count_macs``, used by the
 ``dcs`` benchmark) with its helpers iopath, yacs and termcolor, nor grad-cam
 (``pytorch_grad_cam``, imported by some test modules) with ttach. All of them are pure
 Python, so the installed copies of this environment work there as they are;

@@ -22,7 +22,8 @@ def build_model(arch, num_classes: int | None = None, attention: str | bool | No
     legacy ``use_dcs``. Fixed backbones only: ``pretrained`` (timm's weights) or
     ``pretrained_file`` (a local checkpoint of the plain backbone, loaded strictly).
     """
-    from dnas.export import build_model as _build
+    # imported on use: every command imports this package, and --help must not load torch
+    from dnas.architectures import build_model as _build
 
     return _build(arch, num_classes=num_classes, attention=attention, pretrained=pretrained,
                   pretrained_file=pretrained_file)
@@ -30,7 +31,7 @@ def build_model(arch, num_classes: int | None = None, attention: str | bool | No
 
 def load_derived(directory):
     """Load a ``dnas-derive`` output directory: the plain network with its weights, in eval mode."""
-    from dnas.export import load_derived as _load
+    from dnas.architectures import load_derived as _load  # on use, as above
 
     return _load(directory)
 

@@ -1,4 +1,5 @@
-"""Exporting a derived network (the ``dnas-derive`` output directory) and loading it back.
+"""Exporting a derived network: the ``dnas-derive`` output directory (paper section 4:
+the deployable model; no further paper counterpart).
 
 A derived directory holds ``arch.yaml`` (every choice a scalar, same schema as a space),
 ``model.pt`` (state dict of the plain network), ``model.onnx`` (opset 17, dynamic batch,
@@ -6,9 +7,9 @@ outputs ``logits`` and ``embedding``, checked with ``onnx.checker`` and compared
 PyTorch through onnxruntime), ``summary.json`` (parameters, MACs counted by fvcore and
 labelled as multiply-accumulates, per-stage widths) and ``arch.dot`` (the network as a
 graph, built with networkx). A fixed-backbone arch (DCS-FB, :mod:`dnas.backbones`) takes
-the same path: :func:`read_arch` is the one loader of both forms (and of the backbone
-short names), :func:`build_model` builds either. The directory is built in a temporary sibling and renamed
-into place, so a failure leaves nothing behind.
+the same path. The directory is built in a temporary sibling and renamed into place, so
+a failure leaves nothing behind. Reading an arch, building its network and loading a
+directory back are :mod:`dnas.architectures` (``dnas.build_model``, ``dnas.load_derived``).
 """
 from __future__ import annotations
 
@@ -23,10 +24,13 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from dnas.errors import CheckpointError, DnasError, SpaceError
-from dnas.io import atomic_write_json, atomic_write_text, atomic_write_yaml, safe_torch_load
-from dnas.outputs import atomic_directory
+from dnas.backbones import BackboneArch, is_backbone_arch
+from dnas.backbones.summary import backbone_graph, backbone_summary
+from dnas.errors import DnasError
+from dnas.io import atomic_write_json, atomic_write_text, atomic_write_yaml
+from dnas.model_stats import count_macs, params_without_classifier
 from dnas.models.plain import PlainNet
+from dnas.outputs import atomic_directory
 from dnas.space import SearchSpace
 
 log = logging.getLogger(__name__)
@@ -34,131 +38,6 @@ log = logging.getLogger(__name__)
 # a few 1e-4 between the two runtimes' summation orders on some trained nets.
 ONNX_TOLERANCE = 1e-4
 ONNX_OPSET = 17
-
-
-def read_arch(arch: Any, **changes) -> dict:
-    """The one arch loader: the validated arch dict of a derived or fixed-backbone arch.
-
-    Args:
-        arch: an ``arch.yaml`` path, a ``dnas-derive`` directory, a backbone short name
-            (``resnet50``, ... : the shipped ``backbones/NAME.yaml``) or a dict.
-        changes: keys to replace before validation (``None`` values are ignored).
-
-    Raises:
-        SpaceError: not found, unreadable, invalid, or a space that still lists options.
-    """
-    import copy
-
-    from dnas.backbones import BackboneArch, backbone_arch_path, is_backbone_arch
-    from dnas.space import resolve_space_path
-
-    if isinstance(arch, SearchSpace):
-        data, source = copy.deepcopy(arch.data), arch.source
-    elif isinstance(arch, BackboneArch):
-        data, source = arch.to_dict(), arch.source
-    elif isinstance(arch, Mapping):
-        data, source = copy.deepcopy(dict(arch)), "<arch dict>"
-    else:
-        path = None if Path(str(arch)).exists() else backbone_arch_path(str(arch))  # a local path first
-        if path is None:
-            try:
-                path = resolve_space_path(arch)
-            except SpaceError:
-                from dnas.backbones import SHORT_NAMES
-
-                raise SpaceError(f"{arch}: architecture file not found (nor a backbone short name: "
-                                 f"{', '.join(SHORT_NAMES)})") from None
-        from dnas.strict_yaml import read_yaml
-
-        data = read_yaml(path, SpaceError, "an arch file")
-        if not isinstance(data, dict):
-            raise SpaceError(f"{path}: expected a mapping at the top level")
-        source = str(path)
-    data.update({k: v for k, v in changes.items() if v is not None})
-    if is_backbone_arch(data):
-        return BackboneArch(data, source).to_dict()
-    if not SearchSpace.from_dict(data, source).is_derived:
-        raise SpaceError(f"{source}: not a derived architecture (some field still lists several options); "
-                         "run dnas-derive first")
-    return data
-
-
-def arch_spec(arch: Any):
-    """A :class:`SearchSpace` (derived FBNetV2 arch) or a :class:`~dnas.backbones.BackboneArch`."""
-    from dnas.backbones import BackboneArch, is_backbone_arch
-
-    if isinstance(arch, (SearchSpace, BackboneArch)):
-        if not arch.is_derived:
-            raise SpaceError(f"{arch.source}: not a derived architecture (some field still lists several options)")
-        return arch
-    source = "<arch dict>" if isinstance(arch, Mapping) else str(arch)
-    data = read_arch(arch)
-    return BackboneArch(data, source) if is_backbone_arch(data) else SearchSpace.from_dict(data, source)
-
-
-def _arch_space(arch: Any) -> SearchSpace:
-    """The derived FBNetV2 arch (refuses a fixed-backbone one)."""
-    spec = arch_spec(arch)
-    if not isinstance(spec, SearchSpace):
-        raise SpaceError(f"{spec.source}: a fixed-backbone arch, not a derived FBNetV2 arch")
-    return spec
-
-
-def build_model(arch: Any, num_classes: int | None = None, attention: str | bool | None = None,
-                pretrained: bool = False, pretrained_file: str | None = None) -> nn.Module:
-    """A fresh network of a derived or fixed-backbone arch.
-
-    Args:
-        arch: arch YAML path, a ``dnas-derive`` directory, a backbone short name
-            (``resnet50``), a dict, a SearchSpace or a BackboneArch.
-        num_classes: classifier outputs (default: the arch's).
-        attention: ``none``, ``self`` or ``dcs`` (default: the arch's; a bool is the
-            legacy ``use_dcs``).
-        pretrained, pretrained_file: fixed backbones only: timm's ImageNet weights, or a
-            local checkpoint of the plain backbone (loaded strictly; the report is
-            ``model.pretrained_report``).
-    """
-    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
-                                    or num_classes < 1):
-        raise DnasError(f"num_classes {num_classes!r}: expected a positive integer")
-    spec = arch_spec(arch)
-    if isinstance(spec, SearchSpace):
-        if pretrained or pretrained_file:
-            raise DnasError(f"{spec.source}: pretrained weights apply to fixed backbones; "
-                            "a derived FBNetV2 net takes --pretrained in dnas-retrain")
-        return PlainNet(spec, num_classes=num_classes, attention=attention)
-    from dnas.backbones import build_backbone_model
-
-    return build_backbone_model(spec, num_classes=num_classes, attention=attention, pretrained=pretrained,
-                                pretrained_file=pretrained_file)
-
-
-def load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], source: str,
-                 target: str = "the architecture") -> None:
-    """``load_state_dict`` (strict) with a one-line error naming ``source``, the key and
-    ``target`` (what is being loaded) on any mismatch."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    if missing or unexpected:
-        what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
-        raise CheckpointError(f"{source}: weights do not fit {target} ({what})")
-    for key, t in own.items():
-        if tuple(state[key].shape) != tuple(t.shape):
-            raise CheckpointError(f"{source}: key {key!r} has shape {tuple(state[key].shape)}, "
-                                  f"{target} needs {tuple(t.shape)}")
-    model.load_state_dict(state)
-
-
-def load_derived(directory: str | Path) -> nn.Module:
-    """The plain network of a ``dnas-derive`` directory with its weights, in eval mode."""
-    directory = Path(directory)
-    model = build_model(directory)
-    state = safe_torch_load(directory / "model.pt")
-    if not isinstance(state, Mapping):
-        raise CheckpointError(f"{directory / 'model.pt'}: expected a state dict")
-    load_weights(model, state, str(directory / "model.pt"))
-    return model.eval()
 
 
 class _ExportWrapper(nn.Module):
@@ -183,6 +62,7 @@ def export_onnx(model: nn.Module, input_size: list[int], path: Path, seed: int =
         DnasError: export failed or the difference exceeds :data:`ONNX_TOLERANCE` times the
             largest output magnitude (at least 1).
     """
+    # on use: onnx and onnxruntime add seconds to every command's start-up
     import numpy as np
     import onnx
     import onnxruntime as ort
@@ -214,37 +94,9 @@ def export_onnx(model: nn.Module, input_size: list[int], path: Path, seed: int =
     return diff
 
 
-def fvcore_flop_count_analysis():
-    """fvcore's ``FlopCountAnalysis``, imported without torch's ``torch.jit.script is
-    deprecated`` warning (fvcore scripts a loss function at import time)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=FutureWarning)
-        from fvcore.nn import FlopCountAnalysis
-    return FlopCountAnalysis
-
-
-def count_macs(model: nn.Module, input_size: list[int]) -> int:
-    """Multiply-accumulates of one image, counted by fvcore (plus SDPA, which it lacks)."""
-    FlopCountAnalysis = fvcore_flop_count_analysis()
-
-    def sdpa_macs(inputs: list, outputs: list) -> int:
-        q, k, v = (i.type().sizes() for i in inputs[:3])  # (B, h, N, C), (B, h, M, C), (B, h, M, Cv)
-        b, h, n, c = q
-        m, cv = k[-2], v[-1]
-        return b * h * n * m * (c + cv)
-
-    x = torch.zeros(1, *input_size)
-    analysis = FlopCountAnalysis(model.eval(), (x,))
-    analysis.set_op_handle("aten::scaled_dot_product_attention", sdpa_macs)
-    analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return int(analysis.total())
-
-
 def arch_graph(arch: SearchSpace, attention: str):
     """The derived network as a networkx DiGraph (nodes carry a ``label``)."""
-    import networkx as nx
+    import networkx as nx  # on use, as onnx above
 
     g = nx.DiGraph(name=arch.name)
     c, h, w = arch.input_size
@@ -280,16 +132,9 @@ def graph_to_dot(g) -> str:
     return "\n".join(lines + ["}"]) + "\n"
 
 
-def params_without_classifier(model: nn.Module) -> int:
-    """Parameters of everything but the classifier (the paper's counts)."""
-    return sum(p.numel() for n, p in model.named_parameters() if not n.startswith("head.classifier."))
-
-
 def summarize(model: nn.Module, arch: dict, onnx_diff: float | None, extra: Mapping[str, Any] | None = None) -> dict:
     """The ``summary.json`` content."""
     if not isinstance(model, PlainNet):
-        from dnas.backbones.summary import backbone_summary
-
         summary = backbone_summary(model, arch, onnx_diff)
         summary.update(dict(extra or {}))
         return summary
@@ -336,8 +181,6 @@ def export_derived(out: str | Path, arch: dict, model: nn.Module, *, onnx: bool 
         The summary dict.
     """
     model = model.eval()
-    from dnas.backbones import BackboneArch, is_backbone_arch
-
     if is_backbone_arch(arch):
         arch = BackboneArch(arch, str(out)).to_dict()  # its normalised form (defaults written out)
     with atomic_directory(out, overwrite=overwrite, kind="derived", inputs=tuple(inputs)) as tmp:
@@ -351,8 +194,6 @@ def export_derived(out: str | Path, arch: dict, model: nn.Module, *, onnx: bool 
         if isinstance(model, PlainNet):
             graph = arch_graph(model.arch, model.attention)
         else:
-            from dnas.backbones.summary import backbone_graph
-
             graph = backbone_graph(model)
         atomic_write_text(tmp / "arch.dot", graph_to_dot(graph))
         for name, writer in (extra_files or {}).items():

@@ -16,6 +16,23 @@ from typing import Callable
 
 DATA_FOLDERS = ("supernets", "search", "retrain", "latency_tables", "backbones")  # backbones: DCS-FB arch files
 
+#: the one table of short names: name -> the shipped file it stands for, a search space
+#: (``supernets/``) or a DCS-FB fixed backbone (``backbones/``, one per Table I row)
+SHORT_NAMES = {
+    "tiny": "supernets/tiny.yaml",
+    "fbnetv2": "supernets/fbnetv2.yaml",
+    "large": "supernets/fbnetv2_large.yaml",
+    "fbnetv2_large": "supernets/fbnetv2_large.yaml",
+    "xlarge": "supernets/fbnetv2_xlarge.yaml",
+    "fbnetv2_xlarge": "supernets/fbnetv2_xlarge.yaml",
+    "mobilenetv2": "backbones/mobilenetv2.yaml",
+    "mobilenetv2_200": "backbones/mobilenetv2_200.yaml",
+    "resnet50": "backbones/resnet50.yaml",
+    "hrnet_w32": "backbones/hrnet_w32.yaml",
+    "osnet_x1_0": "backbones/osnet_x1_0.yaml",
+    "transreid": "backbones/transreid.yaml",
+}
+
 
 def data_root() -> Path:
     """Folder holding ``supernets/``, ``search/``, ``retrain/`` and ``latency_tables/``."""
@@ -61,3 +78,17 @@ def find_data_file(path: str | os.PathLike, folder: str | None = None, suffix: s
         if exists(c):
             return c
     return p
+
+
+def short_names(folder: str) -> list[str]:
+    """The short names of one data folder's files, in table order (``supernets``: the
+    search spaces; ``backbones``: the DCS-FB archs)."""
+    return [name for name, rel in SHORT_NAMES.items() if rel.startswith(folder + "/")]
+
+
+def short_name_path(name: str, folder: str | None = None) -> Path | None:
+    """The shipped file of a short name (only one of ``folder``'s when given), else ``None``."""
+    rel = SHORT_NAMES.get(name)
+    if rel is None or (folder is not None and not rel.startswith(folder + "/")):
+        return None
+    return data_root() / rel

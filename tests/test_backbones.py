@@ -12,18 +12,23 @@ import torch
 import yaml
 
 import dnas
-from dnas.backbones import SHORT_NAMES, BackboneArch
+from dnas.architectures import read_arch
+from dnas.backbones import BackboneArch
 from dnas.cli import derive as derive_cli
 from dnas.errors import CheckpointError, SpaceError
-from dnas.export import export_onnx, params_without_classifier, read_arch
+from dnas.export import export_onnx
+from dnas.model_stats import params_without_classifier
+from dnas.resources import short_names
 
 SMALL = [3, 64, 32]
 TINY_VIT = {"embed_dim": 48, "depth": 2, "num_heads": 2}
+SHORT_NAMES = short_names("backbones")  # the DCS-FB rows of dnas.resources.SHORT_NAMES
 # small variants of each family for the exports (the shipped files at 64x32 otherwise)
 SMALL_VARIANT = {"resnet50": {"timm_kwargs": {"layers": [1, 1, 1, 1]}},
                  "hrnet_w32": {"backbone": "hrnet_w18_small"},
                  "mobilenetv2_200": {"block_repeats": [1, 1, 2, 2, 1, 1, 1]},
                  "transreid": {"timm_kwargs": TINY_VIT}}
+
 
 
 def small_arch(name: str, attention: str = "dcs", variant: bool = True, **changes) -> dict:

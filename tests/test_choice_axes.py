@@ -183,7 +183,7 @@ def test_kernel_keys_and_entry_counts():
 def test_entry_modules_and_macs_follow_the_kernel():
     """The profiler builds a kernel-5 entry with a 5x5 depthwise conv, and the MACs proxy
     counts what fvcore counts for that module."""
-    from dnas.export import count_macs
+    from dnas.model_stats import count_macs
     from dnas.latency.profile import build_entry_module
     from dnas.latency.proxy import entry_macs
 

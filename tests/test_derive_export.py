@@ -10,9 +10,10 @@ import dnas
 from dnas.cli import derive as derive_cli
 from dnas.cli import search as search_cli
 from dnas.errors import CheckpointError, SpaceError
-from dnas.export import count_macs, load_weights
+from dnas.model_stats import count_macs
 from dnas.models import PlainNet
 from dnas.space import SearchSpace, load_space
+from dnas.weights import load_weights
 
 FILES = {"arch.yaml", "model.pt", "model.onnx", "summary.json", "arch.dot"}
 

@@ -96,7 +96,7 @@ def test_auto_without_a_table_on_cpu_falls_back_to_the_macs_proxy(caplog):
 
 
 def test_proxy_is_the_macs_of_the_derived_net():
-    from dnas.export import count_macs
+    from dnas.model_stats import count_macs
     from dnas.latency.cost import LatencyModel
     from dnas.latency.profile import build_entry_module
     from dnas.models import PlainNet

@@ -18,8 +18,9 @@ from dnas.cli import derive as derive_cli
 from dnas.cli import retrain as retrain_cli
 from dnas.errors import CheckpointError
 from dnas.engine import param_groups
-from dnas.retrain.common import ModelEma, load_pretrained
+from dnas.retrain.common import ModelEma
 from dnas.retrain.config import ImageNetConfig, ReIDConfig
+from dnas.weights import load_pretrained
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--set", "epochs=2", "--set", "max_steps_per_epoch=3", "--set", "warmup_epochs=1", "--no-progress"]

@@ -16,7 +16,8 @@ import pytest
 import yaml
 
 from dnas.errors import SpaceError
-from dnas.space import SHORT_NAMES, SearchSpace, load_space, make_divisible, resolve_space_path
+from dnas.resources import SHORT_NAMES
+from dnas.space import SearchSpace, load_space, make_divisible, resolve_space_path
 
 # -- the paper tables, independently of the YAML files --------------------------------
 

@@ -18,27 +18,16 @@ Optional keys: ``block_repeats`` (MobileNetV2 only: repeats of its seven stages,
 deeper MobileNetV2-200), ``timm_kwargs`` (more arguments of ``timm.create_model``, e.g. a
 tiny ViT for tests), ``tau_m`` (mask temperature), ``transreid`` (patch stride, SIE,
 JPM; ViT only). Short names (``resnet50``, ...) name the shipped files in
-``backbones/``. Nothing here imports torch.
+``backbones/`` (:data:`dnas.resources.SHORT_NAMES`). Nothing here imports torch.
 """
 from __future__ import annotations
 
 import copy
 import math
-from pathlib import Path
 from typing import Any, Mapping
 
 from dnas.errors import SpaceError, brief
-from dnas.space.schema import ATTENTION_FORMS
-
-#: short name -> file in the ``backbones/`` data folder (one per Table I row)
-SHORT_NAMES = {
-    "mobilenetv2": "mobilenetv2",
-    "mobilenetv2_200": "mobilenetv2_200",
-    "resnet50": "resnet50",
-    "hrnet_w32": "hrnet_w32",
-    "osnet_x1_0": "osnet_x1_0",
-    "transreid": "transreid",
-}
+from dnas.space.schema import ATTENTION_FORMS, attention_from_keys
 
 #: the stage names after which a CNN family can take an attention module, in order
 STAGES = {
@@ -136,8 +125,6 @@ class BackboneArch:
         n = d["num_classes"]
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise _fail(source, f"key 'num_classes': expected a positive integer, got {brief(n)}")
-        from dnas.space.schema import attention_from_keys
-
         d["attention"] = attention_from_keys(d.get("attention"), d.pop("use_dcs", None), source) or "dcs"
         d.setdefault("attention_form", "linear")
         if d["attention_form"] not in ATTENTION_FORMS:
@@ -201,12 +188,3 @@ class BackboneArch:
         d = self.to_dict()
         d.update({k: v for k, v in changes.items() if v is not None})
         return BackboneArch(d, self.source)
-
-
-def backbone_arch_path(name: str) -> Path | None:
-    """The shipped file of a short name (``resnet50``), else ``None``."""
-    from dnas.resources import data_dir
-
-    if name in SHORT_NAMES:
-        return data_dir("backbones") / f"{SHORT_NAMES[name]}.yaml"
-    return None

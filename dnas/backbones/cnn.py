@@ -13,11 +13,13 @@ ResNet's ``layer4`` (its first block's 3x3 conv and its projection), MobileNetV2
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable
 
 import torch
 from torch import nn
 
+from dnas.backbones.osnet import osnet_x1_0
 from dnas.errors import SpaceError
 
 MOBILENETV2_DEF = (("ds", 3, 1, 1, 16), ("ir", 3, 2, 6, 24), ("ir", 3, 2, 6, 32), ("ir", 3, 2, 6, 64),
@@ -30,8 +32,7 @@ def mobilenetv2_deeper(block_repeats: list[int], **kwargs) -> nn.Module:
 
     ``block_repeats`` [1, 3, 21, 19, 18, 3, 1] is the MobileNetV2-200 of DCS-FB.
     """
-    from functools import partial
-
+    # timm on use (here and below): seconds of start-up for commands that build no fixed backbone
     from timm.layers import get_act_layer
     from timm.models._efficientnet_builder import decode_arch_def, round_channels
     from timm.models.efficientnet import EfficientNet
@@ -56,8 +57,6 @@ def create_cnn(backbone: str, block_repeats: list[int] | None, timm_kwargs: dict
     if backbone == "osnet_x1_0":
         if pretrained:
             raise SpaceError("osnet_x1_0: timm has no weights for it; give --pretrained-file PATH")
-        from dnas.backbones.osnet import osnet_x1_0
-
         return osnet_x1_0()
     if backbone.startswith("osnet"):
         raise SpaceError(f"backbone {backbone!r}: only osnet_x1_0 is built in")

@@ -16,13 +16,12 @@ transferred by ``--pretrained``.
 """
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import torch
 from torch import nn
 
 from dnas.backbones.arch import BackboneArch
 from dnas.backbones.cnn import create_cnn, set_last_stride, stage_runners
+from dnas.backbones.weights import start_from_pretrained
 from dnas.ib import input_representation
 from dnas.ops.dcs import DCSAttention
 from dnas.space.schema import resolve_attention
@@ -49,12 +48,6 @@ class ReIDHead(nn.Module):
         nn.init.normal_(self.classifier.weight, std=0.01)
         if self.classifier.bias is not None:
             nn.init.zeros_(self.classifier.bias)
-
-    @property
-    def conv(self) -> SimpleNamespace:
-        """The embedding width where the training engine reads it for a FBNetV2 head
-        (``head.conv.conv.out_channels``); this head has no conv, only the width."""
-        return SimpleNamespace(conv=SimpleNamespace(out_channels=self.dim))
 
     def forward(self, g: torch.Tensor) -> dict[str, torch.Tensor]:
         e = self.neck(g) if self.neck is not None else g
@@ -96,10 +89,17 @@ class BackboneNet(nn.Module):
         attention: ``none``, ``self`` or ``dcs`` (default: the arch's; a bool is the
             legacy ``use_dcs``).
         pretrained: start the backbone from timm's ImageNet weights (a download).
+        pretrained_file: a local checkpoint of the plain backbone, loaded strictly
+            (:func:`dnas.backbones.weights.load_backbone_weights`).
+
+    Attributes:
+        embedding_dim: the width of ``global_feat`` and ``embedding``.
+        pretrained_report: what the network started from (``None``: nothing pretrained;
+            see :func:`dnas.backbones.weights.start_from_pretrained`).
     """
 
     def __init__(self, arch: BackboneArch, num_classes: int | None = None, attention: str | bool | None = None,
-                 pretrained: bool = False):
+                 pretrained: bool = False, pretrained_file: str | None = None):
         super().__init__()
         self.arch = arch
         self.family = arch.family
@@ -119,6 +119,7 @@ class BackboneNet(nn.Module):
                                                                   select=self.attention == "dcs")
         self.embedding_dim = dim
         self.head = ReIDHead(dim, self.num_classes, arch.bnneck)
+        self.pretrained_report = start_from_pretrained(self, pretrained, pretrained_file)
 
     @property
     def use_dcs(self) -> bool:

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from torch import nn
 
+from dnas.model_stats import count_macs, params_without_classifier
+
 
 def backbone_graph(model: nn.Module):
     """A fixed-backbone network as a networkx DiGraph: stages, attention modules, head."""
-    import networkx as nx
+    import networkx as nx  # on use: it adds to the start-up of every command
 
     arch = model.arch
     g = nx.DiGraph(name=arch.name)
@@ -38,8 +40,6 @@ def backbone_graph(model: nn.Module):
 
 def backbone_summary(model: nn.Module, arch: dict, onnx_diff: float | None) -> dict:
     """The ``summary.json`` content of a fixed-backbone network."""
-    from dnas.export import count_macs, params_without_classifier
-
     spec = model.arch
     params = sum(p.numel() for p in model.parameters())
     summary = {

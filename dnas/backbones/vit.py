@@ -41,6 +41,8 @@ from torch import nn
 
 from dnas.backbones.arch import BackboneArch
 from dnas.backbones.model import BranchReIDHead
+from dnas.backbones.weights import start_from_pretrained
+from dnas.errors import SpaceError
 from dnas.ib import input_representation
 from dnas.ops.dcs import _StraightThroughBinary
 from dnas.space.schema import resolve_attention
@@ -109,9 +111,7 @@ def patch_grid(size: tuple[int, int], patch: int, stride: int) -> tuple[int, int
 
 def create_vit(arch: BackboneArch, pretrained: bool) -> nn.Module:
     """timm's ViT for the arch's input, with TransReID's overlapping patch projection."""
-    import timm
-
-    from dnas.errors import SpaceError
+    import timm  # on use: seconds of start-up for commands that build no ViT
 
     kw = dict(arch.timm_kwargs)
     probe = timm.create_model(arch.backbone, pretrained=False, num_classes=0, **kw) if "patch_size" not in kw else None
@@ -140,10 +140,13 @@ class TransReIDNet(nn.Module):
         attention: ``dcs`` (DCS in every block) or ``self``/``none`` (the ViT's own
             attention, plain TransReID).
         pretrained: timm's ImageNet weights (a download).
+        pretrained_file: a local checkpoint of the plain ViT, loaded strictly.
+
+    Attributes: ``embedding_dim`` and ``pretrained_report``, as :class:`BackboneNet`'s.
     """
 
     def __init__(self, arch: BackboneArch, num_classes: int | None = None, attention: str | bool | None = None,
-                 pretrained: bool = False):
+                 pretrained: bool = False, pretrained_file: str | None = None):
         super().__init__()
         self.arch, self.family = arch, "vit"
         self.attention = resolve_attention(arch.attention, attention)
@@ -175,6 +178,7 @@ class TransReIDNet(nn.Module):
         self.head = BranchReIDHead(dim, parts, self.num_classes, arch.bnneck)
         scale = torch.cat([torch.ones(dim), torch.full((dim * self.groups,), 1.0 / max(self.groups, 1))])
         self.register_buffer("embedding_scale", scale, persistent=False)
+        self.pretrained_report = start_from_pretrained(self, pretrained, pretrained_file)
 
     @property
     def use_dcs(self) -> bool:

@@ -10,7 +10,8 @@ strictly: a missing or unexpected key, or a shape that differs, is an error nami
 file and the key. The attention modules, the SIE and the head stay as built, so a new
 DCS module starts as the identity (a CNN module's output BN weight is 0; a ViT block's
 selection keeps every channel in inference); the JPM branch is copied from the loaded
-last block. The report lists every key that did not come from the file.
+last block. The report lists every key that did not come from the file
+(:func:`start_from_pretrained`, kept by the network as ``pretrained_report``).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 
 from dnas.errors import CheckpointError
+from dnas.weights import load_weights
 
 
 def _classifier_keys(backbone: nn.Module) -> tuple[str, ...]:
@@ -34,7 +36,7 @@ def read_backbone_checkpoint(model: nn.Module, path: str | Path) -> dict[str, to
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: pretrained file not found")
-    from timm.models import load_state_dict
+    from timm.models import load_state_dict  # timm on use: seconds of start-up for commands that never need it
 
     try:
         state = load_state_dict(str(path))
@@ -43,7 +45,7 @@ def read_backbone_checkpoint(model: nn.Module, path: str | Path) -> dict[str, to
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise CheckpointError(f"{path}: expected a state dict of the backbone (name -> tensor)")
     if model.family == "vit":
-        from timm.models.vision_transformer import checkpoint_filter_fn
+        from timm.models.vision_transformer import checkpoint_filter_fn  # timm on use, as above
 
         state = checkpoint_filter_fn(state, model.backbone)
     for key in _classifier_keys(model.backbone):
@@ -69,8 +71,6 @@ def load_backbone_weights(model: nn.Module, path: str | Path) -> dict:
         CheckpointError: the file does not fit the backbone (naming the key).
     """
     state = read_backbone_checkpoint(model, path)
-    from dnas.export import load_weights
-
     load_weights(model.backbone, state, str(path), target=f"backbone {model.arch.backbone}")
     copied = []
     if hasattr(model, "init_jpm_from_last_block") and model.jpm_block is not None:
@@ -78,3 +78,22 @@ def load_backbone_weights(model: nn.Module, path: str | Path) -> dict:
         copied = sorted(k for k in model.state_dict() if k.startswith(("jpm_block.", "jpm_norm.")))
     new = sorted(k for k in model.state_dict() if not k.startswith("backbone.") and k not in copied)
     return {"source": str(path), "loaded": len(state), "new": new, "copied": copied}
+
+
+def start_from_pretrained(model: nn.Module, pretrained: bool, pretrained_file: str | Path | None) -> dict | None:
+    """Called by the network at the end of its construction: the JPM branch copied from
+    timm's loaded last block (``pretrained``), or ``pretrained_file`` loaded strictly
+    (:func:`load_backbone_weights`).
+
+    Returns:
+        The report (``{"source", "loaded", "new", "copied"}``), or ``None`` when the
+        network starts from nothing pretrained.
+    """
+    if pretrained and hasattr(model, "init_jpm_from_last_block"):
+        model.init_jpm_from_last_block()
+    if pretrained_file:
+        return load_backbone_weights(model, pretrained_file)
+    if pretrained:
+        return {"source": f"timm:{model.arch.backbone}", "loaded": len(model.backbone.state_dict()),
+                "new": sorted(k for k in model.state_dict() if not k.startswith("backbone.")), "copied": []}
+    return None

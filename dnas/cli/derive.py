@@ -195,7 +195,8 @@ def derive_without_search(args: argparse.Namespace) -> list[tuple[Path, dict]]:
 
 def derive_backbone(args: argparse.Namespace) -> dict:
     """Export a fixed-backbone network (DCS-FB) with fresh or pretrained weights."""
-    from dnas.export import build_model, export_derived, read_arch
+    from dnas.architectures import build_model, read_arch
+    from dnas.export import export_derived
 
     if args.no_dcs and args.attention not in (None, "none"):
         raise DnasError(f"--no-dcs and --attention {args.attention} disagree: give one of them")

@@ -69,7 +69,7 @@ def describe_macs(space) -> dict:
     without the space's attention modules."""
     import warnings
 
-    from dnas.export import count_macs
+    from dnas.model_stats import count_macs
     from dnas.models import PlainNet
     from dnas.space import SearchSpace
 

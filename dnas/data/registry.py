@@ -70,6 +70,13 @@ def get_dataset(name: str) -> Dataset | None:
     return DATASETS.get(name.strip().lower())
 
 
+def classification_spec(spec: str) -> str:
+    """A ``--data`` spec for classification: ``synthetic`` (optionally ``synthetic:/cache``)
+    means ``synthetic-imagenet`` there."""
+    name, sep, root = spec.partition(":")
+    return f"synthetic-imagenet{sep}{root}" if name.strip().lower() == "synthetic" else spec
+
+
 def _synthetic_reid(root: str | None, opts: LoadOptions):
     return load_market_style(ensure_synthetic_reid(opts.synthetic_reid, root), "synthetic", num_cams=6)
 

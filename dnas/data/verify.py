@@ -15,6 +15,8 @@ from typing import Iterable, Sequence
 
 from PIL import Image
 
+from dnas.data.registry import classification_spec
+from dnas.data.synthetic import SyntheticImageFolderConfig, synthetic_reid_from_recipe
 from dnas.errors import DataError
 
 
@@ -81,11 +83,7 @@ def verify_data(spec: str, workers: int = 0, synthetic_reid=None, synthetic_imag
 
 def verify_from_config(cfg, workers: int = 0) -> int:
     """:func:`verify_data` for a search or retrain config (same synthetic-set parameters)."""
-    from dnas.data.synthetic import SyntheticImageFolderConfig, synthetic_reid_from_recipe
-
     if hasattr(cfg, "synthetic_classes"):  # classification pretraining
-        from dnas.retrain.imagenet import classification_spec
-
         synth = SyntheticImageFolderConfig(num_classes=cfg.synthetic_classes,
                                            train_per_class=cfg.synthetic_train_per_class)
         return verify_data(classification_spec(cfg.data), workers, synthetic_imagefolder=synth)

@@ -67,8 +67,9 @@ def entry_macs(entry: Entry) -> int:
 
 
 def _fvcore_macs(entry: Entry) -> int:  # an op added later without a formula here
-    from dnas.export import count_macs
+    # torch on use: the formulas above (and the latency keys) are torch-free
     from dnas.latency.profile import build_entry_module
+    from dnas.model_stats import count_macs
 
     return count_macs(build_entry_module(entry), list(entry.input_shape))
 

@@ -16,6 +16,7 @@ from typing import Sequence
 
 import torch
 
+from dnas.architectures import build_model, load_derived
 from dnas.errors import DnasError
 from dnas.latency.timing import TimingConfig, check_device, device_info, measure_module, round_robin, summarize
 
@@ -23,12 +24,10 @@ from dnas.latency.timing import TimingConfig, check_device, device_info, measure
 def load_fixed_net(arch) -> tuple[torch.nn.Module, str]:
     """``(model, how)``: a ``dnas-derive`` directory with its weights (``model.pt``), or a
     fresh network of an arch file (weights do not change the latency)."""
-    import dnas
-
     path = Path(arch)
     if path.is_dir() and (path / "model.pt").is_file():
-        return dnas.load_derived(path), "dnas-derive directory (weights loaded)"
-    return dnas.build_model(arch), "architecture file (fresh weights)"
+        return load_derived(path), "dnas-derive directory (weights loaded)"
+    return build_model(arch), "architecture file (fresh weights)"
 
 
 def net_input_shape(model: torch.nn.Module, size: Sequence[int] | None = None) -> tuple[int, int, int]:

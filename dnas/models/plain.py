@@ -58,6 +58,7 @@ class PlainNet(nn.Module):
             str(s): DCSAttention(arch.stage_out_options(s)[0], tau_m=arch.tau_m, form=arch.attention_form,
                                  select=self.attention == "dcs") for s in arch.dcs_stages
         }) if self.use_dcs else nn.ModuleDict()
+        self.embedding_dim = int(arch.head["out_chs"])  # width of ``global_feat`` and ``embedding``
         self.head = ClassifierHead(arch.stage_out_options(len(arch.stages) - 1)[0], arch.head["out_chs"],
                                    self.num_classes, arch.bnneck if bnneck is None else bnneck)
 

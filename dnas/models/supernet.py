@@ -109,6 +109,7 @@ class Supernet(nn.Module):
                                  select=self.attention == "dcs") for s in space.dcs_stages
         }) if self.use_dcs else nn.ModuleDict()
         last_group = space.stage_group[len(space.stages) - 1]
+        self.embedding_dim = int(space.head["out_chs"])  # width of ``global_feat`` and ``embedding``
         self.head = ClassifierHead(self.group_max[last_group], space.head["out_chs"], self.num_classes, self.bnneck)
 
     @property

@@ -1,7 +1,7 @@
 """Retraining pieces shared by ImageNet pretraining and Re-ID finetuning (paper section
 4.2): the one-phase user of the training engine (:class:`Trainer`; :mod:`dnas.engine`:
-the step, the epoch loop with exact resume, checkpoints), EMA of the weights, mixup,
-pretrained-weight loading and the final export.
+the step, the epoch loop with exact resume, checkpoints), EMA of the weights, mixup and
+the final export (pretrained weights: :mod:`dnas.weights`).
 
 Exact resume as in :mod:`dnas.engine.loop`; mixup draws from a generator seeded by the
 step's position; the only other randomness (DCS-Attention's Gumbel noise) comes from the
@@ -18,16 +18,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from dnas.architectures import build_model
 from dnas.data.seeded import seeded_loader
-from dnas.engine import LAST, Engine, Phase, StepResult, build_optimizer
-from dnas.engine.checkpoint import CHECKPOINT_VERSION
+from dnas.data.transforms import mixup_batch
+from dnas.engine import Engine, Phase, StepResult, build_optimizer
 from dnas.errors import CheckpointError
-from dnas.io import safe_torch_load
+from dnas.export import export_derived
 from dnas.retrain.config import TrainConfig
 from dnas.runtime import Runtime
 
 log = logging.getLogger(__name__)
-DROP_PREFIXES = ("head.classifier.", "head.neck.")  # task-specific head: never transferred
 
 
 class ModelEma:
@@ -66,69 +66,6 @@ class ModelEma:
         self.updates = int(state["updates"])
 
 
-# -- pretrained weights ------------------------------------------------------------------
-def read_weights(source: str | Path) -> tuple[dict, str]:
-    """Weights to start from: an ``imagenet`` run (its ``final/model.pt``, else its last
-    checkpoint, EMA weights preferred), a ``dnas-derive`` directory (``model.pt``), a
-    retrain checkpoint file or a plain state-dict file.
-
-    Returns:
-        ``(state_dict, description of the file read)``.
-
-    Raises:
-        CheckpointError: nothing usable at ``source``.
-    """
-    path = Path(source)
-    if path.is_dir():
-        for cand in (path / "final" / "model.pt", path / LAST, path / "model.pt"):
-            if cand.is_file():
-                path = cand
-                break
-        else:
-            raise CheckpointError(f"{source}: no final/model.pt, {LAST} or model.pt in this directory")
-    state = safe_torch_load(path)
-    if isinstance(state, Mapping) and state.get("version") == CHECKPOINT_VERSION and "model" in state:
-        if state.get("ema"):
-            return dict(state["ema"]["model"]), f"{path} (EMA weights)"
-        return dict(state["model"]), str(path)
-    if not (isinstance(state, Mapping) and state and all(torch.is_tensor(v) for v in state.values())):
-        raise CheckpointError(f"{path}: expected a state dict (name -> tensor) or a dnas-retrain checkpoint")
-    return dict(state), str(path)
-
-
-def load_pretrained(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> dict:
-    """Load transferable weights into ``model``; drop the source's classifier and BNNeck.
-
-    DCS-Attention modules present on one side only (``use_dcs`` differs) are dropped
-    or left freshly initialised; any other missing or extra key, or any shape
-    mismatch, is an error.
-
-    Returns:
-        ``{"source", "loaded", "dropped", "fresh"}``: keys loaded, source keys dropped,
-        model keys left at their initialisation.
-
-    Raises:
-        CheckpointError: the weights do not fit the architecture (naming key and shapes).
-    """
-    own = model.state_dict()
-    dropped = sorted(k for k in state if k.startswith(DROP_PREFIXES) or (k not in own and k.startswith("dcs.")))
-    unexpected = sorted(k for k in state if k not in own and k not in dropped)
-    fresh = sorted(k for k in own if (k not in state or k.startswith(DROP_PREFIXES))
-                   and (k.startswith(DROP_PREFIXES) or k.startswith("dcs.")))
-    missing = sorted(k for k in own if k not in state and k not in fresh)
-    if missing or unexpected:
-        what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
-        raise CheckpointError(f"{source}: pretrained weights do not fit the architecture ({what}); "
-                              "pretrain the same derived arch")
-    loaded = sorted(k for k in own if k not in fresh)
-    for k in loaded:
-        if tuple(state[k].shape) != tuple(own[k].shape):
-            raise CheckpointError(f"{source}: key {k!r} has shape {tuple(state[k].shape)}, the architecture "
-                                  f"needs {tuple(own[k].shape)}; pretrain the same derived arch")
-    model.load_state_dict({k: state[k] for k in loaded}, strict=False)
-    return {"source": source, "loaded": loaded, "dropped": dropped, "fresh": fresh}
-
-
 # -- the training loop --------------------------------------------------------------------
 class Trainer(Engine):
     """One retraining run, a one-phase (``train``) user of :class:`dnas.engine.Engine`;
@@ -141,12 +78,13 @@ class Trainer(Engine):
         net: the plain network (weights initialised or pretrained).
         global_batch: images per optimizer step over all processes.
         progress: show tqdm bars (only on a TTY, rank 0).
+        arch: the arch dict of ``net`` (exported at the end of the run).
     """
 
     kind = "retrain"
 
     def __init__(self, cfg: TrainConfig, rt: Runtime, data, net: nn.Module, global_batch: int,
-                 progress: bool = True):
+                 progress: bool = True, arch: dict | None = None):
         super().__init__(cfg, rt, data, net, progress)
         self.base_lr = cfg.base_lr(global_batch)
         opt = build_optimizer(cfg.optimizer, self.net, self.base_lr, cfg.weight_decay, momentum=cfg.momentum,
@@ -155,7 +93,7 @@ class Trainer(Engine):
         self.add_optimizer("opt", opt, cfg.lr_schedule(self.base_lr), "lr")
         self.add_phase(Phase("train", seeded_loader(data.train, data.train_sampler), data.train_sampler, ["opt"]))
         self.ema = ModelEma(self.net, cfg.ema_decay) if cfg.ema else None
-        self.arch: dict | None = None  # the arch dict of ``net`` (set by the run; exported at the end)
+        self.arch = arch
 
     # -- hooks -------------------------------------------------------------------------
     def compute_loss(self, images: torch.Tensor, targets: torch.Tensor, labels: torch.Tensor,
@@ -196,8 +134,6 @@ class Trainer(Engine):
     # -- one step ----------------------------------------------------------------------
     def _mixup(self, images: torch.Tensor, labels: torch.Tensor):
         """Mixed images, soft targets and the dominant hard labels (for triplet/IB)."""
-        from dnas.data.transforms import mixup_batch
-
         if self.cfg.mixup_alpha <= 0:
             return images, labels, labels
         rng = np.random.default_rng([self.cfg.seed, 0x6D1, self.epoch, self.pos, self.rt.rank])
@@ -217,8 +153,6 @@ class Trainer(Engine):
 
 def export_final(t: Trainer, run_dir: Path, arch: dict, extra: dict) -> dict:
     """Export the deploy weights into ``RUN/final`` the way ``dnas-derive`` does."""
-    from dnas.export import build_model, export_derived
-
     model = build_model(arch)
     model.load_state_dict({k: v.detach().cpu() for k, v in t.deploy_model.state_dict().items()})
     return export_derived(run_dir / "final", arch, model, onnx=t.cfg.export_onnx, overwrite=True,

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 from dnas.engine.config import ReIDRunConfig, RunConfig
+from dnas.engine.optim import LRSchedule
+from dnas.space.schema import attention_from_keys
 
 
 @dataclass
@@ -75,8 +77,6 @@ class TrainConfig(RunConfig):
         Args:
             base: the peak learning rate (:meth:`base_lr`).
         """
-        from dnas.engine.optim import LRSchedule
-
         return LRSchedule(base, self.schedule, epochs=self.epochs, warmup_epochs=self.warmup_epochs,
                           warmup_factor=self.warmup_factor, milestones=tuple(self.milestones), gamma=self.gamma,
                           min_lr_ratio=self.min_lr_ratio)
@@ -170,18 +170,6 @@ class ReIDConfig(TrainConfig, ReIDRunConfig):
         ]
 
 
-def load_arch(arch: str, **changes) -> dict:
-    """The derived-arch dict of ``arch`` (directory, YAML, or a fixed-backbone short name
-    such as ``resnet50``) with keys replaced: :func:`dnas.export.read_arch`.
-
-    Raises:
-        SpaceError: not found, invalid, or not a derived architecture.
-    """
-    from dnas.export import read_arch
-
-    return read_arch(arch, **changes)
-
-
 def suffixed(name: str, suffix: str) -> str:
     """``name`` ending in ``suffix`` (added once)."""
     return name if name.endswith(suffix) else name + suffix
@@ -193,8 +181,6 @@ def apply_attention(arch: dict, cfg: TrainConfig) -> None:
     The arch's own setting (``attention``, or the legacy ``use_dcs``) stays unless the
     recipe names one; the legacy key is dropped so the two cannot disagree.
     """
-    from dnas.space.schema import attention_from_keys
-
     own = attention_from_keys(arch.pop("attention", None), arch.pop("use_dcs", None), "arch") or "dcs"
     arch["attention"] = attention_from_keys(cfg.attention, cfg.use_dcs, "retrain recipe") or own
     if cfg.attention_form:

@@ -22,10 +22,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from dnas.architectures import build_model, read_arch
+from dnas.data.loaders import DataConfig, build_loaders
+from dnas.data.registry import classification_spec
+from dnas.data.synthetic import SyntheticImageFolderConfig
+from dnas.engine.run import run_in_dir
 from dnas.errors import DnasError
 from dnas.losses import cross_entropy_smooth
 from dnas.retrain.common import Trainer, export_final
-from dnas.retrain.config import ImageNetConfig, apply_attention, load_arch, suffixed
+from dnas.retrain.config import ImageNetConfig, apply_attention, suffixed
 from dnas.runtime import Runtime, autocast, seed_everything
 
 log = logging.getLogger(__name__)
@@ -33,17 +38,8 @@ KIND = "retrain-imagenet"
 CURVES = ["loss", "train_acc", "val_loss", "top1", "top5", "lr"]
 
 
-def classification_spec(spec: str) -> str:
-    """``synthetic`` (optionally ``synthetic:/cache``) means ``synthetic-imagenet`` here."""
-    name, sep, root = spec.partition(":")
-    return f"synthetic-imagenet{sep}{root}" if name.strip().lower() == "synthetic" else spec
-
-
 def build_imagenet_data(cfg: ImageNetConfig, rt: Runtime, size: int):
     """Shuffled training batches and the validation loader of a classification spec."""
-    from dnas.data.loaders import DataConfig, build_loaders
-    from dnas.data.synthetic import SyntheticImageFolderConfig
-
     synth = SyntheticImageFolderConfig(num_classes=cfg.synthetic_classes,
                                        train_per_class=cfg.synthetic_train_per_class)
     dcfg = DataConfig(data=classification_spec(cfg.data), size=size, batch_size=cfg.batch_size,
@@ -64,9 +60,9 @@ class ImageNetTrainer(Trainer):
     kind = KIND
     best_key = "top1"
 
-    def __init__(self, cfg: ImageNetConfig, rt: Runtime, data, net, progress: bool = True):
+    def __init__(self, cfg: ImageNetConfig, rt: Runtime, data, net, progress: bool = True, arch: dict | None = None):
         batch = data.train_sampler.batch_size
-        super().__init__(cfg, rt, data, net, batch * rt.world_size, progress)
+        super().__init__(cfg, rt, data, net, batch * rt.world_size, progress, arch)
 
     def compute_loss(self, images, targets, labels, cameras=None):
         logits = self.model(images).float()  # (B, K)
@@ -108,13 +104,10 @@ def run_imagenet(cfg: ImageNetConfig, run_dir: Path, resume: bool = False, progr
     """Run (or resume) ImageNet pretraining into ``run_dir`` and export ``RUN/final`` (the arguments:
     :func:`dnas.engine.run.run_in_dir`; ``progress``: tqdm bars on a TTY); returns the final
     ``summary.json`` content (rank 0; ``{}`` elsewhere)."""
-    from dnas.engine.run import run_in_dir
-    from dnas.export import build_model
-
     run_dir = Path(run_dir)
     def build(cfg: ImageNetConfig, rt: Runtime):
         seed_everything(cfg.seed, cfg.deterministic)
-        arch = load_arch(str(run_dir / "arch.yaml") if resume else cfg.arch)
+        arch = read_arch(str(run_dir / "arch.yaml") if resume else cfg.arch)
         size = cfg.size or arch["input_size"][1]
         data = build_imagenet_data(cfg, rt, size)
         if not resume:
@@ -124,8 +117,7 @@ def run_imagenet(cfg: ImageNetConfig, run_dir: Path, resume: bool = False, progr
         elif arch["num_classes"] != data.num_classes:
             raise DnasError(f"{run_dir}: trained on {arch['num_classes']} classes, --data has {data.num_classes}")
         seed_everything(cfg.seed, cfg.deterministic)
-        t = ImageNetTrainer(cfg, rt, data, build_model(arch), progress)
-        t.arch = arch
+        t = ImageNetTrainer(cfg, rt, data, build_model(arch), progress, arch)
         return t, cfg, {"arch.yaml": arch}
 
     def finish(t: ImageNetTrainer, cfg: ImageNetConfig, rt: Runtime) -> dict:

@@ -34,15 +34,21 @@ from pathlib import Path
 
 import torch
 
+from dnas.architectures import build_model, load_derived, load_run_model, read_arch
 from dnas.data.fingerprint import FILE_NAME as FINGERPRINT_FILE
+from dnas.data.loaders import DataConfig, build_loaders
+from dnas.data.synthetic import synthetic_reid_from_recipe
+from dnas.engine import LAST
+from dnas.engine.run import run_in_dir
 from dnas.errors import DnasError
-from dnas.engine import LAST, load_checkpoint
-from dnas.evaluation import held_out_parts, ib_part
+from dnas.evaluation import evaluate_reid, held_out_parts, ib_part, prefixed
 from dnas.ib import evaluate_model_ib
 from dnas.losses import ReIDLoss
-from dnas.retrain.common import Trainer, export_final, load_pretrained, read_weights
-from dnas.retrain.config import ReIDConfig, apply_attention, load_arch, suffixed
-from dnas.runtime import Runtime, seed_everything, setup_runtime, teardown_runtime
+from dnas.retrain.common import Trainer, export_final
+from dnas.retrain.config import ReIDConfig, apply_attention, suffixed
+from dnas.runlog import read_csv_rows
+from dnas.runtime import Runtime, all_reduce_mean, seed_everything, setup_runtime, teardown_runtime
+from dnas.weights import load_pretrained, load_run_weights, load_weights, read_pretrained_weights
 
 log = logging.getLogger(__name__)
 KIND = "retrain-reid"
@@ -55,9 +61,6 @@ RERANK_NOTE = {"method": "k-reciprocal re-ranking (Zhong et al. 2017), k1=20, k2
 
 def build_reid_data(cfg: ReIDConfig, rt: Runtime, height: int, width: int, training: bool = True):
     """PK training loader, validation and test query/gallery loaders of a Re-ID ``--data`` spec."""
-    from dnas.data.loaders import DataConfig, build_loaders
-    from dnas.data.synthetic import synthetic_reid_from_recipe
-
     synth = synthetic_reid_from_recipe(cfg)
     dcfg = DataConfig(data=cfg.data, height=height, width=width, p=cfg.p, k=cfg.k, workers=cfg.workers,
                       seed=cfg.seed, rank=rt.rank, world_size=rt.world_size, test_batch_size=cfg.test_batch_size,
@@ -81,11 +84,11 @@ class ReIDTrainer(Trainer):
     kind = KIND
     best_key, best_mode = "val_mAP", "max"
 
-    def __init__(self, cfg: ReIDConfig, rt: Runtime, data, net, progress: bool = True):
-        super().__init__(cfg, rt, data, net, cfg.batch_size * rt.world_size, progress)
+    def __init__(self, cfg: ReIDConfig, rt: Runtime, data, net, progress: bool = True, arch: dict | None = None):
+        super().__init__(cfg, rt, data, net, cfg.batch_size * rt.world_size, progress, arch)
         if data.validation is None:  # never select on the test split
             self.best_key, self.best_mode = "loss", "min"
-        self.loss = ReIDLoss.from_config(cfg, data.num_classes, feat_dim=net.head.conv.conv.out_channels).to(rt.device)
+        self.loss = ReIDLoss.from_config(cfg, data.num_classes, feat_dim=net.embedding_dim).to(rt.device)
         self.center_opt = None
         if self.loss.center is not None:
             self.center_opt = torch.optim.SGD(self.loss.center.parameters(), lr=cfg.center_lr)
@@ -102,8 +105,6 @@ class ReIDTrainer(Trainer):
                 if p.grad is not None:
                     p.grad.mul_(1.0 / self.cfg.center_weight)
                     if self.rt.distributed:
-                        from dnas.runtime import all_reduce_mean
-
                         p.grad.copy_(all_reduce_mean(p.grad, self.rt))
             self.center_opt.step()
             self.center_opt.zero_grad(set_to_none=True)
@@ -135,8 +136,6 @@ class ReIDTrainer(Trainer):
     def evaluate_split(self, split: str, model=None, rerank: bool = False) -> dict:
         """``val_*`` or ``test_*`` metrics of ``model`` (default: the deploy weights);
         ``rerank`` adds the re-ranked ``<split>_rerank_*``."""
-        from dnas.evaluation import evaluate_reid, prefixed
-
         query, gallery = ((self.data.val_query, self.data.val_gallery) if split == "val"
                           else (self.data.query, self.data.gallery))
         return prefixed(evaluate_reid(model if model is not None else self.deploy_model, query, gallery,
@@ -165,7 +164,7 @@ def prepare_reid(cfg: ReIDConfig, run_dir: Path, rt: Runtime, resume: bool, prog
         ``(trainer, arch dict, pretrained report or None)``.
     """
     seed_everything(cfg.seed, cfg.deterministic)
-    arch = load_arch(str(run_dir / "arch.yaml") if resume else cfg.arch)
+    arch = read_arch(str(run_dir / "arch.yaml") if resume else cfg.arch)
     height, width = cfg.height or arch["input_size"][1], cfg.width or arch["input_size"][2]
     data = build_reid_data(cfg, rt, height, width)
     if resume:
@@ -176,18 +175,16 @@ def prepare_reid(cfg: ReIDConfig, run_dir: Path, rt: Runtime, resume: bool, prog
         arch.update(name=suffixed(arch["name"], "-reid"), num_classes=data.num_classes, bnneck=cfg.bnneck,
                     input_size=[3, height, width])
         _fit_camera_embedding(arch, data.splits)
-    from dnas.export import build_model
-
     seed_everything(cfg.seed, cfg.deterministic)  # the initial weights depend on the seed only
     net = build_model(arch)
     report = None
     if cfg.pretrained and not resume:
-        report = load_pretrained(net, *read_weights(cfg.pretrained))
+        report = load_pretrained(net, *read_pretrained_weights(cfg.pretrained))
         if rt.is_main:
             log.info("pretrained: %d tensors loaded from %s; dropped from the source: %s; freshly initialised: %s "
                      "(pretrained.json)", len(report["loaded"]), report["source"], report["dropped"] or "none",
                      report["fresh"] or "none")
-    return ReIDTrainer(cfg, rt, data, net, progress), arch, report
+    return ReIDTrainer(cfg, rt, data, net, progress, arch), arch, report
 
 
 def _fit_camera_embedding(arch: dict, splits) -> None:
@@ -204,12 +201,9 @@ def run_reid(cfg: ReIDConfig, run_dir: Path, resume: bool = False, progress: boo
     """Run (or resume) a Re-ID finetuning into ``run_dir`` and export ``RUN/final`` (the arguments:
     :func:`dnas.engine.run.run_in_dir`; ``progress``: tqdm bars on a TTY); returns the final
     ``summary.json`` content (rank 0; ``{}`` elsewhere)."""
-    from dnas.engine.run import run_in_dir
-
     run_dir = Path(run_dir)
     def build(cfg: ReIDConfig, rt: Runtime):
         t, arch, report = prepare_reid(cfg, run_dir, rt, resume, progress)
-        t.arch = arch
         return t, cfg, {"arch.yaml": arch, "pretrained.json": report,
                         FINGERPRINT_FILE: {"data": cfg.data, "data_fingerprint": t.data.splits.fingerprint}}
 
@@ -242,8 +236,6 @@ def _finish_reid(t: ReIDTrainer, cfg: ReIDConfig, run_dir: Path, arch: dict) -> 
 def _protocol_summary(t: ReIDTrainer, arch: dict, run_dir: Path) -> dict:
     """The ``summary.json`` figures and which split each comes from: test (final weights)
     at the top level, the best checkpoint's validation and test figures, the split."""
-    from dnas.export import build_model
-
     test = {k: t.last_eval.get(f"test_{k}") for k in METRICS}
     out: dict = {**{k: test[k] for k in ("mAP", "rank1", "rank5", "rank10", "mINP")},
                  "metrics_split": "test query/gallery, final weights (after the last epoch)",
@@ -257,9 +249,8 @@ def _protocol_summary(t: ReIDTrainer, arch: dict, run_dir: Path) -> dict:
     if t.best_epoch == t.last_eval.get("epoch"):
         best["test"] = dict(test)
     elif (run_dir / "checkpoint-best.pt").is_file():
-        state = load_checkpoint(run_dir / "checkpoint-best.pt", KIND)
         model = build_model(arch)
-        model.load_state_dict(state["ema"]["model"] if state.get("ema") else state["model"])
+        load_weights(model, *load_run_weights(run_dir, "best", kind=KIND))
         m = t.evaluate_split("test", model.to(t.rt.device))
         best["test"] = {k: m[f"test_{k}"] for k in METRICS}
     if t.last_eval.get("test_rerank_mAP") is not None:
@@ -272,14 +263,10 @@ def _protocol_summary(t: ReIDTrainer, arch: dict, run_dir: Path) -> dict:
 
 
 def _read_rows(run_dir: Path) -> list[dict]:
-    from dnas.runlog import read_csv_rows
-
     return read_csv_rows(run_dir / "metrics.csv")
 
 
 def _last_row(run_dir: Path) -> dict:
-    from dnas.runlog import read_csv_rows
-
     rows = read_csv_rows(run_dir / "metrics.csv")
     if not rows:
         return {}
@@ -309,18 +296,10 @@ def evaluate_only(path: str | Path, cfg: ReIDConfig, which: str = "last") -> dic
         test query/gallery (``data_fingerprint``: :mod:`dnas.data.fingerprint`);
         with ``cfg.rerank`` also ``"rerank": {"mAP", "rank1", ...}``, the re-ranked figures.
     """
-    from dnas.evaluation import evaluate_reid
-    from dnas.export import build_model, load_derived
-
     path = Path(path)
     run = path if path.is_dir() else path.parent
     if (run / "config.yaml").is_file() and (path.is_file() or (run / LAST).is_file()):
-        ckpt = path if path.is_file() else run / ("checkpoint-best.pt" if which == "best" else LAST)
-        state = load_checkpoint(ckpt, KIND)
-        arch = load_arch(str(run / "arch.yaml"))
-        model = build_model(arch)
-        model.load_state_dict(state["ema"]["model"] if state.get("ema") else state["model"])
-        source = str(ckpt) + (" (EMA weights)" if state.get("ema") else "")
+        model, source = load_run_model(path, which, kind=KIND)
     elif path.is_dir() and (path / "model.pt").is_file():
         model, source = load_derived(path), str(path / "model.pt")
     else:

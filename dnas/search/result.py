@@ -9,6 +9,7 @@ import warnings
 
 import torch
 
+from dnas.model_stats import count_macs, params_without_classifier
 from dnas.models import PlainNet, Supernet
 from dnas.space import SearchSpace
 
@@ -18,8 +19,6 @@ DECIDED_ENTROPY = 0.5  # a unit is decided when its normalised entropy is at mos
 
 def _arch_figures(net: Supernet, indices: dict, latency) -> dict:
     """Params (without the classifier), MACs and the expected latency of one arch of ``net``'s space."""
-    from dnas.export import count_macs, params_without_classifier
-
     arch = SearchSpace.from_dict(net.space.arch_from_indices(indices))
     plain = PlainNet(arch)  # its classifier has the space's classes: left out of the count below
     with warnings.catch_warnings():

@@ -2,7 +2,6 @@
 from dnas.space.axes import ChoiceAxis
 from dnas.space.op_specs import OP_SPECS, OpKwarg, OpSpec, register_op_spec
 from dnas.space.space import (
-    SHORT_NAMES,
     BlockSpec,
     SearchSpace,
     data_root,
@@ -11,5 +10,5 @@ from dnas.space.space import (
     resolve_space_path,
 )
 
-__all__ = ["SHORT_NAMES", "BlockSpec", "ChoiceAxis", "OP_SPECS", "OpKwarg", "OpSpec", "SearchSpace", "data_root",
+__all__ = ["BlockSpec", "ChoiceAxis", "OP_SPECS", "OpKwarg", "OpSpec", "SearchSpace", "data_root",
            "load_space", "make_divisible", "register_op_spec", "resolve_space_path"]

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from dnas.errors import SpaceError
-from dnas.resources import data_dir, data_root, find_data_file  # noqa: F401 (data_root: re-exported)
+from dnas.resources import data_root, find_data_file, short_name_path, short_names  # noqa: F401 (data_root: re-exported)
 from dnas.space.axes import ChoiceAxis, build_axes
 from dnas.space.op_specs import OP_SPECS
 from dnas.space.schema import resolve_attention, validate_space_dict
@@ -27,16 +27,6 @@ from dnas.space.schema import resolve_attention, validate_space_dict
 # Bumped whenever an op computes differently, so latency tables of the old ops are refused:
 # 2 = DCS-Attention in the linear (non-local) form with a depthwise output transform.
 OPS_VERSION = 2
-
-SHORT_NAMES = {
-    "fbnetv2": "fbnetv2",
-    "large": "fbnetv2_large",
-    "fbnetv2_large": "fbnetv2_large",
-    "xlarge": "fbnetv2_xlarge",
-    "fbnetv2_xlarge": "fbnetv2_xlarge",
-    "tiny": "tiny",
-}
-
 
 def make_divisible(value: float, divisor: int = 8) -> int:
     """Round ``value`` to a multiple of ``divisor`` without dropping more than 10%."""
@@ -91,15 +81,16 @@ def resolve_space_path(name_or_path: str | Path) -> Path:
         SpaceError: neither a known name nor an existing file.
     """
     text = str(name_or_path)
-    if text in SHORT_NAMES:
-        return data_dir("supernets") / f"{SHORT_NAMES[text]}.yaml"
+    short = short_name_path(text, "supernets")  # dnas.resources.SHORT_NAMES
+    if short is not None:
+        return short
     path = find_data_file(text)  # a shipped space also as supernets/NAME.yaml from anywhere
     if path.is_file():
         return path
     if path.is_dir() and (path / "arch.yaml").is_file():
         return path / "arch.yaml"
     raise SpaceError(
-        f"{text}: not a known space ({', '.join(sorted(SHORT_NAMES))}) nor an existing YAML file"
+        f"{text}: not a known space ({', '.join(sorted(short_names('supernets')))}) nor an existing YAML file"
     )
 
 
@@ -390,5 +381,5 @@ class SearchSpace:
 
 
 def load_space(name_or_path: str | Path) -> SearchSpace:
-    """Load and validate a space or arch by short name or path (see :data:`SHORT_NAMES`)."""
+    """Load and validate a space or arch by short name (:data:`dnas.resources.SHORT_NAMES`) or path."""
     return SearchSpace.load(name_or_path)

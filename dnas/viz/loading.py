@@ -20,10 +20,14 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from dnas.architectures import load_derived, load_run_model
 from dnas.errors import DnasError
+from dnas.outputs import output_kind, require_kind
+from dnas.strict_yaml import read_yaml
 
 log = logging.getLogger(__name__)
 Item = tuple[str, int, int]  # (path, pid, camid)
+REID_CHECKPOINT_KIND = "retrain-reid"  # the kind a dnas-retrain reid checkpoint names
 
 
 @dataclasses.dataclass
@@ -52,26 +56,11 @@ class LoadedModel:
 
 
 def _read_config(run: Path) -> dict:
-    from dnas.strict_yaml import read_yaml
-
     path = run / "config.yaml"
     if not path.is_file():
         return {}
     cfg = read_yaml(path, DnasError, "a run's config")
     return cfg if isinstance(cfg, dict) else {}
-
-
-def _read_checkpoint(path: Path) -> dict:
-    """The weights of a reid run's checkpoint (``model``, and ``ema`` when the run kept one)."""
-    from dnas.errors import CheckpointError
-    from dnas.io import safe_torch_load
-
-    state = safe_torch_load(path)
-    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
-        raise CheckpointError(f"{path}: not a dnas checkpoint (no model weights)")
-    if state.get("kind", "retrain-reid") != "retrain-reid":
-        raise CheckpointError(f"{path}: a {state.get('kind')} checkpoint, expected a dnas-retrain reid one")
-    return state
 
 
 def load_model(path: str | Path, checkpoint: str = "last", label: str | None = None) -> LoadedModel:
@@ -85,9 +74,6 @@ def load_model(path: str | Path, checkpoint: str = "last", label: str | None = N
     Raises:
         DnasError: not found, or not one of these (a search run is named as such).
     """
-    from dnas.export import build_model, load_derived
-    from dnas.outputs import output_kind, require_kind
-
     path = Path(path)
     if not path.exists():
         raise DnasError(f"{path}: model not found; expected a dnas-derive directory, a dnas-retrain reid run "
@@ -96,12 +82,8 @@ def load_model(path: str | Path, checkpoint: str = "last", label: str | None = N
     require_kind(run, ("reid-run", "derived"), "dnas-visualize")
     ckpt = path if path.is_file() else run / f"checkpoint-{checkpoint}.pt"
     if output_kind(run) == "reid-run" and ckpt.is_file():
-        from dnas.retrain.config import load_arch
-
-        state = _read_checkpoint(ckpt)
-        model = build_model(load_arch(str(run / "arch.yaml")))
-        model.load_state_dict(state["ema"]["model"] if state.get("ema") else state["model"])
-        weights, config = str(ckpt) + (" (EMA weights)" if state.get("ema") else ""), _read_config(run)
+        model, weights = load_run_model(ckpt, kind=REID_CHECKPOINT_KIND)
+        config = _read_config(run)
     elif path.is_dir() and (path / "model.pt").is_file():
         model, weights = load_derived(path), str(path / "model.pt")
         parent = path.resolve().parent
