@@ -191,31 +191,75 @@ def test_out_below_a_file(tmp_path, prog):
 
 _AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 _CAN_DROP = os.geteuid() != 0 or (shutil.which("setpriv") is not None and os.access(sys.executable, os.X_OK))
+_SOURCE = ("dnas", "supernets", "search", "retrain", "latency_tables", "backbones")
+
+
+def _open_to_all(top: Path) -> None:
+    """World-readable files and world-enterable directories under ``top``."""
+    for d, dirs, files in os.walk(top):
+        os.chmod(d, 0o755)
+        for f in files:
+            os.chmod(os.path.join(d, f), 0o644)
+
+
+@pytest.fixture(scope="module")
+def readable_checkout():
+    """The source tree the unprivileged user runs: the checkout itself when the tests do
+    not run as root, else a world-readable copy of the package and its data folders (a
+    checkout under a 0700 directory, e.g. a home directory or a ``mktemp -d`` folder, is
+    out of that user's reach). Skips, naming why, when that user cannot start the
+    interpreter on the copy."""
+    if os.geteuid() != 0:
+        yield ROOT
+        return
+    import subprocess
+    import tempfile
+
+    from cli_helpers import env
+
+    base = Path(tempfile.mkdtemp(prefix="dnas-src-"))
+    try:
+        for name in _SOURCE:
+            shutil.copytree(ROOT / name, base / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        _open_to_all(base)
+        probe = subprocess.run(_AS_NOBODY + [sys.executable, "-c", "import dnas.cli.derive"], cwd=base,
+                               capture_output=True, text=True, env=dict(env(), PYTHONPATH=str(base), HOME=str(base)),
+                               timeout=300)
+        if probe.returncode != 0:
+            why = (probe.stderr.strip().splitlines() or ["no output"])[-1]
+            pytest.skip(f"the unprivileged user cannot run {sys.executable} on a readable copy of the package "
+                        f"({why}); install the environment where that user can read it")
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.mark.skipif(not _CAN_DROP, reason="root writes into read-only directories and setpriv is missing")
 @pytest.mark.parametrize("prog", ["dnas-derive", "dnas-search", "dnas-retrain", "dnas-latency", "validate --plot"])
-def test_out_in_a_read_only_directory(prog):
+def test_out_in_a_read_only_directory(prog, readable_checkout):
     import subprocess
     import tempfile
 
     from cli_helpers import MODULES, env
 
+    src = readable_checkout
     base = Path(tempfile.mkdtemp(prefix="dnas-ro-"))  # not under pytest's 0700 tmp: nobody must reach it
     try:
         base.chmod(0o777)
         ro = base / "ro"
         ro.mkdir()
         ro.chmod(0o555)
-        table = ROOT / "latency_tables" / "cpu_tiny_b8_fp32.csv"
-        argv = {"dnas-derive": [*DERIVE_MAX, "--out", ro / "x"], "dnas-search": [*SEARCH_FAST, "--out", ro / "x"],
-                "dnas-retrain": ["reid", "--arch", ROOT / "supernets" / "tiny.yaml", "--out", ro / "x"],
+        table = src / "latency_tables" / "cpu_tiny_b8_fp32.csv"
+        search_fast = [a.replace(str(ROOT), str(src)) for a in SEARCH_FAST]
+        argv = {"dnas-derive": [*DERIVE_MAX, "--out", ro / "x"], "dnas-search": [*search_fast, "--out", ro / "x"],
+                "dnas-retrain": ["reid", "--arch", src / "supernets" / "tiny.yaml", "--out", ro / "x"],
                 "dnas-latency": ["profile", "--supernet", "tiny", "--device", "cpu", "--out", ro / "t"],
                 "validate --plot": ["validate", "--supernet", "tiny", "--table", table, "--plot", ro / "p.png"]}[prog]
         name = "dnas-latency" if prog.startswith("validate") else prog
         cmd = [sys.executable, "-m", MODULES[name], *map(str, argv)]
         proc = subprocess.run(([] if os.geteuid() else _AS_NOBODY) + cmd, cwd=base, capture_output=True, text=True,
-                              env=dict(env(), HOME=str(base), DNAS_CACHE=str(base / "cache")), timeout=300)
+                              env=dict(env(), PYTHONPATH=str(src), HOME=str(base), DNAS_CACHE=str(base / "cache")),
+                              timeout=300)
         one_line_error(proc, name, "permission denied", str(ro))
         assert list(ro.iterdir()) == []
     finally:
