@@ -33,12 +33,13 @@ SMALL_VARIANT = {"resnet50": {"timm_kwargs": {"layers": [1, 1, 1, 1]}},
 
 def write_arch(backbone: str, height: int, width: int, small: bool, out: Path) -> Path:
     """The backbone's arch file at ``height x width`` (reduced with ``small``) as ``out/arch.yaml``."""
-    from dnas.backbones import SHORT_NAMES
-    from dnas.export import read_arch
+    from dnas.architectures import read_arch
     from dnas.io import atomic_write_yaml
+    from dnas.resources import short_names
 
-    if backbone not in SHORT_NAMES:
-        raise SystemExit(f"--backbone {backbone}: expected one of {', '.join(SHORT_NAMES)}")
+    backbones = short_names("backbones")
+    if backbone not in backbones:
+        raise SystemExit(f"--backbone {backbone}: expected one of {', '.join(backbones)}")
     changes = dict(SMALL_VARIANT.get(backbone, {})) if small else {}
     arch = read_arch(backbone, input_size=[3, height, width], **changes)
     out.mkdir(parents=True, exist_ok=True)

@@ -171,7 +171,8 @@ def test_retrain_reports_rerank_separately(tmp_path, capsys):
                              "--set", "rerank=false"]) == 0  # the flag wins
     lines = capsys.readouterr().out.strip().splitlines()
     m = json.loads(lines[-1])
-    assert "rerank" not in plain and lines[1].startswith("re-ranked (k-reciprocal): mAP")
+    plain_line = next(i for i, line in enumerate(lines) if line.startswith("mAP "))
+    assert "rerank" not in plain and lines[plain_line + 1].startswith("re-ranked (k-reciprocal): mAP")
     assert m["mAP"] == pytest.approx(plain["mAP"], abs=1e-6) == pytest.approx(summary["mAP"], abs=1e-6)
     assert m["rerank"]["mAP"] == pytest.approx(summary["rerank"]["mAP"], abs=1e-6)
 
