@@ -18,6 +18,7 @@ from dnas.cli import derive as derive_cli
 from dnas.errors import CheckpointError, SpaceError
 from dnas.export import export_onnx
 from dnas.model_stats import params_without_classifier
+from dnas.ops.dcs import affinity_order
 from dnas.resources import short_names
 
 SMALL = [3, 64, 32]
@@ -372,3 +373,29 @@ def test_the_camera_reaches_transreid_in_training_and_evaluation():
     arch = small_arch("transreid")
     _fit_camera_embedding(arch, SimpleNamespace(train=[("a", 0, 0)], query=[("b", 1, 7)], gallery=[("c", 2, 3)]))
     assert arch["transreid"]["sie_cameras"] == 8
+
+
+@pytest.mark.parametrize("name, attention", [("mobilenetv2", "dcs"), ("mobilenetv2", "self"), ("osnet_x1_0", "dcs")])
+def test_affinity_orders_agree_in_fixed_backbones(name, attention):
+    """Both associations of the linear affinity give the same network (float64); at 64x32
+    the positions take either order by their shapes (C vs N)."""
+    model = dnas.build_model(small_arch(name, attention)).double().eval()
+    for m in model.dcs.values():
+        with torch.no_grad():
+            m.bn.weight.fill_(1.0)  # let the attention branches contribute
+    x = torch.randn(2, *SMALL, dtype=torch.float64)
+    seen = []
+    hooks = [m.register_forward_hook(lambda mod, i, o: seen.append(
+        affinity_order(mod.chs, i[0].shape[2] * i[0].shape[3]))) for m in model.dcs.values()]
+    outs = {}
+    with torch.no_grad():
+        for order in (None, "channels", "tokens"):
+            for m in model.dcs.values():
+                m.order = order
+            outs[order] = model(x, return_features=True)["global_feat"]
+    for h in hooks:
+        h.remove()
+    want = {"channels", "tokens"} if name == "mobilenetv2" else {"tokens"}  # OSNet: all late and wide here
+    assert set(seen[:len(model.dcs)]) == want
+    torch.testing.assert_close(outs["channels"], outs["tokens"], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(outs[None], outs["tokens"], rtol=1e-10, atol=1e-10)

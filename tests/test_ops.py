@@ -555,3 +555,60 @@ def test_slice_state_dict_cuts_kernels_around_their_centre():
 
     with pytest.raises(CheckpointError, match="no centre"):
         slice_state_dict(src, {"w": torch.zeros(1, 1, 4, 4)})
+
+
+# -- association order of the linear affinity -------------------------------------------------
+
+def test_affinity_order_rule_and_macs():
+    from dnas.ops.dcs import affinity_order, linear_affinity_macs
+
+    assert affinity_order(320, 128) == "tokens" and affinity_order(24, 2048) == "channels"
+    assert affinity_order(64, 64) == "channels"  # a tie keeps the C x C intermediate
+    assert linear_affinity_macs(320, 128) == 2 * 128 * 128 * 320
+    assert linear_affinity_macs(24, 2048) == 2 * 24 * 24 * 2048
+
+
+@pytest.mark.parametrize("select", [True, False])
+@pytest.mark.parametrize("shape", [(2, 16, 2, 3), (2, 6, 4, 5), (1, 8, 2, 4)])  # N < C, N > C, N == C
+def test_linear_affinity_orders_compute_the_same_function(shape, select):
+    """``(X*M)((X*M)^T X)/N`` == ``((X*M)(X*M)^T/N) X`` (float64), DCS and self-attention;
+    the module's automatic choice equals both and the N x N reference."""
+    from dnas.ops.dcs import linear_affinity_output
+
+    gen = torch.Generator().manual_seed(shape[1])
+    k, v = (torch.randn(shape[0], shape[1], shape[2] * shape[3], dtype=torch.float64, generator=gen)
+            for _ in range(2))
+    torch.testing.assert_close(linear_affinity_output(k, v, "channels"), linear_affinity_output(k, v, "tokens"),
+                               rtol=1e-12, atol=1e-12)
+    mod = _dcs(shape[1], 3, select=select).double().eval()
+    x = torch.randn(*shape, dtype=torch.float64, generator=gen)
+    with torch.no_grad():
+        outs = {}
+        for order in ("channels", "tokens", None):
+            mod.order = order
+            outs[order] = mod(x)
+        ref = dcs_reference(mod, x)
+    torch.testing.assert_close(outs["channels"], outs["tokens"], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(outs[None], ref, rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match="order"):
+        DCSAttention(8, order="rows")
+
+
+@pytest.mark.parametrize("select", [True, False])
+@pytest.mark.parametrize("c, h, w", [(32, 2, 4), (8, 4, 4)])  # tokens order, channels order
+def test_fvcore_counts_the_order_that_runs(c, h, w, select):
+    from dnas.latency.keys import make_entry
+    from dnas.latency.proxy import entry_macs
+    from dnas.model_stats import count_macs
+
+    n = h * w
+    mod = DCSAttention(c, select=select)
+    auto = count_macs(mod, [c, h, w])
+    mod.order = "channels"
+    chan = count_macs(mod, [c, h, w])
+    mod.order = "tokens"
+    tok = count_macs(mod, [c, h, w])
+    assert chan - tok == 2 * c * n * (c - n)  # 2 C^2 N against 2 N^2 C
+    assert auto == min(chan, tok)
+    entry = make_entry("dcs", (c, h, w), attention="dcs" if select else "self", form="linear", in_chs=c, res=(h, w))
+    assert entry_macs(entry) == auto  # the MACs proxy follows the order run

@@ -458,3 +458,26 @@ def test_slice_state_dict_errors():
         slice_state_dict({"w": torch.zeros(2, 4)}, {"w": torch.zeros(3, 4)})
     with pytest.raises(CheckpointError, match="'w'"):
         slice_state_dict({"w": torch.zeros(4)}, {"w": torch.zeros(4, 1)})
+
+
+@pytest.mark.parametrize("attention", ["dcs", "self"])
+def test_affinity_orders_agree_in_supernet_and_derived_net(attention):
+    """Both associations of the linear affinity give the same supernet and derived net
+    (float64); the tiny space at 64x32 has DCS positions of either order (C vs N)."""
+    net = make_net("tiny", seed=12, attention=attention).double()
+    idx = space("tiny").sample_indices("random", seed=12)
+    x = images(8).double()
+    _, plain = derive_plain(net, idx)
+    plain = plain.double().eval()
+    orders = {(m.chs, m.order) for m in net.dcs.values()}
+    assert orders == {(m.chs, None) for m in net.dcs.values()}  # the automatic choice by default
+    outs = {}
+    with torch.no_grad():
+        for order in ("channels", "tokens", None):
+            for m in list(net.dcs.values()) + list(plain.dcs.values()):
+                m.order = order
+            outs[order] = (net(x, net.onehot_choice(idx)), plain(x))
+    for order in ("tokens", None):
+        for a, b in zip(outs["channels"], outs[order]):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(outs[None][0], outs[None][1], rtol=1e-10, atol=1e-10)  # one-hot == derived

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from dnas.latency.keys import BLOCK_KERNEL, Entry, conv_out, space_entries
 from dnas.latency.table import LatencyTable
+from dnas.space.schema import linear_affinity_macs
 
 PROXY_MACS_PER_MS = 1e7
 PROXY_METHOD = "macs-proxy"
@@ -55,7 +56,7 @@ def entry_macs(entry: Entry) -> int:
         n, c = h * w, f["in_chs"]
         select = f["attention"] == "dcs"
         pi = n * c * c if select else 0  # the 1x1 logits conv
-        affinity = 2 * n * c * c if f["form"] == "linear" else 2 * n * n * c
+        affinity = linear_affinity_macs(c, n) if f["form"] == "linear" else 2 * n * n * c  # the order run
         proj, _, _ = _conv(h, w, c, c, 3, 1, groups=c)
         return pi + affinity + proj
     if kind == "head":

@@ -8,8 +8,11 @@ logistic variable (the same distribution, one draw). Only the selected channels
 enter the affinity; every channel is aggregated. Two forms of the affinity:
 
 - ``linear`` (default, the simplified non-local block of section 3.1 with
-  ``C(x) = N``): ``A = (X*M)(X*M)^T / N``, ``Y = A X`` computed as
-  ``(X*M) ((X*M)^T X) / N`` in O(N C^2), never forming the N x N matrix;
+  ``C(x) = N``): ``A = (X*M)(X*M)^T / N``, ``Y = A X``, associated in whichever order
+  is cheaper for the shapes (:func:`affinity_order`): ``(X*M) ((X*M)^T X) / N`` in
+  2 C^2 N MACs (a C x C intermediate, never the N x N matrix) where ``C <= N``, and
+  ``((X*M)(X*M)^T / N) X`` in 2 N^2 C where the tokens are fewer than the channels
+  (a late, wide, low-resolution position). The same product either way;
 - ``softmax`` (transformer attention): ``A = softmax((X*M)(X*M)^T / sqrt(C))``,
   ``Y = A X`` with the fused attention kernel, O(N^2 C).
 
@@ -35,7 +38,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from dnas.ops.registry import PLAIN_OPS
-from dnas.space.schema import ATTENTION_FORMS, ATTENTIONS  # noqa: F401 - re-exported
+from dnas.space.schema import ATTENTIONS, linear_affinity_macs  # noqa: F401 - re-exported
+from dnas.space.schema import AFFINITY_ORDERS, ATTENTION_FORMS, affinity_order
 
 
 def gumbel_like(t: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -63,19 +67,27 @@ class _StraightThroughBinary(torch.autograd.Function):
         return grad * soft * (1.0 - soft) / ctx.tau, None, None
 
 
-def linear_affinity_output(k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """``A X`` with ``A = K K^T / N`` in O(N C^2), channels-first.
+def linear_affinity_output(k: torch.Tensor, v: torch.Tensor, order: str | None = None) -> torch.Tensor:
+    """``A X`` with ``A = K K^T / N``, channels-first, in either association.
 
     Args:
         k: (B, C, N) selected channels ``(X*M)^T``.
         v: (B, C, N) all channels ``X^T``.
+        order: ``channels``, ``tokens`` or ``None`` (the cheaper, :func:`affinity_order`).
 
     Returns:
-        (B, C, N): ``(K (K^T X) / N)^T = (K^T X / N)^T K^T``.
+        (B, C, N): ``(A X)^T``; ``channels``: ``(K^T X / N)^T K^T`` (a C x C
+        intermediate), ``tokens``: ``X^T (K K^T / N)`` (N x N; ``A`` is symmetric).
     """
-    n = k.shape[-1]
-    kv = torch.bmm(k, v.transpose(1, 2)) / n  # (B, C, C) = K^T X / N
-    return torch.bmm(kv.transpose(1, 2), k)  # (B, C, N)
+    c, n = k.shape[-2:]
+    order = affinity_order(c, n) if order is None else order
+    if order == "channels":
+        kv = torch.bmm(k, v.transpose(1, 2)) / n  # (B, C, C) = K^T X / N
+        return torch.bmm(kv.transpose(1, 2), k)  # (B, C, N)
+    if order == "tokens":
+        a = torch.bmm(k.transpose(1, 2), k) / n  # (B, N, N) = K K^T / N
+        return torch.bmm(v, a)  # (B, C, N) = X^T A^T
+    raise ValueError(f"affinity order {order!r}: expected one of {', '.join(AFFINITY_ORDERS)} or None")
 
 
 @PLAIN_OPS.register("dcs")
@@ -85,19 +97,24 @@ class DCSAttention(nn.Module):
     Args:
         in_chs, out_chs, stride: registry signature (must be C, C, 1).
         tau_m: temperature of the binary Gumbel-sigmoid mask.
-        form: ``linear`` (non-local, O(N C^2)) or ``softmax`` (O(N^2 C)).
+        form: ``linear`` (non-local, 2 N C min(N, C) MACs) or ``softmax`` (O(N^2 C)).
         select: channel selection (DCS); ``False`` is plain self-attention.
+        order: association of the linear form, ``channels`` or ``tokens``; ``None``
+            (default) picks the cheaper from the shapes of each call
+            (:func:`affinity_order`). The same function either way (tests compare them).
     """
 
     def __init__(self, in_chs: int, out_chs: int | None = None, stride: int = 1, tau_m: float = 1.0,
-                 form: str = "linear", select: bool = True):
+                 form: str = "linear", select: bool = True, order: str | None = None):
         super().__init__()
         out_chs = in_chs if out_chs is None else out_chs
         if out_chs != in_chs or stride != 1:
             raise ValueError("DCSAttention keeps its shape: in_chs == out_chs and stride == 1")
         if form not in ATTENTION_FORMS:
             raise ValueError(f"attention form {form!r}: expected one of {', '.join(ATTENTION_FORMS)}")
-        self.chs, self.tau_m, self.form, self.select = in_chs, tau_m, form, bool(select)
+        if order is not None and order not in AFFINITY_ORDERS:
+            raise ValueError(f"affinity order {order!r}: expected one of {', '.join(AFFINITY_ORDERS)} or None")
+        self.chs, self.tau_m, self.form, self.select, self.order = in_chs, tau_m, form, bool(select), order
         # sampling logits, arch parameters in the search; absent for plain self-attention
         self.pi = nn.Linear(in_chs, in_chs) if self.select else None
         self.proj = nn.Conv2d(in_chs, in_chs, 3, padding=1, groups=in_chs, bias=False)
@@ -132,7 +149,7 @@ class DCSAttention(nn.Module):
         b, c, h, w = x.shape
         k = x * self.channel_mask(x) if self.select else x  # (B, C, H, W) selected channels only
         if self.form == "linear":
-            y = linear_affinity_output(k.flatten(2), x.flatten(2)).view(b, c, h, w)  # A X
+            y = linear_affinity_output(k.flatten(2), x.flatten(2), self.order).view(b, c, h, w)  # A X
         else:
             y = self._softmax_output(k.flatten(2).transpose(1, 2), x.flatten(2).transpose(1, 2),
                                      c if eff_width is None else eff_width)  # (B, N, C)

@@ -24,7 +24,7 @@ scalar. A file looks like::
     space: fbnetv2                # optional provenance of a derived arch
     bnneck: false                 # optional BN on the embedding before the classifier
     attention: dcs                # optional: none | self | dcs (modules at dcs_after rows)
-    attention_form: linear        # optional: linear (non-local, O(N C^2)) | softmax
+    attention_form: linear        # optional: linear (non-local, 2 N C min(N, C)) | softmax
     use_dcs: true                 # legacy: true = attention dcs, false = attention none
 
 Rows with the same ``channels`` option list that follow each other form one *width
@@ -53,6 +53,23 @@ HEAD_KEYS = {"out_chs"}
 DCS_KEYS = {"tau_m"}
 ATTENTIONS = ("none", "self", "dcs")  # no module | plain self-attention | DCS-Attention
 ATTENTION_FORMS = ("linear", "softmax")
+AFFINITY_ORDERS = ("channels", "tokens")
+
+
+def affinity_order(chs: int, tokens: int) -> str:
+    """The cheaper association of the linear affinity for C channels and N tokens
+    (:func:`dnas.ops.dcs.linear_affinity_output`): ``channels`` (``K (K^T X) / N``, 2 C^2 N MACs) unless the tokens are fewer than the
+    channels, then ``tokens`` (``(K K^T / N) X``, 2 N^2 C). Ties keep ``channels`` (the
+    C x C intermediate). A function of the shapes only, so a latency key, which holds
+    the width and the resolution, names the order too."""
+    return "tokens" if tokens < chs else "channels"
+
+
+def linear_affinity_macs(chs: int, tokens: int) -> int:
+    """MACs of one image's linear affinity ``A X`` in the order :func:`affinity_order` runs."""
+    return 2 * chs * tokens * min(chs, tokens)
+
+
 MAX_CHANNELS = 16384
 MAX_EXPANSION = 64.0
 
