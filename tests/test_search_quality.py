@@ -142,6 +142,31 @@ def test_benchmark_smoke_runs_and_resumes(tmp_path):
     again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "0 to run" in again.stdout  # a finished benchmark redoes nothing
     assert json.loads((tmp_path / "res.json").read_text())["per_search_seed"] == report["per_search_seed"]
+    # the supernet-ranking tool scores the same archs with the smoke search's supernet, no retrain
+    search_dir = next((work / "searches").glob("*/s0"))
+    rank = subprocess.run([sys.executable, "-m", "bench.supernet_ranking", "--report", str(tmp_path / "res.json"),
+                           "--searches", str(search_dir), "--bn-batches", "1", "--out", str(tmp_path / "rank.json")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert rank.returncode == 0, rank.stdout + rank.stderr
+    ranked = json.loads((tmp_path / "rank.json").read_text())
+    assert len(ranked["supernets"][0]["estimates"]) == len(report["per_arch"]) == len(ranked["archs"])
+    assert all(0 <= v <= 100 for v in ranked["supernets"][0]["estimates"].values())
+
+
+def test_supernet_ranking_bad_input_is_one_line_and_exit_2(tmp_path):
+    from bench.supernet_ranking import main
+
+    empty = tmp_path / "report.json"
+    empty.write_text(json.dumps({"per_arch": []}))
+    search = tmp_path / "search"
+    search.mkdir()
+    assert main(["--report", str(empty), "--searches", str(search)]) == 2
+    assert main(["--report", str(tmp_path / "missing.json"), "--searches", str(search)]) == 2
+    report = tmp_path / "ok.json"
+    report.write_text(json.dumps({"per_arch": [{"arch": '{"width": [0]}', "kind": "random", "params": 1, "n": 1,
+                                                "val_mean": 50.0, "test_mean": 50.0}]}))
+    assert main(["--report", str(report), "--searches", str(search)]) == 2  # no checkpoint-last.pt
+    assert not (tmp_path / "out.json").exists()
 
 
 def test_band_anova_tells_real_differences_from_seed_noise():
