@@ -18,7 +18,8 @@ from dnas.cli import derive as derive_cli
 from dnas.errors import CheckpointError, SpaceError
 from dnas.export import export_onnx
 from dnas.model_stats import params_without_classifier
-from dnas.ops.dcs import affinity_order
+from dnas.backbones.vit import HeadwiseSelector, TokenSelector
+from dnas.ops.dcs import FactorisedSelection, affinity_order
 from dnas.resources import short_names
 
 SMALL = [3, 64, 32]
@@ -100,7 +101,8 @@ def test_transreid_real_configuration():
     vit = model.backbone
     assert vit.patch_embed.proj.stride == (12, 12) and vit.pos_embed.shape == (1, 1 + 21 * 10, 768)
     assert len(vit.blocks) == 12 and model.groups == 4 and model.sie.shape == (6, 1, 768)
-    selectors = 13 * 12 * (64 * 64 + 64)  # 12 blocks + JPM, 12 heads of 64 channels
+    assert model.arch.selection_rank == 57 and isinstance(model.dcs["block0"], TokenSelector)
+    selectors = 13 * (768 * 57 + 57 * 2 * 768 + 2 * 768)  # 12 blocks + JPM: A (768 x 57), B (57 x 1536), b
     plain_vit = sum(p.numel() for p in vit.parameters())  # the selectors are registered under dcs. only
     assert plain_vit == sum(p.numel() for n, p in model.named_parameters() if n.startswith("backbone."))
     assert 85.6e6 < plain_vit - (211 - 197) * 768 < 86.6e6  # ViT-B/16: 85.8 M without its classifier
@@ -174,7 +176,8 @@ def test_derive_backbone_round_trip(tmp_path, capsys):
     assert summary["backbone"] == "osnet_x1_0" and summary["num_classes"] == 7
     assert summary["params"] - summary["params_without_classifier"] == 512 * 7  # bias-free after the BNNeck
     assert summary["macs"] > 0 and summary["attention_params"] > 0  # ONNX: test_onnx_export
-    assert (out / "arch.dot").read_text().count("DCS-Attention") == 3
+    assert (out / "arch.dot").read_text().count("DCS-Attention") == 2  # after conv3 and conv4
+    assert summary["selection_rank"] == 72
     model = dnas.load_derived(out)
     fresh = dnas.build_model(out)
     fresh.load_state_dict(torch.load(out / "model.pt"))
@@ -203,6 +206,11 @@ def test_derive_backbone_bad_input_exits_2(tmp_path, capsys):
     ({"block_repeats": [1, 2]}, "block_repeats"),
     ({"backbone": "densenet121"}, "densenet121"),
     ({"transreid": {"jpm": True}}, "transreid"),
+    ({"selection_rank": 0}, "selection_rank"),
+    ({"selection_rank": "C/0"}, "selection_rank"),
+    ({"selection_rank": "9C/8"}, "selection_rank"),
+    ({"selection_rank": "half"}, "selection_rank.*'half'"),
+    ({"selection_rank": True}, "selection_rank"),
 ])
 def test_bad_backbone_arch_names_the_key(change, needle):
     data = {**read_arch("resnet50"), **change}
@@ -399,3 +407,40 @@ def test_affinity_orders_agree_in_fixed_backbones(name, attention):
     assert set(seen[:len(model.dcs)]) == want
     torch.testing.assert_close(outs["channels"], outs["tokens"], rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(outs[None], outs["tokens"], rtol=1e-10, atol=1e-10)
+
+
+def test_selection_rank_rules_per_position():
+    arch = BackboneArch({**read_arch("mobilenetv2"), "selection_rank": "3C/8"})
+    assert [arch.rank_for(c) for c in (24, 32, 64, 320)] == [9, 12, 24, 120]
+    assert BackboneArch({**read_arch("resnet50"), "selection_rank": "C/32"}).rank_for(2048) == 64
+    fixed = BackboneArch({**read_arch("osnet_x1_0"), "selection_rank": 72})
+    assert fixed.rank_for(384) == 72 and fixed.rank_for(72) is None and fixed.rank_for(64) is None  # full rank
+    assert BackboneArch({**read_arch("resnet50"), "selection_rank": None}).rank_for(2048) is None
+    model = dnas.build_model(small_arch("mobilenetv2"))
+    for key, m in model.dcs.items():
+        assert isinstance(m.pi, FactorisedSelection) and m.pi.rank == 3 * m.chs // 8, key
+    assert dnas.build_model(small_arch("mobilenetv2", "self")).dcs["blocks_6"].pi is None
+
+
+def test_vit_token_selector_mask_gradient_and_identity_start():
+    model = dnas.build_model(small_arch("transreid", selection_rank=8))  # embed 48: 2 blocks + JPM
+    sels = list(model.dcs.values())
+    assert len(sels) == 3 and all(isinstance(s, TokenSelector) for s in sels)
+    assert sum(p.numel() for s in sels for p in s.parameters()) == 3 * (48 * 8 + 8 * 96 + 96)
+    assert isinstance(dnas.build_model(small_arch("transreid")).dcs["block0"], HeadwiseSelector)  # rank 57 >= 48
+    sel, x = sels[0], torch.randn(2, 7, 48)
+    q = k = torch.zeros(2, 2, 7, 24)
+    sel.eval()
+    mq, mk = sel.qk_masks(x, q, k)
+    assert torch.equal(mq, torch.ones_like(mq)) and torch.equal(mk, torch.ones_like(mk))  # a new selector keeps all
+    with torch.no_grad():
+        sel.b.weight.normal_()
+        sel.b.bias.zero_()
+    logits = sel.b(sel.a(x)).view(2, 7, 2, 2, 24)  # (B, N, q/k, heads, d)
+    mq, mk = sel.qk_masks(x, q, k)
+    assert torch.equal(mq, (logits[:, :, 0] > 0).float().transpose(1, 2))  # [pi > 0] in inference
+    assert torch.equal(mk, (logits[:, :, 1] > 0).float().transpose(1, 2))
+    model.train()
+    out = model(torch.randn(4, *SMALL), return_features=True)
+    (out["logits"].sum() + out["global_feat"].square().mean()).backward()
+    assert sel.a.weight.grad.abs().sum() > 0 and sel.b.weight.grad.abs().sum() > 0 and sel.b.bias.grad.abs().sum() > 0

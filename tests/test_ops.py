@@ -229,7 +229,10 @@ def dcs_reference(mod: DCSAttention, x: torch.Tensor) -> torch.Tensor:
     """docs/method.md section 3 in inference mode, written out directly (N x N affinity)."""
     b, c, h, w = x.shape
     X = x.flatten(2).transpose(1, 2)  # (B, N, C)
-    if mod.select:
+    if mod.select and mod.selection_rank is not None:  # pi = (X A) B + b
+        pi = (X @ mod.pi.a.weight.T) @ mod.pi.b.weight.T + mod.pi.b.bias
+        XM = X * (pi > 0).to(X.dtype)
+    elif mod.select:
         pi = X @ mod.pi.weight.T + mod.pi.bias
         XM = X * (pi > 0).float()
     else:
@@ -612,3 +615,38 @@ def test_fvcore_counts_the_order_that_runs(c, h, w, select):
     assert auto == min(chan, tok)
     entry = make_entry("dcs", (c, h, w), attention="dcs" if select else "self", form="linear", in_chs=c, res=(h, w))
     assert entry_macs(entry) == auto  # the MACs proxy follows the order run
+
+
+# -- factorised selection layer ----------------------------------------------------------------
+
+def test_factorised_selection_parameters_and_bad_ranks():
+    full, low = DCSAttention(16), DCSAttention(16, selection_rank=4)
+    n_pi = lambda m: sum(p.numel() for p in m.pi.parameters())  # noqa: E731
+    assert n_pi(full) == 16 * 16 + 16 and n_pi(low) == 2 * 16 * 4 + 16
+    assert low.pi.a.weight.shape == (4, 16) and low.pi.b.weight.shape == (16, 4)  # A^T, B^T
+    assert DCSAttention(16, select=False, selection_rank=4).pi is None
+    for bad in (0, 16, 20, 2.5, True):
+        with pytest.raises(ValueError, match="selection_rank"):
+            DCSAttention(16, selection_rank=bad)
+
+
+@pytest.mark.parametrize("form", ["linear", "softmax"])
+def test_factorised_selection_eval_mask_is_sign_of_pi_and_matches_reference(form):
+    mod = _dcs(16, 8, form=form, selection_rank=3).eval()
+    x = _mask_input(3)
+    tokens = x.flatten(2).transpose(1, 2)  # (B, N, C)
+    pi = mod.pi.b(mod.pi.a(tokens))  # (X A) B + b
+    expected = (pi.transpose(1, 2).reshape(x.shape) > 0).float()
+    assert torch.equal(mod.channel_mask(x), expected) and 0 < expected.mean() < 1
+    with torch.no_grad():
+        torch.testing.assert_close(mod(x), dcs_reference(mod, x), rtol=1e-5, atol=1e-5)
+
+
+def test_factorised_selection_gradient_reaches_both_factors():
+    mod = _dcs(16, 9, selection_rank=4).train()
+    x = torch.randn(2, 16, 4, 4)
+    torch.manual_seed(0)
+    weighted_loss(mod(x)).backward()
+    for p in (mod.pi.a.weight, mod.pi.b.weight, mod.pi.b.bias):
+        assert p.grad is not None and p.grad.abs().sum() > 0
+    check_grads(mod)

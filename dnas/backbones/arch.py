@@ -14,6 +14,15 @@ instead and says where attention goes::
     num_classes: 751
     bnneck: true
 
+``selection_rank`` sets the rank r of DCS-Attention's selection layer, ``pi = (X A) B + b``
+(A: C x r, B: r x C; :class:`dnas.ops.dcs.FactorisedSelection`): ``null`` (default) is
+the full C x C layer, an integer a fixed rank, a string ``"C/32"`` or ``"3C/8"`` a
+fraction of each position's channels (rounded down, at least 1); a position whose rank
+would reach its channels takes the full layer. On a ViT, ``null`` keeps the per-head
+selectors of the queries and keys and a rank gives one selector per block from the
+block's tokens to the query and key channels of every head (a fraction is of the
+embedding width). The shipped files' rule per family: docs/method.md section 9.
+
 Optional keys: ``block_repeats`` (MobileNetV2 only: repeats of its seven stages, the
 deeper MobileNetV2-200), ``timm_kwargs`` (more arguments of ``timm.create_model``, e.g. a
 tiny ViT for tests), ``tau_m`` (mask temperature), ``transreid`` (patch stride, SIE,
@@ -24,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from typing import Any, Mapping
 
 from dnas.errors import SpaceError, brief
@@ -42,7 +52,30 @@ TRANSREID_DEFAULTS = {"patch_stride": 12, "sie_cameras": 6, "sie_coefficient": 3
                       "jpm_groups": 4, "shift_num": 5, "shuffle_groups": 2}
 REQUIRED = ("name", "backbone", "input_size", "num_classes")
 OPTIONAL = ("attention", "attention_form", "attention_after", "last_stride", "bnneck", "tau_m", "block_repeats",
-            "timm_kwargs", "transreid", "space", "use_dcs")
+            "timm_kwargs", "transreid", "space", "use_dcs", "selection_rank")
+RANK_FRACTION = re.compile(r"^(\d*)C/(\d+)$")
+
+
+def parse_selection_rank(value: Any) -> None | int | tuple[int, int]:
+    """``None`` (full rank), a rank, or ``(num, den)`` for ``"numC/den"``; ``ValueError`` otherwise."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    m = RANK_FRACTION.match(value.replace(" ", "")) if isinstance(value, str) else None
+    if m:
+        num, den = int(m.group(1) or 1), int(m.group(2))
+        if 1 <= num < den:
+            return num, den
+    raise ValueError(value)
+
+
+def rank_for(rule: None | int | tuple[int, int], chs: int) -> int | None:
+    """The selection rank at a position of ``chs`` channels (``None``: full rank)."""
+    if rule is None:
+        return None
+    r = rule if isinstance(rule, int) else max(1, rule[0] * chs // rule[1])
+    return r if r < chs else None
 
 
 def family_of(backbone: str) -> str:
@@ -99,6 +132,12 @@ class BackboneArch:
         self.block_repeats = d["block_repeats"]
         self.timm_kwargs: dict = dict(d["timm_kwargs"])
         self.transreid: dict = dict(d["transreid"]) if self.family == "vit" else {}
+        self.selection_rank = d["selection_rank"]
+        self._rank_rule = parse_selection_rank(self.selection_rank)
+
+    def rank_for(self, chs: int) -> int | None:
+        """The selection rank of a DCS module at ``chs`` channels (``None``: full rank)."""
+        return rank_for(self._rank_rule, chs)
 
     @staticmethod
     def _validate(d: dict, source: str) -> dict:
@@ -153,6 +192,12 @@ class BackboneArch:
         tau = d.setdefault("tau_m", 1.0)
         if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0 < tau < math.inf:
             raise _fail(source, f"key 'tau_m': expected a positive number, got {brief(tau)}")
+        try:
+            parse_selection_rank(d.setdefault("selection_rank", None))
+        except ValueError:
+            raise _fail(source, "key 'selection_rank': expected null (full rank), a positive integer or a "
+                                f"fraction of the channels such as 'C/32' or '3C/8', got {brief(d['selection_rank'])}"
+                        ) from None
         reps = d.setdefault("block_repeats", None)
         if reps is not None and (fam != "mobilenetv2" or not isinstance(reps, list) or len(reps) != 7
                                  or not all(isinstance(r, int) and not isinstance(r, bool) and r >= 1 for r in reps)):

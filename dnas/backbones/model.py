@@ -116,7 +116,8 @@ class BackboneNet(nn.Module):
                 w = widths[stage]
                 for b, c in (enumerate(w) if isinstance(w, list) else [(None, w)]):
                     self.dcs[module_key(stage, b)] = DCSAttention(c, tau_m=arch.tau_m, form=arch.attention_form,
-                                                                  select=self.attention == "dcs")
+                                                                  select=self.attention == "dcs",
+                                                                  selection_rank=arch.rank_for(c))
         self.embedding_dim = dim
         self.head = ReIDHead(dim, self.num_classes, arch.bnneck)
         self.pretrained_report = start_from_pretrained(self, pretrained, pretrained_file)

@@ -52,6 +52,7 @@ def backbone_summary(model: nn.Module, arch: dict, onnx_diff: float | None) -> d
         "attention": model.attention, "attention_form": "softmax" if spec.family == "vit" else spec.attention_form,
         "attention_after": list(spec.attention_after) if spec.family != "vit" else "every block",
         "attention_params": sum(p.numel() for n, p in model.named_parameters() if n.startswith("dcs.")),
+        "selection_rank": spec.selection_rank,
         "last_stride": spec.last_stride, "embedding_dim": model.embedding_dim,
         "onnx_max_abs_diff": onnx_diff,
     }

@@ -14,11 +14,14 @@ DCS-Attention replacing the attention of every block (paper section 3.3).
   shuffled in ``shuffle_groups`` groups and split into ``jpm_groups`` parts; each part
   with the class token goes through the branch, whose class token is a local feature.
 - DCS: :class:`DCSViTAttention` keeps the block's own ``qkv``/``proj`` (timm's names, so
-  checkpoints load) and adds a per-head channel selection of the queries and keys: a
-  linear layer per head on each query (key) gives logits, the binary Gumbel-sigmoid mask
-  of :mod:`dnas.ops.dcs` selects the channels of that query (key) that enter the
-  affinity ``softmax(q_sel k_sel^T / sqrt(d))``; the values keep every channel. The fused
-  SDPA kernel runs when timm's ``fused_attn`` is on, the explicit softmax otherwise.
+  checkpoints load) and adds a channel selection of the queries and keys: the binary
+  Gumbel-sigmoid mask of :mod:`dnas.ops.dcs` selects the channels of each query (key)
+  that enter the affinity ``softmax(q_sel k_sel^T / sqrt(d))``; the values keep every
+  channel. The logits come from a linear layer per head on each query (key)
+  (:class:`HeadwiseSelector`, ``selection_rank: null``) or from one factorised layer
+  per block on the block's tokens (:class:`TokenSelector`, ``selection_rank: r``; the
+  shipped file). The fused SDPA kernel runs when timm's ``fused_attn`` is on, the
+  explicit softmax otherwise.
 
 NOTE: the selection layers are initialised with zero weights and bias +3, so a new
 module's inference mask is all ones (the block computes exactly its pretrained
@@ -67,6 +70,49 @@ class HeadwiseSelector(nn.Module):
         return _StraightThroughBinary.apply(logits, torch.rand_like(logits), self.tau_m)
 
 
+    def qk_masks(self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Masks (B, h, N, d) of the queries and keys, each from its own vectors."""
+        return self.mask(q), self.mask(k)
+
+
+class TokenSelector(nn.Module):
+    """One selector per block at rank r: logits of the query and key channels of every
+    head from the block's tokens, ``pi(x) = (x A) B + b`` (A: D x r, B: r x 2D), the
+    binary Gumbel-sigmoid mask of :mod:`dnas.ops.dcs` (``[pi > 0]`` in eval).
+
+    NOTE: ``B`` starts at zero and ``b`` at +3 (as :class:`HeadwiseSelector`'s weights),
+    so a new selector keeps every channel in inference; ``A`` has timm's default init,
+    so ``B`` has a gradient from the first step.
+    """
+
+    def __init__(self, dim: int, num_heads: int, head_dim: int, rank: int, tau_m: float = 1.0):
+        super().__init__()
+        self.num_heads, self.head_dim, self.tau_m = num_heads, head_dim, tau_m
+        self.a = nn.Linear(dim, rank, bias=False)
+        self.b = nn.Linear(rank, 2 * num_heads * head_dim)
+        nn.init.zeros_(self.b.weight)
+        nn.init.constant_(self.b.bias, SELECT_INIT_BIAS)
+
+    def qk_masks(self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Masks (B, h, N, d) of the queries and keys from the block's tokens x (B, N, D)."""
+        b, n, _ = x.shape
+        logits = self.b(self.a(x)).view(b, n, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        if not self.training:
+            m = (logits > 0).to(x.dtype)
+        else:
+            m = _StraightThroughBinary.apply(logits, torch.rand_like(logits), self.tau_m)
+        return m[0], m[1]  # (B, h, N, d) each
+
+
+def make_selector(arch: BackboneArch, attn: nn.Module) -> nn.Module:
+    """The block's selector: per head (``selection_rank: null``) or per block at a rank."""
+    dim = attn.num_heads * attn.head_dim
+    rank = arch.rank_for(dim)
+    if rank is None:
+        return HeadwiseSelector(attn.num_heads, attn.head_dim, arch.tau_m)
+    return TokenSelector(dim, attn.num_heads, attn.head_dim, rank, arch.tau_m)
+
+
 class DCSViTAttention(nn.Module):
     """timm's multi-head attention with DCS channel selection on queries and keys.
 
@@ -91,7 +137,8 @@ class DCSViTAttention(nn.Module):
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # (B, h, N, d) each
         q, k = self.q_norm(q), self.k_norm(k)
-        q, k = q * self.selector.mask(q), k * self.selector.mask(k)  # selected channels only
+        mq, mk = self.selector.qk_masks(x, q, k)
+        q, k = q * mq, k * mk  # selected channels only
         if self.fused_attn:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
                                                dropout_p=self.attn_drop.p if self.training else 0.0)
@@ -163,15 +210,14 @@ class TransReIDNet(nn.Module):
         self.dcs = nn.ModuleDict()
         if self.attention == "dcs":
             for i, blk in enumerate(self.backbone.blocks):
-                sel = HeadwiseSelector(blk.attn.num_heads, blk.attn.head_dim, arch.tau_m)
+                sel = make_selector(arch, blk.attn)
                 self.dcs[f"block{i}"] = sel
                 blk.attn = DCSViTAttention(blk.attn, sel)
         self.jpm_block = self.jpm_norm = None
         if self.groups:
             self.jpm_block, self.jpm_norm = copy.deepcopy(self.backbone.blocks[-1]), copy.deepcopy(self.backbone.norm)
             if self.attention == "dcs":
-                self.dcs["jpm"] = HeadwiseSelector(self.jpm_block.attn.num_heads, self.jpm_block.attn.head_dim,
-                                                   arch.tau_m)
+                self.dcs["jpm"] = make_selector(arch, self.jpm_block.attn)
                 object.__setattr__(self.jpm_block.attn, "selector", self.dcs["jpm"])
         parts = 1 + self.groups
         self.embedding_dim = dim * parts

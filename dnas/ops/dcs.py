@@ -24,6 +24,10 @@ The same module serves the supernet (with a width mask, and the expected width f
 softmax scale, so that a one-hot width choice equals the derived module exactly) and the
 derived network.
 
+``selection_rank=r`` factorises the selection layer, ``pi = (X A) B + b`` with A: C x r
+and B: r x C (:class:`FactorisedSelection`; the fixed backbones' arch files choose r per
+family, docs/method.md section 9); the default is the full C x C layer.
+
 NOTE: the output transform (a depthwise 3x3 conv + BN) and the softmax form's
 ``1/sqrt(C)`` scale are our choices; the paper gives neither. The depthwise transform
 keeps the added MACs near the paper's deltas where a 1x1 conv would not
@@ -90,6 +94,28 @@ def linear_affinity_output(k: torch.Tensor, v: torch.Tensor, order: str | None =
     raise ValueError(f"affinity order {order!r}: expected one of {', '.join(AFFINITY_ORDERS)} or None")
 
 
+class FactorisedSelection(nn.Module):
+    """The selection layer at rank ``r``: ``pi = (X A) B + b`` with ``A``: C x r (``a``,
+    no bias) and ``B``: r x C (``b``, with the bias ``b``): 2 C r + C parameters and
+    2 N C r MACs per image instead of C^2 + C and N C^2. Still a logit per token and
+    channel; the mask and its gradient are the full-rank layer's.
+
+    NOTE: the paper's ``W_pi`` is a full C x C matrix; the rank is a cost option of ours
+    (``selection_rank``), fitted to the paper's Table I (docs/method.md section 9).
+    """
+
+    def __init__(self, chs: int, rank: int):
+        super().__init__()
+        self.rank = rank
+        self.a = nn.Linear(chs, rank, bias=False)
+        self.b = nn.Linear(rank, chs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, C, H, W) of a map x (B, C, H, W): both factors as 1x1 convolutions."""
+        h = F.conv2d(x, self.a.weight[:, :, None, None])  # (B, r, H, W) = X A
+        return F.conv2d(h, self.b.weight[:, :, None, None], self.b.bias)  # (B, C, H, W)
+
+
 @PLAIN_OPS.register("dcs")
 class DCSAttention(nn.Module):
     """DCS-Attention on a (B, C, H, W) map; ``in_chs == out_chs``, ``stride == 1``.
@@ -102,10 +128,13 @@ class DCSAttention(nn.Module):
         order: association of the linear form, ``channels`` or ``tokens``; ``None``
             (default) picks the cheaper from the shapes of each call
             (:func:`affinity_order`). The same function either way (tests compare them).
+        selection_rank: rank ``r`` of the selection layer, ``pi = (X A) B + b``
+            (:class:`FactorisedSelection`); ``None`` (default): the full C x C layer.
     """
 
     def __init__(self, in_chs: int, out_chs: int | None = None, stride: int = 1, tau_m: float = 1.0,
-                 form: str = "linear", select: bool = True, order: str | None = None):
+                 form: str = "linear", select: bool = True, order: str | None = None,
+                 selection_rank: int | None = None):
         super().__init__()
         out_chs = in_chs if out_chs is None else out_chs
         if out_chs != in_chs or stride != 1:
@@ -115,8 +144,18 @@ class DCSAttention(nn.Module):
         if order is not None and order not in AFFINITY_ORDERS:
             raise ValueError(f"affinity order {order!r}: expected one of {', '.join(AFFINITY_ORDERS)} or None")
         self.chs, self.tau_m, self.form, self.select, self.order = in_chs, tau_m, form, bool(select), order
+        if selection_rank is not None and (isinstance(selection_rank, bool) or not isinstance(selection_rank, int)
+                                           or not 1 <= selection_rank < in_chs):
+            raise ValueError(f"selection_rank {selection_rank!r}: expected an integer in [1, {in_chs}) for "
+                             f"{in_chs} channels, or None (full rank)")
+        self.selection_rank = selection_rank if self.select else None
         # sampling logits, arch parameters in the search; absent for plain self-attention
-        self.pi = nn.Linear(in_chs, in_chs) if self.select else None
+        if not self.select:
+            self.pi = None
+        elif selection_rank is None:
+            self.pi = nn.Linear(in_chs, in_chs)
+        else:
+            self.pi = FactorisedSelection(in_chs, selection_rank)
         self.proj = nn.Conv2d(in_chs, in_chs, 3, padding=1, groups=in_chs, bias=False)
         self.bn = nn.BatchNorm2d(in_chs)
         nn.init.zeros_(self.bn.weight)
@@ -129,11 +168,15 @@ class DCSAttention(nn.Module):
     def channel_mask(self, x: torch.Tensor) -> torch.Tensor:
         """Binary channel-selection mask M (B, C, H, W) of a map x (B, C, H, W).
 
-        ``pi`` is the linear layer applied to every token (a 1x1 convolution); in
+        ``pi`` is the linear layer (full or factorised) applied to every token (1x1
+        convolutions); in
         training ``M = [sigmoid((pi + G1 - G2) / tau_m) > 0.5] = [pi + L > 0]`` with
         ``L = G1 - G2`` logistic noise, straight-through; in inference ``M = [pi > 0]``.
         """
-        logits = F.conv2d(x, self.pi.weight[:, :, None, None], self.pi.bias)  # (B, C, H, W)
+        if isinstance(self.pi, FactorisedSelection):
+            logits = self.pi(x)  # (B, C, H, W)
+        else:
+            logits = F.conv2d(x, self.pi.weight[:, :, None, None], self.pi.bias)  # (B, C, H, W)
         if not self.training:
             return (logits > 0).to(x.dtype)
         return _StraightThroughBinary.apply(logits, torch.rand_like(logits), self.tau_m)
