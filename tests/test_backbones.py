@@ -409,6 +409,25 @@ def test_affinity_orders_agree_in_fixed_backbones(name, attention):
     torch.testing.assert_close(outs[None], outs["tokens"], rtol=1e-10, atol=1e-10)
 
 
+def test_hrnet_reid_head_and_a_classification_checkpoint(tmp_path):
+    """HRNet: timm's trunk plus HRNetV2's head (branches upsampled to 1/4, concatenated);
+    a checkpoint of timm's classification network loads strictly, its head left out."""
+    import timm
+
+    arch = small_arch("hrnet_w32")  # hrnet_w18_small: branches of 16, 32, 64, 128 channels
+    model = dnas.build_model(arch)
+    assert model.backbone.incre_modules is None and not hasattr(model.backbone, "final_layer")
+    assert model.stage_widths["stage4"] == [16, 32, 64, 128]
+    assert model.stage_widths["head"] == model.embedding_dim == 240
+    assert model.forward_features(torch.zeros(1, *SMALL)).shape == (1, 240, SMALL[1] // 4, SMALL[2] // 4)
+    full = timm.create_model("hrnet_w18_small", num_classes=1000)
+    torch.save(full.state_dict(), tmp_path / "imagenet.pth")
+    loaded = dnas.build_model(arch, pretrained_file=str(tmp_path / "imagenet.pth"))
+    assert torch.equal(loaded.backbone.stage4[0].branches[3][0].conv1.weight,
+                       full.stage4[0].branches[3][0].conv1.weight)
+    assert all(k.startswith(("dcs.", "head.")) for k in loaded.pretrained_report["new"])
+
+
 def test_selection_rank_rules_per_position():
     arch = BackboneArch({**read_arch("mobilenetv2"), "selection_rank": "3C/8"})
     assert [arch.rank_for(c) for c in (24, 32, 64, 320)] == [9, 12, 24, 120]

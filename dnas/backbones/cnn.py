@@ -7,6 +7,16 @@ a feature map to the next (HRNet's stages map lists of branch maps). The runners
 built on each call from the network's own submodules, so a copy of the model (EMA,
 ``deepcopy``) runs its own weights.
 
+HRNet is timm's trunk without its ImageNet classification head (``head=""``: no incre
+modules, downsampling or 2048-wide final layer) and the representation head of HRNetV2
+(Wang et al., "Deep High-Resolution Representation Learning for Visual Recognition",
+TPAMI 2020) as the Re-ID head: every branch upsampled bilinearly to the highest
+resolution and concatenated (32 + 64 + 128 + 256 = 480 channels at 1/4 for W32), then
+the network's global pooling.
+
+NOTE: the paper names HRNet-W32 without its Re-ID head; the parameter-free HRNetV2 head
+is ours (docs/method.md section 9: what it gives against the paper's 32.1 M / 9.9 G).
+
 ``last_stride: 1`` (the Re-ID convention) sets the stride of the last stride-2 stage to 1:
 ResNet's ``layer4`` (its first block's 3x3 conv and its projection), MobileNetV2's
 160-channel stage (its first block's depthwise conv).
@@ -17,6 +27,7 @@ from functools import partial
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from dnas.backbones.osnet import osnet_x1_0
@@ -63,6 +74,8 @@ def create_cnn(backbone: str, block_repeats: list[int] | None, timm_kwargs: dict
     import timm
 
     kwargs = dict(num_classes=0, global_pool="", **timm_kwargs)
+    if backbone.startswith("hrnet"):
+        kwargs.setdefault("head", "")  # the trunk: the Re-ID head is ours (hrnet_representation)
     if block_repeats is not None and list(block_repeats) != list(MOBILENETV2_REPEATS):
         if backbone != "mobilenetv2_100":
             raise SpaceError(f"block_repeats: applies to mobilenetv2_100 (width 1.0), not {backbone!r}")
@@ -102,12 +115,11 @@ def _hrnet_transition(transition: nn.ModuleList, ys: list[torch.Tensor]) -> list
     return [t(ys[-1]) if not isinstance(t, nn.Identity) else ys[i] for i, t in enumerate(transition)]
 
 
-def _hrnet_head(net: nn.Module, ys: list[torch.Tensor]) -> torch.Tensor:
-    """timm's classification-head path: increase widths, fuse down to the lowest resolution."""
-    y = net.incre_modules[0](ys[0])
-    for i in range(1, len(net.incre_modules)):
-        y = net.incre_modules[i](ys[i]) + net.downsamp_modules[i - 1](y)
-    return net.final_layer(y)
+def hrnet_representation(ys: list[torch.Tensor]) -> torch.Tensor:
+    """HRNetV2's head: every branch upsampled (bilinear) to the first's size, concatenated."""
+    size = ys[0].shape[-2:]
+    return torch.cat([ys[0]] + [F.interpolate(y, size=size, mode="bilinear", align_corners=False) for y in ys[1:]],
+                     dim=1)
 
 
 def stage_runners(family: str, net: nn.Module) -> list[tuple[str, Callable]]:
@@ -130,5 +142,5 @@ def stage_runners(family: str, net: nn.Module) -> list[tuple[str, Callable]]:
                 ("stage2", lambda x: net.stage2([t(x) for t in net.transition1])),
                 ("stage3", lambda ys: net.stage3(_hrnet_transition(net.transition2, ys))),
                 ("stage4", lambda ys: net.stage4(_hrnet_transition(net.transition3, ys))),
-                ("head", lambda ys: _hrnet_head(net, ys))]
+                ("head", hrnet_representation)]
     raise SpaceError(f"{family}: not a convolutional family")

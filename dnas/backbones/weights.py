@@ -5,7 +5,8 @@ checkpoint file of the plain timm network.
 A local file is read with timm's checkpoint reader (a state dict, or one wrapped under
 ``state_dict`` / ``model``; EMA weights preferred), passed through the model's own timm
 filter where it has one (the ViT's resamples the position embedding to the overlapping
-patch grid), stripped of the ImageNet classifier, and loaded into ``model.backbone``
+patch grid), stripped of the ImageNet classifier (and, for HRNet, of timm's classification head, which
+the Re-ID HRNet replaces), and loaded into ``model.backbone``
 strictly: a missing or unexpected key, or a shape that differs, is an error naming the
 file and the key. The attention modules, the SIE and the head stay as built, so a new
 DCS module starts as the identity (a CNN module's output BN weight is 0; a ViT block's
@@ -22,6 +23,9 @@ from torch import nn
 
 from dnas.errors import CheckpointError
 from dnas.weights import load_weights
+
+
+HRNET_HEAD = ("incre_modules.", "downsamp_modules.", "final_layer.")
 
 
 def _classifier_keys(backbone: nn.Module) -> tuple[str, ...]:
@@ -48,9 +52,13 @@ def read_backbone_checkpoint(model: nn.Module, path: str | Path) -> dict[str, to
         from timm.models.vision_transformer import checkpoint_filter_fn  # timm on use, as above
 
         state = checkpoint_filter_fn(state, model.backbone)
+    own = model.backbone.state_dict()
     for key in _classifier_keys(model.backbone):
-        if key not in model.backbone.state_dict():
+        if key not in own:
             state.pop(key, None)
+    if model.family == "hrnet":  # timm's ImageNet head, which the Re-ID HRNet leaves out
+        for key in [k for k in state if k.startswith(HRNET_HEAD) and k not in own]:
+            del state[key]
     return state
 
 
