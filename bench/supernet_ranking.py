@@ -41,12 +41,14 @@ def read_stand_alone(report_path: Path) -> list[dict]:
              "val_mean": a["val_mean"], "test_mean": a["test_mean"]} for a in archs]
 
 
-def rank_supernet(run_dir: Path, archs: list[dict], bn_batches: int) -> dict:
+def rank_supernet(run_dir: Path, archs: list[dict], bn_batches: int, finetune_steps: int = 0,
+                  finetune_lr: float = 0.02) -> dict:
     """One supernet's estimate of every arch and its tau against the stand-alone val means."""
     from dnas.search.estimate import run_estimates
 
     t0 = time.time()
-    maps = [100 * m for m in run_estimates(run_dir, [a["indices"] for a in archs], bn_batches=bn_batches)]
+    maps = [100 * m for m in run_estimates(run_dir, [a["indices"] for a in archs], bn_batches=bn_batches,
+                                           finetune_steps=finetune_steps, finetune_lr=finetune_lr)]
     tau, p = kendall_tau(maps, [a["val_mean"] for a in archs])
     return {"run": str(run_dir), "estimates": dict(zip((a["key"] for a in archs), maps)), "tau": tau, "p": p,
             "seconds": time.time() - t0}
@@ -57,6 +59,9 @@ def main(argv=None) -> int:
     p.add_argument("--report", required=True, type=Path, help="a search-quality report (RESULTS.json)")
     p.add_argument("--searches", required=True, nargs="+", type=Path, help="search run directories")
     p.add_argument("--bn-batches", type=int, default=10, help="training batches for the BN re-estimate")
+    p.add_argument("--finetune-steps", type=int, default=0,
+                   help="train each subnet alone this many SGD steps before its estimate (0: inherited weights)")
+    p.add_argument("--finetune-lr", type=float, default=0.02)
     p.add_argument("--out", type=Path, help="write the estimates and taus as JSON")
     args = p.parse_args(argv)
     try:
@@ -72,7 +77,7 @@ def main(argv=None) -> int:
     print(f"{len(archs)} architectures from {args.report}; parameter count tau {params_tau:+.2f}", flush=True)
     rows = []
     for d in args.searches:
-        row = rank_supernet(d, archs, args.bn_batches)
+        row = rank_supernet(d, archs, args.bn_batches, args.finetune_steps, args.finetune_lr)
         rows.append(row)
         print(f"  {d}: tau {row['tau']:+.2f} (p {row['p']:.2f}) in {row['seconds']:.0f} s", flush=True)
     taus = [r["tau"] for r in rows]
@@ -80,6 +85,7 @@ def main(argv=None) -> int:
     print(f"mean tau {statistics.fmean(taus):+.2f}{spread} over {len(taus)} supernets", flush=True)
     if args.out:
         atomic_write_json(args.out, {"report": str(args.report), "bn_batches": args.bn_batches,
+                                     "finetune_steps": args.finetune_steps, "finetune_lr": args.finetune_lr,
                                      "params_tau": params_tau, "supernets": rows,
                                      "archs": [{k: a[k] for k in ("key", "kind", "params", "val_mean")}
                                                for a in archs]})

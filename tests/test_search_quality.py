@@ -18,7 +18,7 @@ from dnas.latency.auto import resolve_latency_cost
 from dnas.latency.band import arch_key, sample_in_band
 from dnas.retrain.config import ReIDConfig
 from dnas.search.config import SearchConfig
-from dnas.search.estimate import recalibrate_bn
+from dnas.search.estimate import finetune_subnet, recalibrate_bn
 from dnas.space import load_space
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,6 +95,40 @@ def test_bn_recalibration_takes_the_statistics_of_the_data():
     assert not net.training
     assert torch.allclose(net.bn.running_mean, seen.mean(0), atol=1e-5)
     assert torch.allclose(net.bn.running_var, seen.var(0), rtol=0.05)
+
+
+def test_finetune_trains_the_chosen_weights_only():
+    """finetune_subnet: the loss of the fixed subnet falls; the architecture parameters and
+    the weights the choice does not use stay as they were."""
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.paths = nn.ModuleList([nn.Linear(6, 4), nn.Linear(6, 4)])
+            self.alpha = nn.Parameter(torch.zeros(2))
+            self.head = nn.Linear(4, 3)
+
+        def weight_parameters(self):
+            return [p for n, p in self.named_parameters() if n != "alpha"]
+
+        def forward(self, x, choice, return_features=True):
+            feat = self.paths[choice](x)
+            return {"logits": self.head(feat), "global_feat": feat}
+
+    torch.manual_seed(0)
+    labels = torch.arange(3).repeat_interleave(4)
+    batches = [(torch.randn(12, 6) + labels[:, None].float(), labels) for _ in range(3)]
+    net = Net()
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+
+    def loss():
+        with torch.no_grad():
+            return nn.functional.cross_entropy(net(batches[0][0], 1)["logits"], labels).item()
+
+    start = loss()
+    finetune_subnet(net, batches, 1, torch.device("cpu"), steps=20, lr=0.05)
+    assert loss() < start and not net.training
+    assert torch.equal(net.alpha, before["alpha"]) and torch.equal(net.paths[0].weight, before["paths.0.weight"])
+    assert not torch.equal(net.paths[1].weight, before["paths.1.weight"])
 
 
 def test_search_seeds_share_a_band_when_their_latencies_are_close():
