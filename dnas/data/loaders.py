@@ -31,7 +31,7 @@ from dnas.data.protocol import carve_validation, format_split_statistics, split_
 from dnas.data.registry import LoadOptions, dataset_names, get_dataset
 from dnas.data.reid_datasets import ReIDSplits
 from dnas.data.samplers import PKSampler, RandomBatchSampler, split_weight_arch
-from dnas.data.synthetic import SyntheticImageFolderConfig, SyntheticReIDConfig
+from dnas.data.synthetic import SyntheticImageFolderConfig, SyntheticReIDConfig, synthetic_reid_from_recipe
 from dnas.data.transforms import build_classification_transform, build_reid_transform
 from dnas.errors import DataError
 
@@ -195,6 +195,19 @@ class DataConfig:
     world_size: int = 1
     synthetic_reid: SyntheticReIDConfig | None = None
     synthetic_imagefolder: SyntheticImageFolderConfig | None = None
+
+    @classmethod
+    def reid_from_recipe(cls, cfg, *, height: int, width: int, test_batch_size: int, rank: int = 0,
+                         world_size: int = 1, arch_fraction: float = 0.0) -> "DataConfig":
+        """The Re-ID loaders' settings of a search or retrain recipe (its data, batch,
+        split and augmentation keys; the synthetic set from ``data_seed``, never the run
+        seed): the one place a recipe is mapped to data."""
+        return cls(data=cfg.data, height=height, width=width, p=cfg.p, k=cfg.k, workers=cfg.workers,
+                   seed=cfg.seed, arch_fraction=arch_fraction, rank=rank, world_size=world_size,
+                   test_batch_size=test_batch_size, synthetic_reid=synthetic_reid_from_recipe(cfg),
+                   val_ids_fraction=cfg.val_ids_fraction, val_min_ids=cfg.val_min_ids, val_seed=cfg.val_seed,
+                   msmt17_use_val=cfg.msmt17_use_val, flip_prob=cfg.flip_prob, pad=cfg.pad,
+                   erasing_prob=cfg.erasing_prob)
 
 
 @dataclasses.dataclass

@@ -37,7 +37,6 @@ import torch
 from dnas.architectures import build_model, load_derived, load_run_model, read_arch
 from dnas.data.fingerprint import FILE_NAME as FINGERPRINT_FILE
 from dnas.data.loaders import DataConfig, build_loaders
-from dnas.data.synthetic import synthetic_reid_from_recipe
 from dnas.engine import LAST
 from dnas.engine.run import run_in_dir
 from dnas.errors import DnasError
@@ -61,12 +60,8 @@ RERANK_NOTE = {"method": "k-reciprocal re-ranking (Zhong et al. 2017), k1=20, k2
 
 def build_reid_data(cfg: ReIDConfig, rt: Runtime, height: int, width: int, training: bool = True):
     """PK training loader, validation and test query/gallery loaders of a Re-ID ``--data`` spec."""
-    synth = synthetic_reid_from_recipe(cfg)
-    dcfg = DataConfig(data=cfg.data, height=height, width=width, p=cfg.p, k=cfg.k, workers=cfg.workers,
-                      seed=cfg.seed, rank=rt.rank, world_size=rt.world_size, test_batch_size=cfg.test_batch_size,
-                      flip_prob=cfg.flip_prob, pad=cfg.pad, erasing_prob=cfg.erasing_prob, synthetic_reid=synth,
-                      val_ids_fraction=cfg.val_ids_fraction, val_min_ids=cfg.val_min_ids, val_seed=cfg.val_seed,
-                      msmt17_use_val=cfg.msmt17_use_val)
+    dcfg = DataConfig.reid_from_recipe(cfg, height=height, width=width, test_batch_size=cfg.test_batch_size,
+                                       rank=rt.rank, world_size=rt.world_size)
     data = build_loaders(dcfg)
     if data.task != "reid":
         raise DnasError(f"--data {cfg.data}: dnas-retrain reid needs a Re-ID data set "

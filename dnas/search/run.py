@@ -36,18 +36,12 @@ CURVES = ["weights_loss", "arch_loss", "ibb_epoch", "ib_loss", "expected_latency
 def build_search_data(cfg: SearchConfig, rt: Runtime):
     """Loaders with the weight/architecture split (by image; see ``split_weight_arch``)."""
     from dnas.data.loaders import DataConfig, build_loaders
-    from dnas.data.synthetic import synthetic_reid_from_recipe
 
     space = cfg.load_space()
-    height = cfg.height or space.input_size[1]
-    width = cfg.width or space.input_size[2]
-    synth = synthetic_reid_from_recipe(cfg)
-    dcfg = DataConfig(data=cfg.data, height=height, width=width, p=cfg.p, k=cfg.k, workers=cfg.workers,
-                      seed=cfg.seed, arch_fraction=cfg.arch_fraction, rank=rt.rank, world_size=rt.world_size,
-                      test_batch_size=max(cfg.batch_size, 32), synthetic_reid=synth,
-                      val_ids_fraction=cfg.val_ids_fraction, val_min_ids=cfg.val_min_ids, val_seed=cfg.val_seed,
-                      msmt17_use_val=cfg.msmt17_use_val, flip_prob=cfg.flip_prob, pad=cfg.pad,
-                      erasing_prob=cfg.erasing_prob)
+    dcfg = DataConfig.reid_from_recipe(cfg, height=cfg.height or space.input_size[1],
+                                       width=cfg.width or space.input_size[2],
+                                       test_batch_size=max(cfg.batch_size, 32), rank=rt.rank,
+                                       world_size=rt.world_size, arch_fraction=cfg.arch_fraction)
     data = build_loaders(dcfg)
     if data.task != "reid":
         raise DnasError(f"--data {cfg.data}: the search needs a Re-ID data set (identities for the triplet loss)")
