@@ -360,7 +360,8 @@ def main(argv=None) -> int:
     report = build_report(archs, found, bands, results, estimates, space=space)
     report["settings"] = {k: v for k, v in vars(args).items()}
     report["latency_cost"] = cost.source
-    report["command"] = "python -m bench.search_quality " + shlex.join(argv if argv is not None else sys.argv[1:])
+    given = argv if argv is not None else sys.argv[1:]
+    report["command"] = "python -m bench.search_quality " + shlex.join(a for a in given if a != "--report-only")
     report["wall_s"] = time.time() - t_start
     report["conditions"] = (f"{os.cpu_count()} CPU cores, {args.jobs} jobs at a time with OMP_NUM_THREADS=1; "
                             "wall_s counts only what this invocation ran (finished steps are reused)")

@@ -172,11 +172,19 @@ def test_report_statistics_and_targets():
     r = build_report(archs, found, bands, results, estimates)
     seed = r["per_search_seed"][0]
     assert seed["val_rank"] == 1 and seed["top_third"] and seed["kendall_tau"] == pytest.approx(1.0)
+    assert seed["kendall_tau_random_only"] == pytest.approx(1.0) and seed["kendall_n_random_only"] == 3
+    swapped = {0: {"s": 9.0, "a": 6.0, "b": 5.0, "c": 1.0}}  # a and b the wrong way round: 2 of 3 pairs right
+    assert build_report(archs, found, bands, results, swapped)["per_search_seed"][0][
+        "kendall_tau_random_only"] == pytest.approx(1 / 3)
     assert seed["val_random_mean"] == pytest.approx(148 / 3)
     eff = seed["test_effect"]  # 31 - mean(21, 26, 11) = 35/3; SE^2 = 2/2 + (175/3)/3
     assert eff["diff"] == pytest.approx(35 / 3) and eff["se"] == pytest.approx(math.sqrt(1 + 175 / 9))
     assert r["overall"]["val"]["seed_to_seed_sd"] == pytest.approx(math.sqrt(2))
     assert r["targets"]["val_ranks_networks"]["met"] and not r["targets"]["kendall_tau"]["met"]  # n < 20
+    noisy = {k: runs([v[0]["val_mAP"] - 4, v[1]["val_mAP"] + 4], [30, 32]) for k, v in results.items()}
+    r = build_report(archs, found, bands, noisy, estimates)  # seed sd 7.1, between-net sd 7.6: not well below
+    assert r["overall"]["val"]["seed_to_seed_sd"] == pytest.approx(math.sqrt(50))
+    assert not r["targets"]["val_ranks_networks"]["met"]
 
 
 @pytest.mark.slow
