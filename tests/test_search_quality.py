@@ -95,6 +95,20 @@ def test_search_and_retrain_map_a_recipe_to_the_same_data_config():
     assert search.synthetic_reid.seed == retrain.synthetic_reid.seed == 3 and search.erasing_prob == 0.0
 
 
+@pytest.mark.parametrize("search, retrain", [("tiny_synthetic", "reid_synthetic"),
+                                             ("tiny_synthetic_240", "reid_synthetic_240")])
+def test_paired_recipes_describe_one_data_set(search, retrain):
+    """A shipped search recipe and the retrain recipe that goes with it load and read the
+    same synthetic set, validation split and augmentation."""
+    from dnas.config import load_config
+    from dnas.resources import find_data_file
+
+    s = load_config(SearchConfig, find_data_file(search, "search", ".yaml"))
+    r = load_config(ReIDConfig, find_data_file(retrain, "retrain", ".yaml"))
+    for key in ("data", "synthetic_ids", "val_ids_fraction", "val_seed", "data_seed", "erasing_prob", "flip_prob"):
+        assert getattr(s, key) == getattr(r, key), key
+
+
 def test_bn_recalibration_takes_the_statistics_of_the_data():
     class Net(nn.Module):
         def __init__(self):
