@@ -11,7 +11,8 @@ the same latency? (paper section 3.4; docs/method.md section 10)
    ``dnas-retrain reid`` (the same recipe, ``--retrain-seeds`` seeds each).
 4. Each search seed's supernet scores every architecture of its band
    (:func:`dnas.search.estimate.run_estimates`: one-hot validation mAP with inherited
-   weights and re-estimated BN statistics).
+   weights and re-estimated BN statistics), before the retrains: the estimates need the
+   searches' checkpoints, and the ledger keeps them for a resume from a fresh checkout.
 5. The report (:mod:`bench.search_quality_report`): per search seed the searched net's
    rank in its band by mean validation mAP (the selection split) and test mAP, the
    effect size with a 95% interval, the seed-to-seed against the between-network spread,
@@ -355,8 +356,10 @@ def main(argv=None) -> int:
     arch_files = {k: write_arch(space, a["indices"], work) for k, a in archs.items()}
     for a in archs.values():
         a["params"] = arch_params(space, a["indices"])
-    results = run_retrains(args, work, arch_files, jobs, ledger)
+    # the estimates first: they need the searches' checkpoints (run directories are not
+    # committed), the ledger keeps them for a resume from a fresh checkout
     estimates = supernet_estimates(found, list(archs.values()), ledger)
+    results = run_retrains(args, work, arch_files, jobs, ledger)
     report = build_report(archs, found, bands, results, estimates, space=space)
     report["settings"] = {k: v for k, v in vars(args).items()}
     report["latency_cost"] = cost.source
