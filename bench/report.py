@@ -30,7 +30,8 @@ def check(name: str, measured: float | None, op: str = "report", limit: float | 
     met = None
     if op in OPS and measured is not None and math.isfinite(measured):
         met = bool(OPS[op](measured, limit))
-    target = "report" if op == "report" else f"{op} {limit:g}{unit}"
+    shown = limit * 100 if unit == "%" and limit is not None else limit  # fractions shown as percentages
+    target = "report" if op == "report" else f"{op} {shown:g}{unit}"
     return {"name": name, "measured": measured, "op": op, "limit": limit, "target": target, "met": met,
             "unit": unit}
 

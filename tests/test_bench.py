@@ -101,3 +101,12 @@ def test_search_run_smoke(tmp_path):
     lat = rep["expected_latency_ms"]
     assert 0 < lat["target"] < lat["before_uniform"] and lat["after"] > 0
     assert len(lat["per_epoch"]) == rep["epochs"]
+
+
+def test_percentage_targets_read_as_percentages():
+    """A fraction with unit "%" (0.10) reads "<= 10%" beside a measured +17.7%, not "<= 0.1%"."""
+    from bench.report import check
+
+    row = check("overhead", 0.177, "<=", 0.10, "%")
+    assert row["target"] == "<= 10%" and row["met"] is False and row["limit"] == 0.10
+    assert check("ratio", 1.1, "<=", 1.25)["target"] == "<= 1.25"
