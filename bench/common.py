@@ -93,6 +93,34 @@ def free_memory(device: str) -> None:
         torch.cuda.empty_cache()
 
 
+def time_interleaved(steps_by_name: dict[str, Callable[[], object]], settings: BenchSettings, base: str,
+                     steps: int | None = None, warmup: int | None = None) -> dict:
+    """Time several steps in rotation on the CPU, one step of each per round, so that a
+    machine whose speed drifts (a shared host) slows every variant alike.
+
+    Returns:
+        ``{name: {"median_ms", "min_ms", "steps", "paired_ratio"}}``; ``paired_ratio`` is the
+        median over rounds of the step's time over ``base``'s time in the same round.
+    """
+    steps = settings.steps if steps is None else steps
+    warmup = settings.warmup if warmup is None else warmup
+    names = list(steps_by_name)
+    for _ in range(warmup):
+        for n in names:
+            steps_by_name[n]()
+    rounds = []
+    for r in range(steps):
+        times = {}
+        for n in names[r % len(names):] + names[:r % len(names)]:  # the order rotates too
+            t0 = time.perf_counter()
+            steps_by_name[n]()
+            times[n] = (time.perf_counter() - t0) * 1e3
+        rounds.append(times)
+    return {n: {"median_ms": statistics.median(t[n] for t in rounds), "min_ms": min(t[n] for t in rounds),
+                "steps": steps, "paired_ratio": statistics.median(t[n] / t[base] for t in rounds)}
+            for n in names}
+
+
 def time_step(step: Callable[[], object], settings: BenchSettings, steps: int | None = None,
               warmup: int | None = None) -> dict:
     """Time ``step`` (see the module docstring).

@@ -12,7 +12,8 @@ import warnings
 import torch
 
 from bench.arch_tools import latency_model_for, widest_arch
-from bench.common import BenchSettings, free_memory, prepare_model, ratio, reid_batch, sync, time_step
+from bench.common import (BenchSettings, free_memory, prepare_model, ratio, reid_batch, sync, time_interleaved,
+                          time_step)
 from bench.proposals import check_equivalent, patched
 from bench.report import check, result
 from bench.steps import build_plain_step, build_search_steps
@@ -161,7 +162,7 @@ def bench_dcs(space_name: str, settings: BenchSettings) -> dict:
     in the linear (default) and softmax forms: training step time, peak memory, MACs."""
     from dnas.model_stats import count_macs
 
-    times, macs = {}, {}
+    times, macs, cpu_steps = {}, {}, {}
     for attention, form in DCS_VARIANTS:
         space = load_space(space_name).with_attention(form=form)
         x, labels = reid_batch(settings, space)
@@ -169,18 +170,30 @@ def bench_dcs(space_name: str, settings: BenchSettings) -> dict:
         net = _static(space, settings, attention=attention)
         macs[name] = count_macs(PlainNet(net.arch, attention=attention), list(x.shape[1:]))
         step = build_plain_step(net, settings, x, labels)
+        if not settings.is_cuda:  # CPU: timed below, interleaved
+            cpu_steps[name] = step
+            if (attention, form) == ("dcs", "linear"):
+                cpu_steps["proposal"] = _with_patches(step, ("dcs_fast",))
+            continue
         times[name] = time_step(step, settings)
         if (attention, form) == ("dcs", "linear"):
             times["proposal"] = time_step(_with_patches(step, ("dcs_fast",)), settings)
         del net, step
+        free_memory(settings.device)
+    if cpu_steps:
+        # NOTE: on a shared CPU host one variant after another drifted by +-12 points between
+        # runs; in rotation each overhead is the median of same-round ratios
+        times = {n: {**t, "peak_mib": None} for n, t in time_interleaved(cpu_steps, settings, "none").items()}
+        del cpu_steps
         free_memory(settings.device)
     base = times["none"]["median_ms"]
     figs = {f"{n}_ms": t["median_ms"] for n, t in times.items()}
     figs.update({f"{n}_peak_mib": t["peak_mib"] for n, t in times.items() if n != "proposal"})
     figs.update({f"{n}_macs": m for n, m in macs.items()})
     for n in ("self_linear", "dcs_linear", "dcs_softmax", "proposal"):
-        r = ratio(times[n]["median_ms"], base)
+        r = times[n].get("paired_ratio") or ratio(times[n]["median_ms"], base)
         figs[f"{n}_overhead"] = r - 1 if r else None
+    figs["timing"] = "interleaved (paired ratios)" if "paired_ratio" in times["none"] else "one variant after another"
     for n in ("self_linear", "dcs_linear", "dcs_softmax"):
         figs[f"{n}_macs_overhead"] = macs[n] / macs["none"] - 1
     figs["overhead"] = figs["dcs_linear_overhead"]

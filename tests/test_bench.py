@@ -110,3 +110,27 @@ def test_percentage_targets_read_as_percentages():
     row = check("overhead", 0.177, "<=", 0.10, "%")
     assert row["target"] == "<= 10%" and row["met"] is False and row["limit"] == 0.10
     assert check("ratio", 1.1, "<=", 1.25)["target"] == "<= 1.25"
+
+
+def test_interleaved_timing_pairs_each_round(monkeypatch):
+    """time_interleaved: a machine that slows down round by round slows every variant alike;
+    the paired ratio stays the true 1.5 while the medians drift."""
+    import bench.common as common
+    from bench.common import BenchSettings, time_interleaved
+
+    clock = {"t": 0.0, "calls": 0}
+    monkeypatch.setattr(common.time, "perf_counter", lambda: clock["t"])
+    order = []
+
+    def step(name, cost):
+        def run():
+            clock["calls"] += 1
+            order.append(name)
+            clock["t"] += cost * (1 + 0.5 * ((clock["calls"] - 1) // 2))  # drift: slower every round
+        return run
+
+    settings = BenchSettings(device="cpu", steps=4, warmup=0)
+    out = time_interleaved({"none": step("none", 0.010), "dcs": step("dcs", 0.015)}, settings, "none")
+    assert out["none"]["paired_ratio"] == 1.0 and out["dcs"]["steps"] == 4
+    assert out["dcs"]["paired_ratio"] == pytest.approx(1.5) and out["none"]["median_ms"] > 10
+    assert order[:4] == ["none", "dcs", "dcs", "none"]  # the order rotates round by round
