@@ -224,6 +224,15 @@ def test_benchmark_smoke_runs_and_resumes(tmp_path):
     ranked = json.loads((tmp_path / "rank.json").read_text())
     assert len(ranked["supernets"][0]["estimates"]) == len(report["per_arch"]) == len(ranked["archs"])
     assert all(0 <= v <= 100 for v in ranked["supernets"][0]["estimates"].values())
+    # a fresh checkout has the ledger but no run directories: the estimates come from the ledger
+    import shutil
+
+    shutil.rmtree(work / "searches")
+    shutil.rmtree(work / "retrains")
+    fresh = subprocess.run(cmd + ["--report-only"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert fresh.returncode == 0, fresh.stdout + fresh.stderr
+    assert "no checkpoint" not in fresh.stdout
+    assert json.loads((tmp_path / "res.json").read_text())["estimates"] == report["estimates"]
 
 
 def test_supernet_ranking_bad_input_is_one_line_and_exit_2(tmp_path):
@@ -256,3 +265,21 @@ def test_band_anova_tells_real_differences_from_seed_noise():
     assert res["p"] > 0.5 and res["true_between_sd"] == 0.0
     ci = per_arch_stats(apart)["b"]["val_ci95"]
     assert ci[0] < 80 < ci[1] and ci[1] - ci[0] == pytest.approx(2 * 4.303 * 1 / math.sqrt(3), rel=1e-3)
+
+
+@pytest.mark.slow
+def test_estimates_are_in_the_ledger_before_any_retrain(tmp_path, monkeypatch):
+    """A benchmark stopped during its retrains has already put the supernet estimates in the
+    ledger (they need the searches' checkpoints, which a fresh checkout lacks)."""
+    import bench.search_quality as sq
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sq, "run_retrains", stopped)
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(KeyboardInterrupt):
+        sq.main(["--smoke", "--work", str(tmp_path / "sq")])
+    ledger = json.loads((tmp_path / "sq" / "ledger.json").read_text())
+    (entry, estimates), = ledger["estimates"].items()
+    assert entry in ledger["searches"] and len(estimates) == 2  # the searched arch and one random
