@@ -64,6 +64,9 @@ def main(argv=None) -> int:
     p.add_argument("--finetune-lr", type=float, default=0.02)
     p.add_argument("--out", type=Path, help="write the estimates and taus as JSON")
     args = p.parse_args(argv)
+    if args.out is not None and args.out.resolve() == args.report.resolve():
+        print(f"error: --out {args.out} is the --report it reads; write the ranking elsewhere", file=sys.stderr)
+        return 2
     try:
         archs = read_stand_alone(args.report)
     except (OSError, ValueError) as e:

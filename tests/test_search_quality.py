@@ -249,6 +249,9 @@ def test_supernet_ranking_bad_input_is_one_line_and_exit_2(tmp_path):
                                                 "val_mean": 50.0, "test_mean": 50.0}]}))
     assert main(["--report", str(report), "--searches", str(search)]) == 2  # no checkpoint-last.pt
     assert not (tmp_path / "out.json").exists()
+    before = report.read_text()
+    assert main(["--report", str(report), "--searches", str(search), "--out", str(report)]) == 2
+    assert report.read_text() == before  # never writes into the report it reads
 
 
 def test_band_anova_tells_real_differences_from_seed_noise():
