@@ -286,3 +286,19 @@ def test_estimates_are_in_the_ledger_before_any_retrain(tmp_path, monkeypatch):
     ledger = json.loads((tmp_path / "sq" / "ledger.json").read_text())
     (entry, estimates), = ledger["estimates"].items()
     assert entry in ledger["searches"] and len(estimates) == 2  # the searched arch and one random
+
+
+def test_seed_residual_correlation_tells_model_luck_from_split_noise():
+    from bench.search_quality_report import seed_residual_correlation
+
+    def runs(pairs):
+        return [{"val_mAP": v, "test_mAP": t} for v, t in pairs]
+
+    # a lucky seed is lucky on both splits: the spread is the trained model's
+    shared = {"a": runs([(70, 60), (74, 64), (66, 56)]), "b": runs([(50, 45), (52, 47)])}
+    c = seed_residual_correlation(shared)
+    assert c["r"] == pytest.approx(1.0) and c["n_runs"] == 5
+    # the validation split moves against the test split: its own sampling noise
+    opposite = {"a": runs([(70, 60), (74, 56), (66, 64)]), "b": runs([(50, 47), (52, 45)])}
+    assert seed_residual_correlation(opposite)["r"] == pytest.approx(-1.0)
+    assert math.isnan(seed_residual_correlation({"a": runs([(70, 60)])})["r"])  # one seed: nothing to compare
