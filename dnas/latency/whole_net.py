@@ -12,6 +12,7 @@ the figure is the median over the passes of the median window, with the same ``s
 """
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 from pathlib import Path
 from typing import Sequence
@@ -23,6 +24,7 @@ from dnas.errors import DnasError
 from dnas.latency.onnx_timing import (ExportedModels, check_timing, measure_in_runtime, runtime_mode,
                                       runtime_provenance)
 from dnas.latency.timing import TimingConfig, device_info, round_robin, summarize
+from dnas.latency.validate import check_machine
 
 
 def load_fixed_net(arch) -> tuple[torch.nn.Module, str]:
@@ -119,6 +121,43 @@ def time_model(model: torch.nn.Module, shape: Sequence[int], cfg: TimingConfig, 
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
 
 
+def deployed_net(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of a derived :class:`dnas.models.PlainNet` that stops at the pooled feature:
+    no BNNeck, no classifier, as the search's cost counts it (the ``classifier`` entry,
+    BNNeck included, is left out of a Re-ID search's latency)."""
+    net = copy.deepcopy(model)
+    net.head.neck, net.head.classifier = None, torch.nn.Identity()
+    return net.eval()
+
+
+def measured_latency_summary(model: torch.nn.Module, table, shape: Sequence[int]) -> dict:
+    """The ``summary.json`` keys of a derived net's measured latency under ``table``'s
+    protocol, runtime included (:func:`deployed_net` of ``model`` is timed), when the
+    table's device and runtime are this machine's.
+
+    Returns:
+        ``{"measured_latency_ms": ms, "measured_latency": {how: method, runtime, device,
+        batch, passes, spread, ...}}``, or ``{"measured_latency_skipped": why not}`` when
+        the table was profiled on another device or its runtime or provider is not here.
+    """
+    proto = dict(table.meta.get("protocol") or {})
+    cfg = TimingConfig.from_dict(proto)
+    try:
+        check_timing(cfg)
+        check_machine(table, cfg)
+    except DnasError as exc:
+        return {"measured_latency_skipped": str(exc)}
+    name = getattr(getattr(model, "arch", None), "name", None) or type(model).__name__
+    report = time_model(deployed_net(model), shape, cfg, int(proto.get("passes") or 3), about={"arch": name})
+    keep = ("method", "device", "device_name", "runtime", "provider", "onnxruntime", "spread", "pass_ms", "mode",
+            "date")
+    return {"measured_latency_ms": report["ms"],
+            "measured_latency": {"table": table.source, **{k: report[k] for k in keep if k in report},
+                                 "protocol": report["protocol"],
+                                 "covers": "the network up to the pooled feature (no BNNeck, no classifier), as the "
+                                           "table latency"}}
+
+
 def format_net_timing(report: dict) -> str:
     """Readable lines of a :func:`time_net` report."""
     p = report["protocol"]
@@ -135,4 +174,5 @@ def format_net_timing(report: dict) -> str:
         f"{report['images_per_s']:.1f} images/s"])
 
 
-__all__ = ["format_net_timing", "load_fixed_net", "net_input_shape", "time_model", "time_net"]
+__all__ = ["deployed_net", "format_net_timing", "load_fixed_net", "measured_latency_summary", "net_input_shape",
+           "time_model", "time_net"]
