@@ -52,6 +52,40 @@ class _ExportWrapper(nn.Module):
         return out["logits"], out["embedding"]
 
 
+def write_onnx(module: nn.Module, example: torch.Tensor, path: Path, input_names: Sequence[str],
+               output_names: Sequence[str] | None = None, dynamic_batch: bool = False) -> Path:
+    """Export ``module`` (called on ``example``) to an ONNX file at opset :data:`ONNX_OPSET`.
+
+    The TorchScript-based exporter first (fast, and it handles these graphs), the dynamo
+    exporter when it fails. Nothing is checked or run here.
+
+    Args:
+        module: the module, in the mode it is to be exported in.
+        example: one input tensor.
+        path: the ``.onnx`` file to write.
+        input_names: the graph's input name (one).
+        output_names: the graph's output names (``None``: the exporter's).
+        dynamic_batch: the first axis of inputs and named outputs is symbolic (``batch``);
+            otherwise every shape is the example's.
+
+    Returns:
+        ``path``.
+    """
+    kwargs = dict(input_names=list(input_names), opset_version=ONNX_OPSET)
+    if output_names is not None:
+        kwargs["output_names"] = list(output_names)
+    axes = {n: {0: "batch"} for n in [*input_names, *(output_names or ())]} if dynamic_batch else None
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # the exporters' chatter names
+        warnings.simplefilter("ignore")                                            # the temporary directory
+        try:
+            torch.onnx.export(module, (example,), str(path), dynamo=False, dynamic_axes=axes, **kwargs)
+        except Exception:  # noqa: BLE001 - fall back to the dynamo exporter
+            shapes = {input_names[0]: {0: torch.export.Dim("batch", min=1, max=4096)}} if dynamic_batch else None
+            torch.onnx.export(module, (example,), str(path), dynamo=True, dynamic_shapes=shapes, verbose=False,
+                              **kwargs)
+    return Path(path)
+
+
 def export_onnx(model: nn.Module, input_size: list[int], path: Path, seed: int = 0) -> float:
     """Export to ONNX, check it, run it once in onnxruntime against PyTorch.
 
@@ -70,16 +104,7 @@ def export_onnx(model: nn.Module, input_size: list[int], path: Path, seed: int =
     wrapper = _ExportWrapper(model).eval()
     gen = torch.Generator().manual_seed(seed)
     example = torch.randn(1, *input_size, generator=gen)
-    kwargs = dict(input_names=["images"], output_names=["logits", "embedding"], opset_version=ONNX_OPSET)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # the exporters' chatter names
-        warnings.simplefilter("ignore")                                            # the temporary directory
-        try:  # the TorchScript-based exporter is fast and handles this graph
-            torch.onnx.export(wrapper, (example,), str(path), dynamo=False,
-                              dynamic_axes={n: {0: "batch"} for n in ("images", "logits", "embedding")}, **kwargs)
-        except Exception:  # noqa: BLE001 - fall back to the dynamo exporter
-            batch = torch.export.Dim("batch", min=1, max=4096)
-            torch.onnx.export(wrapper, (example,), str(path), dynamo=True, dynamic_shapes={"images": {0: batch}},
-                              verbose=False, **kwargs)
+    write_onnx(wrapper, example, path, ["images"], ["logits", "embedding"], dynamic_batch=True)
     onnx.checker.check_model(onnx.load(str(path)))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     x = torch.randn(2, *input_size, generator=gen)

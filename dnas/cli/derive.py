@@ -28,7 +28,11 @@ EPILOG = """examples:
 --tolerance (relative) of the target on the lookup table (--latency-table; auto: the
 shipped or cached table of the space for this CPU, never profiled); with --count > 1
 they go to OUT/arch-00, OUT/arch-01, ... (and OUT/band.csv). Every summary.json holds
-the arch's table latency (latency_ms, latency_table) whenever a measured table resolves.
+the arch's table latency (latency_ms, latency_table; lut_latency_ms, lut_source from a
+run) whenever a measured table resolves and, when that table's device and runtime are
+this machine's, the net's measured latency under the table's protocol and runtime
+beside it (measured_latency_ms, measured_latency; the reason in measured_latency_skipped
+otherwise; --no-measure skips it).
 
 The output directory is written atomically: on any error nothing is left behind.
 --overwrite replaces only an earlier dnas-derive output (never the working directory,
@@ -70,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--no-onnx", action="store_true", help="skip the ONNX export and check")
+    p.add_argument("--no-measure", action="store_true",
+                   help="do not time the derived net with its latency table's protocol (done when the table's "
+                        "device and runtime are this machine's)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -143,6 +150,7 @@ def derive_without_search(args: argparse.Namespace) -> list[tuple[Path, dict]]:
     from dnas.export import export_derived
     from dnas.outputs import atomic_directory
     from dnas.latency.band import sample_in_band
+    from dnas.latency.whole_net import measured_latency_summary
     from dnas.models import Supernet, derive_plain
     from dnas.runlog import write_csv_rows
     from dnas.space import load_space
@@ -167,10 +175,12 @@ def derive_without_search(args: argparse.Namespace) -> list[tuple[Path, dict]]:
         base["derived_from"] += f" --latency-ms {args.latency_ms:g}"
     net = Supernet(space, num_classes=args.num_classes).eval()
 
-    def extra(i: int, latency) -> dict:
+    def extra(i: int, latency, plain) -> dict:
         out = dict(base)
         if latency is not None:
             out.update(latency_ms=latency, latency_table=cost.source)
+            if not args.no_measure and cost.kind in ("table", "profiled"):
+                out.update(measured_latency_summary(plain, cost.table, plain.arch.input_size))
         if band:
             out["band"] = {"latency_ms": args.latency_ms, "tolerance": tol, "seed": args.seed, "index": i}
         return out
@@ -179,13 +189,13 @@ def derive_without_search(args: argparse.Namespace) -> list[tuple[Path, dict]]:
     if len(picks) == 1:
         arch, plain = derive_plain(net, picks[0][0], name=name + (f"-band{args.latency_ms:g}ms" if band else ""))
         return [(out, export_derived(out, arch, plain, onnx=not args.no_onnx, overwrite=args.overwrite,
-                                     extra_summary=extra(0, picks[0][1])))]
+                                     extra_summary=extra(0, picks[0][1], plain)))]
     exported, rows = [], []
     with atomic_directory(out, overwrite=args.overwrite, kind="derived", inputs=(args.supernet,)) as tmp:
         for i, (indices, latency) in enumerate(picks):
             sub = f"arch-{i:02d}"
             arch, plain = derive_plain(net, indices, name=f"{name}-band{args.latency_ms:g}ms-{i:02d}")
-            summary = export_derived(tmp / sub, arch, plain, onnx=not args.no_onnx, extra_summary=extra(i, latency))
+            summary = export_derived(tmp / sub, arch, plain, onnx=not args.no_onnx, extra_summary=extra(i, latency, plain))
             exported.append((out / sub, summary))
             rows.append({"index": i, "name": summary["name"], "latency_ms": f"{latency:.6g}",
                          "params": summary["params"], "macs": summary["macs"], "dir": sub})
@@ -222,6 +232,18 @@ def derive_backbone(args: argparse.Namespace) -> dict:
                           extra_summary=extra, inputs=[p for p in (args.pretrained_file,) if p])
 
 
+def latency_text(summary: dict) -> str:
+    """``, 1.234 ms (latency table), 1.250 ms measured (eager, AMD EPYC)`` of a summary."""
+    table_ms = summary.get("latency_ms", summary.get("lut_latency_ms"))
+    if table_ms is None:
+        return ""
+    text = f", {table_ms:.3f} ms (latency table)"
+    if "measured_latency_ms" in summary:
+        how = summary["measured_latency"]
+        text += f", {summary['measured_latency_ms']:.3f} ms measured ({how['method']}, {how['device_name']})"
+    return text
+
+
 @cli_entry("dnas-derive")
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
@@ -253,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from dnas.search.derive_run import derive_from_run
 
         summaries = derive_from_run(Path(args.run), Path(args.out), top_k=args.top_k, checkpoint=args.checkpoint,
-                                    onnx=not args.no_onnx, overwrite=args.overwrite)
+                                    onnx=not args.no_onnx, overwrite=args.overwrite, measure=not args.no_measure)
     else:
         if not (args.supernet and args.sample):
             raise DnasError("without a run directory, give --supernet NAME and --sample max|min|random, "
@@ -267,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{s['params']:>9}  {s['macs']:>12}  rank{s['rank']}")
     for i, s in enumerate(summaries):
         onnx = "" if s.get("onnx_max_abs_diff") is None else f", ONNX max abs diff {s['onnx_max_abs_diff']:.2e}"
-        lat = f", {s['latency_ms']:.3f} ms (latency table)" if "latency_ms" in s else ""
+        lat = latency_text(s)
         where = f"{exported[i][0]}: " if exported is not None and len(exported) > 1 else ""  # OUT/arch-NN
         print(f"{where}{s['name']}: {s['params'] / 1e6:.3f} M params, {s['macs'] / 1e6:.1f} M MACs{lat}{onnx}")
     print(f"derived model written to {Path(args.out).resolve()}")

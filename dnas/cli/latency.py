@@ -29,13 +29,18 @@ from typing import Sequence
 
 from dnas.cli.common import cli_entry, finite_float
 from dnas.errors import DnasError
+from dnas.latency.table import PROVIDERS, RUNTIMES
 
 PROTOCOL_HELP = """Protocol: modules run in eval mode (inference latency: BN running statistics,
 DCS-Attention's deterministic mask) under torch.no_grad. On CUDA each module is
 captured in a CUDA graph (repeated inside the graph so one replay lasts at least
 --min-replay-ms), warmed up, and timed in --windows windows with CUDA events; on CPU
-the same in eager mode with perf_counter (--threads intra-op threads). The median of the
-windows is one sample; entries are visited in --passes shuffled round-robin passes and
+the same in eager mode with perf_counter (--threads intra-op threads). With --runtime
+onnxruntime each module is exported to ONNX (opset 17, fp32, the table's batch and
+resolution) and run in an onnxruntime session on --provider (all graph optimisations on,
+--threads intra-op threads, inputs and outputs bound on the device), with the same
+warm-up and windows; the provider must be there (cuda and tensorrt: onnxruntime-gpu and
+a GPU), else the command stops with one line. The median of the windows is one sample; entries are visited in --passes shuffled round-robin passes and
 the table holds the median over passes. Partial results go to the incomplete table
 TABLE.partial.csv (+ .partial.meta.json) every --checkpoint-every seconds, on Ctrl-C and
 when --time-limit runs out; rerunning the same command continues it (commit it to let
@@ -45,12 +50,25 @@ EXAMPLES = """examples:
   dnas-latency profile --supernet xlarge --dry-run
   dnas-latency profile --supernet tiny --device cpu --batch 8 --dtype fp32 --num-classes 10 60 \\
       --passes 5 --out latency_tables/cpu_tiny_b8_fp32
+  dnas-latency profile --supernet tiny --runtime onnxruntime --provider cpu --batch 8 --num-classes 10 60 \\
+      --passes 5 --out latency_tables/cpu_tiny_b8_fp32_ort
   dnas-latency profile --supernet xlarge --device cuda --batch 64 --dtype bf16 --channels-last \\
       --out latency_tables/h200_xlarge_b64_bf16
   dnas-latency validate --supernet xlarge --table latency_tables/h200_xlarge_b64_bf16.csv --archs 100 \\
       --out report.json --plot scatter.png
   dnas-latency show latency_tables/cpu_tiny_b8_fp32.csv
-  dnas-latency time-net runs/derived --batch 8 --dtype fp32 --device cpu --json"""
+  dnas-latency validate --supernet tiny --table cpu_tiny_b8_fp32 --runtime onnxruntime --archs 100
+                         # the eager table's sums against whole nets run in onnxruntime
+  dnas-latency time-net runs/derived --batch 8 --dtype fp32 --device cpu --json
+  dnas-latency time-net runs/derived --batch 8 --runtime onnxruntime --provider cpu"""
+
+
+def _add_runtime(p, default_help: str) -> None:
+    p.add_argument("--runtime", choices=RUNTIMES, help=f"what the modules run in: eager PyTorch or onnxruntime "
+                                                      f"(default: {default_help})")
+    p.add_argument("--provider", choices=PROVIDERS,
+                   help="onnxruntime's execution provider (default: cuda with --device cuda, else cpu); cuda and "
+                        "tensorrt need onnxruntime-gpu and a GPU")
 
 
 def _add_profile(sub) -> None:
@@ -73,7 +91,9 @@ def _add_profile(sub) -> None:
     p.add_argument("--window-ms", type=finite_float, help="length of one window in ms (default 2 on CUDA, 5 on CPU)")
     p.add_argument("--warmup", type=int, default=3, help="warm-up calls/replays (default 3)")
     p.add_argument("--min-replay-ms", type=finite_float, default=0.2, help="CUDA: minimum duration of one graph replay")
-    p.add_argument("--threads", type=int, default=1, help="CPU: intra-op threads while timing (0: torch default)")
+    p.add_argument("--threads", type=int, default=1, help="CPU: intra-op threads while timing (0: the runtime's "
+                                                          "default)")
+    _add_runtime(p, "eager")
     p.add_argument("--seed", type=int, default=0, help="shuffling seed")
     p.add_argument("--checkpoint-every", type=finite_float, default=30.0, help="seconds between partial writes")
     p.add_argument("--restart", action="store_true", help="ignore (and replace) a partial profile")
@@ -104,6 +124,7 @@ def _add_validate(sub) -> None:
                    help="store the fitted calibration in the table's .meta.json (searches then apply it)")
     p.add_argument("--force", action="store_true",
                    help="measure even though this machine is not the one the table was profiled on")
+    _add_runtime(p, "the table's; another runtime compares its sums with whole nets run there")
     p.add_argument("--no-store", action="store_true", help=argparse.SUPPRESS)  # the default now; kept for old scripts
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -135,7 +156,9 @@ def _add_time_net(sub) -> None:
     p.add_argument("--windows", type=int, default=7, help="timing windows per pass (default 7)")
     p.add_argument("--window-ms", type=finite_float, help="length of one window in ms (default 2 on CUDA, 5 on CPU)")
     p.add_argument("--warmup", type=int, default=3, help="warm-up calls/replays (default 3)")
-    p.add_argument("--threads", type=int, default=1, help="CPU: intra-op threads while timing (0: torch default)")
+    p.add_argument("--threads", type=int, default=1, help="CPU: intra-op threads while timing (0: the runtime's "
+                                                          "default)")
+    _add_runtime(p, "eager")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -149,14 +172,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_show(sub)
     _add_time_net(sub)
     return parser
-
-
-def _resolve_device(name: str) -> str:
-    if name != "auto":
-        return name
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _check_file_target(path: str | Path, option: str) -> None:
@@ -219,6 +234,15 @@ def cmd_profile(args: argparse.Namespace) -> int:
             raise DnasError(f"--{name} {value}: expected a positive number")
     if args.time_limit is not None and not args.time_limit >= 0:
         raise DnasError(f"--time-limit {args.time_limit}: expected a number of seconds >= 0")
+    from dnas.latency.onnx_timing import check_timing, resolve_runtime
+    from dnas.latency.timing import TimingConfig
+
+    device, runtime, provider = resolve_runtime(args.device, args.runtime, args.provider)
+    cfg = TimingConfig(device=device, dtype=args.dtype, batch=args.batch,
+                       channels_last=args.channels_last, warmup=args.warmup, windows=args.windows,
+                       window_ms=args.window_ms, min_replay_ms=args.min_replay_ms, threads=args.threads,
+                       runtime=runtime, provider=provider)
+    check_timing(cfg)  # a missing provider or CUDA: before anything is written
     _check_table_target(csv_path, args.overwrite)
     from dnas.runlock import acquire
 
@@ -226,11 +250,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     if csv_path.is_file() and not args.overwrite:  # again, now that no other profile can write it
         raise DnasError(f"{csv_path}: table exists (pass --overwrite to replace it)")
     from dnas.latency.profile import profile_space
-    from dnas.latency.timing import TimingConfig
 
-    cfg = TimingConfig(device=_resolve_device(args.device), dtype=args.dtype, batch=args.batch,
-                       channels_last=args.channels_last, warmup=args.warmup, windows=args.windows,
-                       window_ms=args.window_ms, min_replay_ms=args.min_replay_ms, threads=args.threads)
     if args.restart:
         from dnas.latency.profile import remove_partial
 
@@ -251,6 +271,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from dnas.latency.table import LatencyTable, find_table, table_paths
+    from dnas.latency.onnx_timing import table_timing
     from dnas.latency.validate import format_report, plot_report, store_calibration, validate_table
     from dnas.space import load_space
 
@@ -268,7 +289,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         if path:
             _check_file_target(path, option)  # before minutes of measuring
     report = validate_table(space, table, archs=args.archs, seed=args.seed, passes=args.passes,
-                            num_classes=args.num_classes, progress=not args.no_progress, force=args.force)
+                            num_classes=args.num_classes, progress=not args.no_progress, force=args.force,
+                            timing=table_timing(table, args.runtime, args.provider))
     print(format_report(report))
     if args.save_calibration:
         store_calibration(table, report)
@@ -327,6 +349,12 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(f"settings  batch {m.get('batch')}, {m.get('dtype')}, channels_last {m.get('channels_last')}, "
           f"method {m.get('method')}, {proto.get('passes')} passes x {proto.get('windows')} windows, "
           f"threads {proto.get('threads')}")
+    ort = m.get("onnxruntime") or {}
+    runtime = (f"onnxruntime {ort.get('version', '?')}, provider {m.get('provider')} "
+               f"({ort.get('execution_provider', '?')}), {ort.get('graph_optimization_level', '?')}, intra-op threads "
+               f"{ort.get('intra_op_num_threads', '?')}" if table.runtime == "onnxruntime"
+               else "eager PyTorch" + ("" if m.get("runtime") else " (no runtime recorded: an eager table)"))
+    print(f"runtime   {runtime}")
     sessions = f" (profiled in {len(m['sessions'])} sessions, from {m['sessions'][0]})" if m.get("sessions") else ""
     print(f"date      {m.get('date')}{sessions}  mode: {m.get('mode', 'eval')}")
     if table.is_complete:
@@ -369,9 +397,12 @@ def cmd_time_net(args: argparse.Namespace) -> int:
             raise DnasError(f"--{name} {value}: expected an integer >= {least}")
     if args.window_ms is not None and not args.window_ms > 0:
         raise DnasError(f"--window-ms {args.window_ms}: expected a positive number")
-    cfg = TimingConfig(device=_resolve_device(args.device), dtype=args.dtype, batch=args.batch,
+    from dnas.latency.onnx_timing import resolve_runtime
+
+    device, runtime, provider = resolve_runtime(args.device, args.runtime, args.provider)
+    cfg = TimingConfig(device=device, dtype=args.dtype, batch=args.batch,
                        channels_last=args.channels_last, warmup=args.warmup, windows=args.windows,
-                       window_ms=args.window_ms, threads=args.threads)
+                       window_ms=args.window_ms, threads=args.threads, runtime=runtime, provider=provider)
     size = (args.height, args.width) if args.height or args.width else None
     report = time_net(args.arch, cfg, passes=args.passes, size=size)
     print(json.dumps(report, indent=2) if args.json else format_net_timing(report))

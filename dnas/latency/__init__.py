@@ -3,6 +3,8 @@
 - :mod:`dnas.latency.keys`: the one key function and the entries a space needs;
 - :mod:`dnas.latency.table`: :class:`LatencyTable` (CSV + meta, provenance, calibration);
 - :mod:`dnas.latency.timing`: the measurement protocol (CUDA graphs / eager, windows, median);
+- :mod:`dnas.latency.onnx_timing`: the same protocol in onnxruntime (``--runtime onnxruntime``,
+  providers cpu, cuda, tensorrt);
 - :mod:`dnas.latency.profile`, :mod:`dnas.latency.validate`: ``dnas-latency profile|validate``
   (an unfinished profile is an incomplete table ``NAME.partial.csv``, continued later);
 - :mod:`dnas.latency.whole_net`: ``dnas-latency time-net`` (one whole fixed network, no table);

@@ -9,6 +9,9 @@ In order (the first that applies):
    (``p * k``), then a calibrated table. A table that does not cover the search (a
    missing key, a half-copied file) is skipped, and so is an incomplete table
    (``NAME.partial.csv``, :mod:`dnas.latency.table`): never used, only named in the log.
+   Before all of these, an eager table (the runtime searches have always optimised
+   for): a table of another runtime (onnxruntime) is taken only when it is the one
+   there, or named as the recipe's table; the log line names the runtime either way.
 2. ``profiled:PATH``: no such table, but profiling one is affordable: the estimated time
    (from the number of entries and their MACs, :func:`estimate_profile_s`, printed
    before it starts) is at most the budget (``latency_profile_budget_s``; default
@@ -143,11 +146,18 @@ def _candidates(space, kind: str) -> list[tuple[Path, dict, bool]]:
     return out
 
 
+def runtime_name(meta: dict) -> str:
+    """The runtime a table optimises for: ``eager PyTorch`` or ``onnxruntime (PROVIDER)``."""
+    if (meta.get("runtime") or (meta.get("protocol") or {}).get("runtime") or "eager") == "eager":
+        return "eager PyTorch"
+    return f"onnxruntime ({meta.get('provider') or (meta.get('protocol') or {}).get('provider') or '?'})"
+
+
 def _describe(meta: dict, where: str) -> str:
     cal = ", calibrated" if meta.get("calibration") else ""
-    return (f"{where}; measured on {meta.get('device', '?')} {meta.get('device_name', '?')}, batch "
-            f"{meta.get('batch', '?')}, {meta.get('dtype', '?')}, {meta.get('method', '?')}{cal}, "
-            f"{str(meta.get('date', '?'))[:10]}")
+    return (f"{where}; optimises for {runtime_name(meta)}: measured on {meta.get('device', '?')} "
+            f"{meta.get('device_name', '?')}, batch {meta.get('batch', '?')}, {meta.get('dtype', '?')}, "
+            f"{meta.get('method', '?')}{cal}, {str(meta.get('date', '?'))[:10]}")
 
 
 def estimate_profile_s(space, timing, passes: int = 3, done: int = 0) -> tuple[int, float]:
@@ -260,7 +270,7 @@ def resolve_latency_cost(spec: str | None, space, device, *, supernet: str, batc
     timing = auto_timing(dev, batch, dtype, channels_last and kind == "cuda")
     here = device_name(dev)
     ranked = sorted(_candidates(space, kind), key=lambda c: (
-        c[1].get("device_name") == here, c[1].get("dtype") == dtype, c[1].get("batch") == batch,
+        runtime_name(c[1]) == "eager PyTorch", c[1].get("device_name") == here, c[1].get("dtype") == dtype, c[1].get("batch") == batch,
         bool(c[1].get("calibration")), c[2]), reverse=True)
     for path, meta, shipped in ranked:
         try:
@@ -345,4 +355,4 @@ def load_latency_source(source: str, space, attention=None, bnneck: bool = True)
 
 
 __all__ = ["LatencyCost", "PROFILE_BUDGET_S", "cache_table_path", "estimate_profile_s", "latency_cache_dir",
-           "load_latency_source", "profile_command", "resolve_latency_cost"]
+           "load_latency_source", "profile_command", "resolve_latency_cost", "runtime_name"]

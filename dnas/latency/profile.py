@@ -4,7 +4,10 @@ Entries come from :func:`dnas.latency.keys.space_entries` (stem, every block at 
 combination of its in/mid/out width options at its stride and input resolution,
 DCS-Attention at each width, head, classifier); each is built from the same plain ops
 as the derived networks (:mod:`dnas.ops`, :class:`dnas.models.head.ClassifierHead`)
-and timed with :mod:`dnas.latency.timing` in shuffled round-robin passes.
+and timed with :mod:`dnas.latency.timing` in shuffled round-robin passes, in the
+protocol's runtime: eager PyTorch, or exported to ONNX and run in onnxruntime
+(:mod:`dnas.latency.onnx_timing`; the table's metadata then records the provider, the
+onnxruntime version and the session options).
 
 An interrupted profile resumes: the per-pass results are written atomically as an
 incomplete table ``TABLE.partial.csv`` + ``TABLE.partial.meta.json``
@@ -28,8 +31,9 @@ from torch import nn
 
 from dnas.errors import DnasError, LatencyTableError
 from dnas.latency.keys import Entry, block_op_kwargs, count_by_kind, space_entries
+from dnas.latency.onnx_timing import check_timing, measure_in_runtime, runtime_mode, runtime_provenance
 from dnas.latency.table import LatencyTable, complete_path, partial_paths, table_paths
-from dnas.latency.timing import TimingConfig, check_device, device_info, measure_module, round_robin, summarize
+from dnas.latency.timing import TimingConfig, device_info, round_robin, summarize
 from dnas.models.head import ClassifierHead
 from dnas.ops.blocks import ConvBNReLU
 from dnas.ops.dcs import DCSAttention
@@ -37,7 +41,7 @@ from dnas.ops.registry import PLAIN_OPS
 
 # settings a partial run must share with the run that resumes it
 RESUME_KEYS = ("space_hash", "device_name", "torch", "cuda", "dtype", "batch", "channels_last", "method",
-               "num_classes", "protocol")
+               "num_classes", "protocol", "onnxruntime")
 
 
 class HeadPart(nn.Module):
@@ -87,18 +91,19 @@ def build_entry_module(entry: Entry, tau_m: float = 1.0) -> nn.Module:
 
 
 def make_measure(entries: dict[str, Entry], cfg: TimingConfig, tau_m: float) -> Callable[[str], float]:
-    """``key -> ms``: build the entry's module on the device and time it."""
-    dev = torch.device(cfg.device)
+    """``key -> ms``: build the entry's module (on the device; on the CPU to export it for
+    onnxruntime) and time it in the protocol's runtime."""
+    dev = torch.device(cfg.device if cfg.runtime == "eager" else "cpu")
 
     def measure(key: str) -> float:
         entry = entries[key]
         try:
             with torch.device(dev):
                 module = build_entry_module(entry, tau_m)
-            return measure_module(module, entry.input_shape, cfg)
+            return measure_in_runtime(module, entry.input_shape, cfg)
         except RuntimeError as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise DnasError(f"measuring {key} on {cfg.device} ({cfg.dtype}) failed: {first}") from None
+            raise DnasError(f"measuring {key} on {cfg.device} ({cfg.dtype}, {cfg.method}) failed: {first}") from None
 
     return measure
 
@@ -113,7 +118,7 @@ def profile_meta(space, cfg: TimingConfig, passes: int, seed: int, num_classes: 
         "cuda": info["cuda"], "torch": info["torch"], "host": info,
         "dtype": cfg.dtype, "batch": cfg.batch, "resolution": list(space.input_size[1:]),
         "input_size": list(space.input_size), "channels_last": cfg.channels_last, "method": cfg.method,
-        "mode": "eval (inference latency, torch.no_grad, BN not fused)",
+        **runtime_provenance(cfg), "mode": runtime_mode(cfg),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "num_classes": [int(n) for n in num_classes],
         "protocol": {**cfg.to_dict(), "passes": passes, "seed": seed},
@@ -214,7 +219,7 @@ def profile_space(space, out: str | Path, cfg: TimingConfig, passes: int = 3, se
     Returns:
         The written :class:`LatencyTable`: complete, or incomplete after the time limit.
     """
-    check_device(cfg)
+    check_timing(cfg)
     if passes < 1:
         raise DnasError(f"passes {passes}: expected >= 1")
     sizes = [int(n) for n in (num_classes or [space.num_classes])]

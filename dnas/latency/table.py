@@ -5,7 +5,10 @@ On disk a table is two files written atomically: ``NAME.csv`` (one row per entry
 readable by ``pandas.read_csv``) and ``NAME.meta.json`` (provenance: device, driver,
 CUDA and torch versions, dtype, batch, resolution, method, date, the space's
 ``structure_hash()``, the measurement protocol, and an optional linear calibration
-``measured ~= a + b * sum`` fitted by ``dnas-latency validate``).
+``measured ~= a + b * sum`` fitted by ``dnas-latency validate``). The runtime the
+entries were timed in is ``runtime`` (``eager`` or ``onnxruntime``, with ``provider``
+and an ``onnxruntime`` block of version and session options); a table without it was
+timed in eager PyTorch.
 
 CSV columns: ``key`` (from :func:`dnas.latency.keys.latency_key`), ``kind``, ``ms``
 (median over passes), ``spread`` ((max - min) / median of the per-pass medians),
@@ -47,6 +50,9 @@ COLUMNS = ("key", "kind", "ms", "spread", "samples", "op", "in_chs", "mid_chs", 
            "kernel_size", "res", "bnneck", "pass_ms")
 FORMAT_VERSION = 1
 PARTIAL = ".partial"
+# what the metadata may name (dnas.latency.onnx_timing runs them; a table only names them)
+RUNTIMES = ("eager", "onnxruntime")
+PROVIDERS = ("cpu", "cuda", "tensorrt")
 
 
 class IncompleteTableError(LatencyTableError):
@@ -174,6 +180,17 @@ class LatencyTable:
         """Store ``measured ~= a + b * sum`` (and what it was fitted on) in the metadata."""
         self.meta["calibration"] = {"a": float(a), "b": float(b), **(info or {})}
 
+    @property
+    def runtime(self) -> str:
+        """``eager`` or ``onnxruntime``: what the entries were timed in (``eager`` for tables
+        written before runtimes were recorded)."""
+        return str(self.meta.get("runtime") or (self.meta.get("protocol") or {}).get("runtime") or "eager")
+
+    @property
+    def method(self) -> str:
+        """``eager``, ``cuda-graph``, ``onnxruntime-cpu``, ...: the runtime and how it was timed."""
+        return str(self.meta.get("method") or (self.meta.get("protocol") or {}).get("method") or "?")
+
     # -- completeness -------------------------------------------------------------
     @property
     def is_complete(self) -> bool:
@@ -201,6 +218,8 @@ class LatencyTable:
                f"--batch {m.get('batch', '?')} --dtype {m.get('dtype', '?')}"]
         if m.get("channels_last"):
             cmd.append("--channels-last")
+        if self.runtime != "eager":
+            cmd.append(f"--runtime {self.runtime} --provider {m.get('provider') or proto.get('provider')}")
         if m.get("num_classes"):
             cmd.append("--num-classes " + " ".join(str(n) for n in m["num_classes"]))
         for option, key in (("passes", "passes"), ("windows", "windows"), ("window-ms", "window_ms"),
@@ -348,6 +367,13 @@ def check_meta(meta: dict, meta_path: Path) -> None:
     for kind, n in (meta.get("counts") or {}).items():
         if not _number_ok(n, True, 0, False):
             raise fail(f"counts.{kind}", "an integer >= 0", n)
+    proto = meta.get("protocol") or {}
+    for key, value, allowed in (("runtime", meta.get("runtime"), RUNTIMES),
+                                ("protocol.runtime", proto.get("runtime"), RUNTIMES),
+                                ("provider", meta.get("provider"), PROVIDERS),
+                                ("protocol.provider", proto.get("provider"), PROVIDERS)):
+        if value is not None and value not in allowed:
+            raise fail(key, "one of " + ", ".join(allowed), value)
     if "complete" in meta and not isinstance(meta["complete"], bool):
         raise fail("complete", "true or false", meta["complete"])
 

@@ -25,6 +25,11 @@ visits all entries in a fresh random order and contributes one median per entry;
 final value is the median over passes, so slow clock drift (thermal, boost) spreads
 over all entries instead of biasing one region of the table.
 
+Runtime ``onnxruntime`` (:mod:`dnas.latency.onnx_timing`): the module is exported to
+ONNX and timed in an onnxruntime session with the same warm-up and windows
+(:func:`time_windows`); ``runtime`` and ``provider`` are fields of the protocol, left out
+of an eager table's metadata, so that tables written before they existed read as eager.
+
 NOTE: FBNet/FBNetV2 time each op in isolation in eager mode; that is known not to add
 up (launch overhead), hence the CUDA-graph protocol here.
 """
@@ -65,7 +70,11 @@ class TimingConfig:
         min_replay_ms: CUDA: repeat the module inside the graph until one replay lasts
             at least this long.
         max_inner: CUDA: at most this many repeats inside one graph.
-        threads: CPU: intra-op threads while measuring (``0``: leave torch's setting).
+        threads: CPU: intra-op threads while measuring (``0``: leave torch's setting); with
+            onnxruntime, the session's intra-op threads (``0``: onnxruntime's default).
+        runtime: ``eager`` (PyTorch; CUDA graphs on CUDA) or ``onnxruntime``.
+        provider: onnxruntime's execution provider: ``cpu``, ``cuda`` or ``tensorrt``
+            (``None`` with ``eager``).
     """
 
     device: str = "cpu"
@@ -78,6 +87,8 @@ class TimingConfig:
     min_replay_ms: float = 0.2
     max_inner: int = 32
     threads: int = 1
+    runtime: str = "eager"
+    provider: str | None = None
 
     @property
     def is_cuda(self) -> bool:
@@ -85,6 +96,8 @@ class TimingConfig:
 
     @property
     def method(self) -> str:
+        if self.runtime == "onnxruntime":
+            return f"onnxruntime-{self.provider}"
         return "cuda-graph" if self.is_cuda else "eager"
 
     @property
@@ -92,7 +105,10 @@ class TimingConfig:
         return self.window_ms if self.window_ms is not None else (2.0 if self.is_cuda else 5.0)
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "method": self.method, "window_ms": self.target_window_ms}
+        out = {**asdict(self), "method": self.method, "window_ms": self.target_window_ms}
+        if self.runtime == "eager":  # as tables were written before runtimes existed
+            del out["runtime"], out["provider"]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict) -> "TimingConfig":
@@ -147,7 +163,7 @@ def measure_module(module: nn.Module, input_shape: Sequence[int], cfg: TimingCon
         if cfg.is_cuda:
             return _measure_cuda(lambda: module(x), x.device, cfg)
         with cpu_threads(cfg.threads):
-            return _measure_cpu(lambda: module(x), cfg)
+            return time_windows(lambda: module(x), cfg)
 
 
 @contextlib.contextmanager
@@ -162,7 +178,10 @@ def cpu_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
-def _measure_cpu(fn: Callable[[], object], cfg: TimingConfig) -> float:
+def time_windows(fn: Callable[[], object], cfg: TimingConfig) -> float:
+    """Milliseconds per call of ``fn``, which returns when its work is done: ``cfg.warmup``
+    calls (the fastest sets the window length ``n``), then ``cfg.windows`` windows of
+    ``n`` calls timed with ``time.perf_counter``; the median window per call."""
     single = math.inf
     for _ in range(max(1, cfg.warmup)):
         t0 = time.perf_counter()

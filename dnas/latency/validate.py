@@ -10,6 +10,11 @@ calibration ``measured ~= a + b * sum`` (a robust Theil-Sen fit). Only when aske
 apply it (:meth:`LatencyTable.calibrate`). A table profiled on another machine is refused
 unless forced: its latencies do not describe the machine that measures.
 
+The whole networks run in the table's runtime (eager PyTorch, or onnxruntime with its
+provider: each network exported once, :mod:`dnas.latency.onnx_timing`) unless another
+one is asked for: an eager table against onnxruntime timings says how much the
+runtime's fusions break the sum of per-op latencies.
+
 NOTE: the calibrated figures are in-sample (fitted on the same architectures); with two
 parameters and ~100 architectures the optimism is small.
 """
@@ -24,8 +29,9 @@ import torch
 
 from dnas.errors import DnasError
 from dnas.latency.keys import derived_entries
+from dnas.latency.onnx_timing import ExportedModels, check_timing, measure_in_runtime
 from dnas.latency.table import LatencyTable
-from dnas.latency.timing import TimingConfig, check_device, device_info, measure_module, round_robin, summarize
+from dnas.latency.timing import TimingConfig, device_info, round_robin, summarize
 
 
 def rankdata(x: np.ndarray) -> np.ndarray:
@@ -129,7 +135,7 @@ def validate_table(space, table: LatencyTable, archs: int = 100, seed: int = 0, 
         num_classes: classifier size (default: the first the table covers).
         attention, bnneck: network variant (default: the space's).
         progress: tqdm progress bar, one step per architecture measured (only on a terminal).
-        timing: protocol override (default: the table's protocol).
+        timing: protocol override (default: the table's protocol, its runtime included).
         force: measure even when this machine is not the table's (see :func:`check_machine`).
 
     Returns:
@@ -141,7 +147,7 @@ def validate_table(space, table: LatencyTable, archs: int = 100, seed: int = 0, 
     table.check_space(space)
     proto = dict(table.meta.get("protocol", {}))
     cfg = timing or TimingConfig.from_dict(proto)
-    check_device(cfg)
+    check_timing(cfg)
     mismatch = check_machine(table, cfg, force)
     passes = int(passes or proto.get("passes", 3))
     if num_classes is None:
@@ -157,16 +163,23 @@ def validate_table(space, table: LatencyTable, archs: int = 100, seed: int = 0, 
     pred = {name: table.total(e.key for e in derived_entries(a, attention, num_classes, bnneck))
             for name, a in arch_spaces.items()}
 
-    def measure(name: str) -> float:
-        with torch.device(cfg.device):
-            net = PlainNet(arch_spaces[name], num_classes=num_classes, attention=attention, bnneck=bnneck)
-        try:
-            return measure_module(net, space.input_size, cfg)
-        except RuntimeError as exc:
-            raise DnasError(f"measuring arch {name} on {cfg.device} failed: {str(exc).splitlines()[0]}") from None
+    def build(name: str) -> torch.nn.Module:
+        with torch.device(cfg.device if cfg.runtime == "eager" else "cpu"):
+            return PlainNet(arch_spaces[name], num_classes=num_classes, attention=attention, bnneck=bnneck)
 
-    samples = round_robin(list(chosen), measure, passes, seed, desc=f"validate {space.name}", progress=progress,
-                          unit="arch")
+    def measure(name: str) -> float:
+        try:
+            if cfg.runtime == "eager":
+                return measure_in_runtime(build(name), space.input_size, cfg)
+            path = exported.path(name, lambda: build(name), space.input_size, cfg)  # once per arch
+            return measure_in_runtime(None, space.input_size, cfg, onnx_path=path)
+        except RuntimeError as exc:
+            raise DnasError(f"measuring arch {name} on {cfg.device} ({cfg.method}) failed: "
+                            f"{str(exc).splitlines()[0]}") from None
+
+    with ExportedModels() as exported:
+        samples = round_robin(list(chosen), measure, passes, seed, desc=f"validate {space.name}",
+                              progress=progress, unit="arch")
     names = list(chosen)
     meas = {n: summarize(samples[n]) for n in names}
     p = np.array([pred[n] for n in names])
@@ -176,7 +189,7 @@ def validate_table(space, table: LatencyTable, archs: int = 100, seed: int = 0, 
         "table": table.source, "space": space.name, "space_hash": space.structure_hash(),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "device_name": table.meta.get("device_name"), "measured_on": device_info(cfg)["device_name"],
-        "device_mismatch": mismatch,
+        "device_mismatch": mismatch, "table_method": table.method, "measured_method": cfg.method,
         "timing": cfg.to_dict(), "passes": passes, "seed": seed,
         "num_classes": num_classes, "attention": attention, "bnneck": bnneck, "n_archs": len(names),
         "raw": fidelity(p, m), "calibration": {"a": a, "b": b}, "calibrated": fidelity(a + b * p, m),
@@ -197,6 +210,9 @@ def format_report(report: dict) -> str:
                      f"sum/measured {r['ratio_sum_to_measured']:.3f}")
     cal = report["calibration"]
     lines.append(f"  calibration: measured ~= {cal['a']:.5g} + {cal['b']:.5g} * sum (ms)")
+    if report.get("table_method", report["timing"]["method"]) != report["timing"]["method"]:
+        lines.append(f"  NOTE: the table was profiled with {report['table_method']}, the networks measured with "
+                     f"{report['timing']['method']}")
     if report.get("measured_on") != report["device_name"] or report.get("device_mismatch"):
         lines.append(f"  {report.get('device_mismatch') or 'WARNING: the machines differ'} (forced)")
     return "\n".join(lines)

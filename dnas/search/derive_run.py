@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from dnas.errors import DnasError
+from dnas.latency.whole_net import measured_latency_summary
 from dnas.models import Supernet, derive_plain
 from dnas.outputs import atomic_directory
 from dnas.runlog import write_csv_rows
@@ -64,8 +65,12 @@ def load_search_run(run_dir: Path, checkpoint: str) -> tuple[Supernet, object]:
 
 
 def derive_from_run(run_dir: Path, out: Path, top_k: int = 1, checkpoint: str = "last", onnx: bool = True,
-                    overwrite: bool = False) -> list[dict]:
+                    overwrite: bool = False, measure: bool = True) -> list[dict]:
     """Export the argmax arch (``top_k == 1``: into ``out``) or the top K (``out/rank{i}``).
+
+    With ``measure``, each net is also timed with its latency table's protocol when the
+    table's device and runtime are this machine's
+    (:func:`dnas.latency.whole_net.measured_latency_summary`).
 
     Returns:
         The summary dict of every exported architecture.
@@ -77,8 +82,10 @@ def derive_from_run(run_dir: Path, out: Path, top_k: int = 1, checkpoint: str = 
     try:  # the cost the search ran with (never profiled here)
         cost = build_latency_cost(cfg, allow_profile=False)
         latency, lut_source = cost.model, cost.source
+        measured_table = cost.table if measure and cost.kind in ("table", "profiled") else None
     except DnasError:
         latency, lut_source = None, None  # the table moved or changed; export without latency figures
+        measured_table = None
     probs = net.probs_choice()
     distinct = math.prod(len(p) for p in probs.tensors())
     if top_k > distinct:
@@ -95,6 +102,8 @@ def derive_from_run(run_dir: Path, out: Path, top_k: int = 1, checkpoint: str = 
             if latency is not None:
                 extra["lut_latency_ms"] = float(latency.expected_ms(net.onehot_choice(idx)))
                 extra["lut_source"] = lut_source  # proxy:macs: pseudo-ms from MACs, not measured
+            if measured_table is not None:
+                extra.update(measured_latency_summary(plain, measured_table, plain.arch.input_size))
             target = tmp / f"rank{rank}" if top_k > 1 else tmp / "model"
             summary = export_derived(target, arch, plain, onnx=onnx, extra_summary=extra)
             summaries.append(summary)
