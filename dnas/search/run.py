@@ -83,9 +83,10 @@ def build_latency_model(cfg: SearchConfig, num_classes: int = 0):
     return build_latency_cost(cfg, allow_profile=False).model
 
 
-def _resolve_cost(cfg: SearchConfig, rt: Runtime, progress: bool, space, use_recorded: bool):
+def _resolve_cost(cfg: SearchConfig, rt: Runtime, progress: bool, space=None, use_recorded: bool = True):
     """:func:`build_latency_cost` on rank 0 (which profiles, if it comes to that); the other
     ranks load the source rank 0 found, so that every rank has the same cost."""
+    space = space if space is not None else cfg.load_space()
     if not rt.distributed:
         cost = build_latency_cost(cfg, rt.device, progress, space=space, use_recorded=use_recorded)
     else:
