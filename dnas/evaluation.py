@@ -82,6 +82,12 @@ def prefixed(metrics: dict, split: str) -> dict:
     return {f"{split}_{k}": v for k, v in metrics.items()}
 
 
+def unprefixed(metrics: dict, split: str) -> dict:
+    """The ``<split>_`` metrics of ``metrics`` without the prefix (the inverse of :func:`prefixed`)."""
+    prefix = f"{split}_"
+    return {k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix)}
+
+
 def ib_part(m: dict) -> list[str]:
     """The epoch's IBB and IB loss for a per-epoch line (none while not measured)."""
     return [] if math.isnan(m.get("ibb_epoch", math.nan)) else [f"ibb {m['ibb_epoch']:.3f} ib {m['ib_loss']:.3f}"]

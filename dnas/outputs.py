@@ -27,11 +27,20 @@ from dnas.strict_yaml import read_yaml
 from dnas.version import __version__
 
 MARKER = ".dnas-output.json"
-COMMANDS = {"derived": "dnas-derive", "search-run": "dnas-search", "reid-run": "dnas-retrain reid",
-            "imagenet-run": "dnas-retrain imagenet", "figures": "dnas-visualize"}
-DESCRIPTIONS = {"derived": "a dnas-derive output (an exported network)", "search-run": "a dnas-search run",
-                "reid-run": "a dnas-retrain reid run", "imagenet-run": "a dnas-retrain imagenet run",
-                "figures": "a dnas-visualize output (figures)"}
+#: the kinds of output, the one vocabulary: a directory's marker and a training run's checkpoints name them
+DERIVED, SEARCH_RUN, REID_RUN, IMAGENET_RUN, FIGURES = "derived", "search-run", "reid-run", "imagenet-run", "figures"
+COMMANDS = {DERIVED: "dnas-derive", SEARCH_RUN: "dnas-search", REID_RUN: "dnas-retrain reid",
+            IMAGENET_RUN: "dnas-retrain imagenet", FIGURES: "dnas-visualize"}
+DESCRIPTIONS = {DERIVED: "a dnas-derive output (an exported network)", SEARCH_RUN: "a dnas-search run",
+                REID_RUN: "a dnas-retrain reid run", IMAGENET_RUN: "a dnas-retrain imagenet run",
+                FIGURES: "a dnas-visualize output (figures)"}
+#: what checkpoints named their run before they used the output kinds (still read)
+LEGACY_RUN_KINDS = {"search": SEARCH_RUN, "retrain-reid": REID_RUN, "retrain-imagenet": IMAGENET_RUN}
+
+
+def run_kind(name: str) -> str:
+    """The kind of run ``name`` stands for: an output kind, or a checkpoint's older name for one."""
+    return LEGACY_RUN_KINDS.get(name, name)
 
 
 def describe(kind: str | None) -> str:

@@ -36,6 +36,23 @@ def write_csv_rows(path: Path, rows: Sequence[Mapping]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
+def recorded_row(row: Mapping) -> dict:
+    """A ``metrics.csv`` row as numbers, what the file gives back (an empty cell left out):
+    ``epoch`` and counts (``num_*``) as ints, other numbers as floats at the precision
+    written (:func:`_fmt`), anything else as text."""
+    out: dict = {}
+    for key, value in row.items():
+        text = _fmt(value) if isinstance(value, float) else value
+        if text is None or text == "":
+            continue
+        text = str(text)
+        try:
+            out[key] = int(float(text)) if key == "epoch" or "num_" in key else float(text)
+        except ValueError:
+            out[key] = text
+    return out
+
+
 class RunLogger:
     """Per-epoch metrics to CSV + TensorBoard.
 
@@ -73,6 +90,11 @@ class RunLogger:
             if isinstance(v, (int, float)) and math.isfinite(v):
                 self.tb.add_scalar(k, v, epoch)
         self.tb.flush()
+
+    def history(self) -> list[dict]:
+        """Every epoch logged (a resumed run's earlier ones from the file) as numbers
+        (:func:`recorded_row`)."""
+        return [recorded_row(r) for r in self.rows]
 
     def close(self) -> None:
         if self._tb is not None:

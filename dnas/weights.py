@@ -65,7 +65,8 @@ def load_run_weights(run: str | Path, which: str = "last", ema: bool = True,
         run: a run directory (its ``checkpoint-{which}.pt``) or a checkpoint file.
         which: ``last`` or ``best``.
         ema: the EMA weights when the run kept them (what the run evaluates and exports).
-        kind: the kind of run required (``retrain-reid``...; ``None``: any).
+        kind: the kind of run required (``reid-run``, ...: :data:`dnas.outputs.COMMANDS`;
+            the older checkpoint names are read as these; ``None``: any).
 
     Returns:
         ``(state dict, description of the weights read)``.

@@ -14,6 +14,7 @@ from torch import nn
 
 from dnas.engine import LRSchedule, Engine, Phase, StepResult, fit, load_checkpoint, param_groups
 from dnas.engine.config import RunConfig
+from dnas.engine.metrics import EpochSums, metric_column
 from dnas.errors import CheckpointError, DnasError
 from dnas.runtime import Runtime
 
@@ -98,7 +99,7 @@ def test_non_finite_losses_are_skipped_then_stop_the_run():
     before = [p.detach().clone() for p in t.net.parameters()]
     with pytest.raises(DnasError, match="2 non-finite losses in a row at epoch 1"):
         t.run_epoch(lambda: None)
-    assert t.acc["skipped"] == 2 and t.acc["weights/steps"] == 1
+    assert t.sums.skipped == 2 and t.sums.count("weights") == 1
     t2 = Toy(cfg(max_bad_steps=5), bad_after=0)
     t2.run_epoch(lambda: None)
     assert all(torch.equal(a, b) for a, b in zip(before, t2.net.parameters()))  # no step was taken
@@ -106,9 +107,16 @@ def test_non_finite_losses_are_skipped_then_stop_the_run():
 
 def test_fit_numbers_epochs_from_one_and_checkpoints_name_their_kind(tmp_path, capsys):
     t = Toy(cfg(epochs=3))
-    fit(t, tmp_path, ["weights_loss", "arch_loss"], "toy")
+    t.best_key = "weights_loss"  # a *loss key: the lowest is the best
+    result = fit(t, tmp_path, ["weights_loss", "arch_loss"], "toy")
     rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3] and rows[0]["arch_loss"] == "nan"
+    # the outcome is a value: the epochs as the file records them, the best epoch by the one rule
+    assert [r["epoch"] for r in result.history] == [1, 2, 3] and result.last is result.history[-1]
+    assert all(r[k] == float(row[k]) for r, row in zip(result.history, rows) for k in ("weights_loss", "w_lr"))
+    losses = [r["weights_loss"] for r in result.history]
+    assert result.selected_by == "weights_loss" and result.best_epoch == t.best_epoch is not None
+    assert result.best["weights_loss"] == min(losses) and result.best["epoch"] == losses.index(min(losses)) + 1
     assert [ln.split(" |")[0] for ln in capsys.readouterr().out.splitlines()] == [f"epoch {i}/3" for i in (1, 2, 3)]
     state = load_checkpoint(tmp_path, "toy")
     assert state["epoch"] == 3 and state["kind"] == "toy"
@@ -119,6 +127,40 @@ def test_fit_numbers_epochs_from_one_and_checkpoints_name_their_kind(tmp_path, c
     assert resumed.epoch == 3 and resumed.resume_line(tmp_path).endswith("continuing at epoch 4/3, weights phase, "
                                                                            "batch 0")
     assert all(torch.equal(a, b) for a, b in zip(resumed.net.state_dict().values(), t.net.state_dict().values()))
+
+
+def test_metric_columns_and_sums_of_old_checkpoints():
+    """One rule names the columns; the flat sums of checkpoints written before (``weights_ce``,
+    ``weights/steps``, ``skipped``) are read back per (phase, name), their order kept."""
+    assert metric_column("train", "ce", ["train"]) == "ce"
+    assert metric_column("arch", "ce", ["weights", "arch"]) == "arch_ce"
+    old = {"weights_loss": 6.0, "weights_ce": 3.0, "weights/correct": 2.0, "weights/seen": 12.0,
+           "weights/steps": 2.0, "arch_loss": 4.0, "arch/correct": 1.0, "arch/seen": 6.0, "arch/steps": 1.0,
+           "skipped": 1.0}
+    s = EpochSums.from_state(old, ["weights", "arch"])
+    assert list(s.parts) == [("weights", "loss"), ("weights", "ce"), ("arch", "loss")] and s.skipped == 1.0
+    assert s.means("weights") == {"loss": 3.0, "ce": 1.5} and s.count("arch", "seen") == 6.0
+    assert EpochSums.from_state(s.state_dict(), ["weights", "arch"]).state_dict() == s.state_dict()
+    one = EpochSums.from_state({"loss": 2.0, "train/steps": 2.0}, ["train"])
+    assert one.means("train") == {"loss": 1.0}
+
+
+def test_checkpoints_name_the_output_kinds_and_older_names_still_load(tmp_path):
+    """One vocabulary for the kind of a run: a checkpoint names its directory's kind; the
+    names older checkpoints used (or none, the first search checkpoints) read as those."""
+    from dnas.engine import save_checkpoint
+    from dnas.io import atomic_torch_save
+    from dnas.outputs import REID_RUN, SEARCH_RUN
+
+    save_checkpoint(tmp_path, {"model": {}}, REID_RUN)
+    assert load_checkpoint(tmp_path, REID_RUN)["kind"] == REID_RUN
+    for old, new in (("retrain-reid", REID_RUN), ("retrain-imagenet", "imagenet-run"), ("search", SEARCH_RUN),
+                     (None, SEARCH_RUN)):
+        atomic_torch_save({"version": 1, "model": {}, **({"kind": old} if old else {})}, tmp_path / "old.pt")
+        assert load_checkpoint(tmp_path / "old.pt", new)["kind"] == new
+        assert load_checkpoint(tmp_path / "old.pt", old or "search")["kind"] == new  # the old name asks for it too
+    with pytest.raises(CheckpointError, match="a search-run checkpoint, expected reid-run"):
+        load_checkpoint(tmp_path / "old.pt", REID_RUN)
 
 
 def test_one_weight_decay_rule_and_the_schedules():

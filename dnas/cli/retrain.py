@@ -14,6 +14,7 @@ from typing import Sequence
 from dnas.cli.common import add_run_arguments, check_run_dir, cli_entry, setup_logging
 from dnas.cli.common import resolve_config as resolve_config_of
 from dnas.errors import DnasError
+from dnas.outputs import IMAGENET_RUN, REID_RUN
 
 EPILOG = r"""examples:
   dnas-derive --supernet tiny --sample max --out derived/tiny             # an arch to train
@@ -86,12 +87,13 @@ def default_recipe(mode: str, data: str | None) -> Path | None:
 
 
 TASKS = {"imagenet": "classification", "reid": "reid"}
+RUN_KINDS = {"imagenet": IMAGENET_RUN, "reid": REID_RUN}
 
 
 def resolve_config(args: argparse.Namespace, cls, recipe_dir: Path | None = None, validate: bool = True):
     """Recipe (or the run's config.yaml), then ``--set``, then the direct flags."""
     direct = {k: getattr(args, k, None) for k in ("arch", "data", "seed", "pretrained")}
-    return resolve_config_of(args, cls, command=f"dnas-retrain {args.mode}", run_kind=f"{args.mode}-run",
+    return resolve_config_of(args, cls, command=f"dnas-retrain {args.mode}", run_kind=RUN_KINDS[args.mode],
                              recipe_folder="retrain", direct=direct, default_recipe=default_recipe(args.mode, args.data),
                              run_config=recipe_dir / "config.yaml" if recipe_dir is not None else None,
                              validate=validate)
@@ -150,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_dir = Path(args.resume or args.out or f"runs/{args.mode}-{Path(cfg.arch).stem}-{stamp}")
     is_main = int(os.environ.get("RANK", "0")) == 0
     data_root = (cfg.data or "").partition(":")[2]
-    replace = check_run_dir(run_dir, f"{args.mode}-run", args, [args.recipe, cfg.arch, data_root,
+    replace = check_run_dir(run_dir, RUN_KINDS[args.mode], args, [args.recipe, cfg.arch, data_root,
                                                                  getattr(cfg, "pretrained", None)],
                             started_files=("config.yaml", "checkpoint-last.pt"))
     if args.verify_images and is_main:

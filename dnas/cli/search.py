@@ -11,6 +11,7 @@ from typing import Sequence
 
 from dnas.cli.common import add_run_arguments, check_run_dir, cli_entry, setup_logging
 from dnas.cli.common import resolve_config as resolve_config_of
+from dnas.outputs import SEARCH_RUN
 
 EPILOG = """examples:
   dnas-search --supernet xlarge --describe                    # the space as a table
@@ -59,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 def resolve_config(args: argparse.Namespace):
     from dnas.search.config import SearchConfig
 
-    return resolve_config_of(args, SearchConfig, command="dnas-search", run_kind="search-run",
+    return resolve_config_of(args, SearchConfig, command="dnas-search", run_kind=SEARCH_RUN,
                              recipe_folder="search",
                              direct={"supernet": args.supernet, "data": args.data, "seed": args.seed})
 
@@ -121,10 +122,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = resolve_config(args)
     from dnas.memory import check_build
 
-    check_build(cfg.load_space(), 1, what="supernet")  # fail early on a bad space, attention setting or size
+    space = cfg.load_space()  # once for the run
+    check_build(space, 1, what="supernet")  # fail early on a bad space, attention setting or size
     run_dir = Path(args.resume or args.out or f"runs/search-{Path(cfg.supernet).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
     table = cfg.latency_table if cfg.has_latency_cost and cfg.latency_table.lower() != "auto" else None
-    replace = check_run_dir(run_dir, "search-run", args, [args.recipe, cfg.supernet, table,
+    replace = check_run_dir(run_dir, SEARCH_RUN, args, [args.recipe, cfg.supernet, table,
                                                            cfg.data.partition(":")[2]])
     if args.verify_images and int(os.environ.get("RANK", "0")) == 0:
         from dnas.data.verify import verify_from_config
@@ -133,14 +135,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from dnas.search.run import run_search
 
     t0 = time.time()
-    run_search(cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress, overwrite=replace)
+    summary = run_search(cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress, overwrite=replace,
+                         space=space)
     if int(os.environ.get("RANK", "0")) == 0:
-        import json
-
         from dnas.search.result import format_result
 
         print(f"search finished in {time.time() - t0:.1f}s; run directory: {run_dir.resolve()}")
-        found = json.loads((run_dir / "summary.json").read_text()).get("found")
+        found = summary.get("found")
         if found:
             print("\n".join(format_result(found)))
         print(f"final architecture: {(run_dir / 'final_arch.yaml').resolve()}")

@@ -37,14 +37,17 @@ import torch
 from torch import nn
 
 from dnas.engine.checkpoint import save_checkpoint
+from dnas.engine.metrics import EpochSums, accuracy_column, metric_column, nan_parts
 from dnas.engine.optim import LRSchedule
+from dnas.engine.result import RunResult
 from dnas.errors import CheckpointError, DnasError
 from dnas.memory import check_training
+from dnas.outputs import COMMANDS
+from dnas.runlog import RunLogger, plot_curves
 from dnas.runtime import Runtime, all_reduce_mean, autocast, epoch_batches, prepare_model, rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
 PLOT_EVERY_S = 30.0  # the run's figures are redrawn at most this often (and after the last epoch)
-_COUNTS = ("correct", "seen", "steps")
 
 
 @dataclass
@@ -92,7 +95,7 @@ class Engine:
     def __init__(self, cfg, rt: Runtime, data, net: nn.Module, progress: bool = True):
         self.cfg, self.rt, self.data, self.net = cfg, rt, data, net
         size = getattr(cfg, "size", None)  # ImageNet: a square crop
-        check_training(net, getattr(cfg, "batch_size", None), rt.device, f"{self.kind} run",
+        check_training(net, getattr(cfg, "batch_size", None), rt.device, f"{COMMANDS.get(self.kind, self.kind)} run",
                        (size, size) if size else (getattr(cfg, "height", None), getattr(cfg, "width", None)),
                        2 if cfg.amp and rt.device.type == "cuda" else 4)
         self.progress = progress and sys.stderr.isatty() and rt.is_main
@@ -104,7 +107,7 @@ class Engine:
         self.epoch, self.pos, self.step, self.bad_steps = 0, 0, 0, 0
         self.phase = ""
         self.best_metric, self.best_epoch, self.last_eval = -math.inf, None, {}
-        self.acc: dict[str, float] = {}
+        self.sums = EpochSums()  # the running sums of the current epoch
         self.part_names: set[str] = set()  # every named part a step returned (metrics of skipped phases)
         self.last_bad = "a non-finite loss"  # what the last skipped step's loss had
 
@@ -165,7 +168,7 @@ class Engine:
         return {"model": self.net.state_dict(), **{k: o.state_dict() for k, o in self.optimizers.items()},
                 "epoch": self.epoch, "phase": self.phase, "pos": self.pos, "step": self.step,
                 "bad_steps": self.bad_steps, "best_metric": self.best_metric, "best_epoch": self.best_epoch,
-                "last_eval": dict(self.last_eval), "acc": dict(self.acc), "rng": rng_state(),
+                "last_eval": dict(self.last_eval), "acc": self.sums.state_dict(), "rng": rng_state(),
                 "sampler": {p.name: p.sampler.state_dict(self.pos if p.name == self.phase else 0)
                             for p in self.phases.values()},
                 "num_classes": self.data.num_classes, **self.extra_state()}
@@ -181,7 +184,7 @@ class Engine:
         self.phase = state.get("phase") or next(iter(self.phases))
         self.bad_steps, self.best_metric = int(state["bad_steps"]), float(state["best_metric"])
         self.best_epoch = state.get("best_epoch")
-        self.last_eval, self.acc = dict(state.get("last_eval") or {}), dict(state["acc"])
+        self.last_eval, self.sums = dict(state.get("last_eval") or {}), EpochSums.from_state(state["acc"], self.phases)
         set_rng_state(state["rng"])
         self.load_extra_state(state)
 
@@ -192,8 +195,9 @@ class Engine:
         return f"resumed {run_dir}: {self.epoch} epochs done; continuing at {where}, batch {self.pos}"
 
     # -- one step ---------------------------------------------------------------------
-    def _key(self, phase: str, part: str) -> str:
-        return part if len(self.phases) == 1 else f"{phase}_{part}"
+    def column(self, phase: str, name: str) -> str:
+        """The ``metrics.csv`` column of ``phase``'s part ``name`` (:func:`metric_column`)."""
+        return metric_column(phase, name, list(self.phases))
 
     def train_step(self, batch, phase: str) -> None:
         """One optimizer step of ``phase`` on ``batch`` (images, labels, ...)."""
@@ -206,10 +210,9 @@ class Engine:
             out = self.forward_loss(images, labels, phase, cameras)
         self.part_names.update(out.parts)
         finite = all_reduce_mean(torch.isfinite(out.loss.detach()).float(), self.rt)
-        a = self.acc
         if float(finite) < 1.0:  # every rank skips together (DDP)
             self.bad_steps += 1
-            a["skipped"] = a.get("skipped", 0.0) + 1
+            self.sums.add_skipped()
             self.last_bad = non_finite_parts(out)
             log.warning("epoch %d %s step %d: non-finite loss (%s), step skipped (%d in a row)", self.epoch + 1,
                         phase, self.pos, non_finite_parts(out), self.bad_steps)
@@ -234,11 +237,8 @@ class Engine:
         for o in opts:
             o.step()
         self.after_step(phase)
-        for k, v in {"loss": out.loss, **out.parts}.items():
-            key = self._key(phase, k)
-            a[key] = a.get(key, 0.0) + float(v.detach() if torch.is_tensor(v) else v)
-        for k, v in zip(_COUNTS, (out.correct, len(labels), 1)):
-            a[f"{phase}/{k}"] = a.get(f"{phase}/{k}", 0.0) + float(v)
+        parts = {k: float(v.detach() if torch.is_tensor(v) else v) for k, v in {"loss": out.loss, **out.parts}.items()}
+        self.sums.add_step(phase, parts, out.correct, len(labels))
 
     # -- epochs -----------------------------------------------------------------------
     def steps_in_epoch(self, phase: str) -> int:
@@ -277,23 +277,22 @@ class Engine:
     def end_epoch(self) -> dict:
         """The epoch's training metrics: means of the named parts over each phase's steps
         (NaN for a phase that did not run), accuracies, learning rates, skipped steps."""
-        a, m = self.acc, {}
-        sums = {k: v for k, v in a.items() if "/" not in k and k != "skipped"}
-        parts = {"loss"} | self.part_names | {k.split("_", 1)[1] if len(self.phases) > 1 else k for k in sums}
-        for phase in self.phases:
-            n = a.get(f"{phase}/steps", 0.0)
+        s, m, phases = self.sums, {}, list(self.phases)
+        names = self.part_names | s.names()
+        for phase in phases:
+            n = s.count(phase)
             if n:
-                m.update({k: v / n for k, v in sums.items() if len(self.phases) == 1 or k.startswith(f"{phase}_")})
-            else:  # a phase that did not run this epoch (the search's warm-up): NaN, not 0
-                m.update({self._key(phase, part): math.nan for part in sorted(parts)})
-            m[f"{phase}_acc"] = a.get(f"{phase}/correct", 0.0) / a[f"{phase}/seen"] if n else math.nan
+                m.update({metric_column(phase, name, phases): v for name, v in s.means(phase).items()})
+            else:  # a phase that did not run this epoch (the search's warm-up)
+                m.update(nan_parts(phase, names, phases))
+            m[accuracy_column(phase)] = s.count(phase, "correct") / s.count(phase, "seen") if n else math.nan
         for name, o in self.optimizers.items():
             m[self.lr_metrics[name]] = o.param_groups[0]["lr"]
-        m["skipped_steps"] = a.get("skipped", 0.0)
+        m["skipped_steps"] = s.skipped
         return m
 
     def next_epoch(self) -> None:
-        self.epoch, self.pos, self.acc = self.epoch + 1, 0, {}
+        self.epoch, self.pos, self.sums = self.epoch + 1, 0, EpochSums()
         self.phase = next(iter(self.phases))
 
 
@@ -310,7 +309,7 @@ def non_finite_parts(out: StepResult) -> str:
     return f"loss {value(out.loss):g} though its parts are finite ({shown}): a weight of the sum overflows"
 
 
-def fit(e: Engine, run_dir: Path, curve_keys: list[str], title: str) -> None:
+def fit(e: Engine, run_dir: Path, curve_keys: list[str], title: str) -> RunResult:
     """The run loop: train, close the epoch, evaluate, log, plot, checkpoint, print.
 
     Args:
@@ -318,9 +317,10 @@ def fit(e: Engine, run_dir: Path, curve_keys: list[str], title: str) -> None:
         run_dir: the run directory.
         curve_keys: metrics plotted in ``plots/curves.png``.
         title: the plots' title.
-    """
-    from dnas.runlog import RunLogger, plot_curves
 
+    Returns:
+        The run's outcome (:class:`RunResult`; on ranks other than 0 without history).
+    """
     cfg, rt = e.cfg, e.rt
     logger = RunLogger(run_dir, enabled=rt.is_main)
     logger.truncate(e.epoch)
@@ -334,7 +334,7 @@ def fit(e: Engine, run_dir: Path, curve_keys: list[str], title: str) -> None:
         t0 = time.time()
         e.run_epoch(on_step)
         for phase in e.epoch_phases(e.epoch):  # an epoch with no finite step of a phase has nothing to report
-            if e.acc.get(f"{phase}/steps", 0.0) == 0 and e.acc.get("skipped", 0.0) > 0:
+            if e.sums.count(phase) == 0 and e.sums.skipped > 0:
                 raise DnasError(f"epoch {e.epoch + 1}: every step of the {phase} phase had a non-finite loss "
                                 f"({e.last_bad}): lower the learning rate or that part's weight, check the data, "
                                 "or disable amp")
@@ -364,3 +364,5 @@ def fit(e: Engine, run_dir: Path, curve_keys: list[str], title: str) -> None:
         if rt.distributed:
             torch.distributed.barrier()
     logger.close()
+    return RunResult(history=logger.history(), best_epoch=e.best_epoch, selected_by=e.best_key,
+                     last_eval=dict(e.last_eval))

@@ -81,8 +81,6 @@ class Trainer(Engine):
         arch: the arch dict of ``net`` (exported at the end of the run).
     """
 
-    kind = "retrain"
-
     def __init__(self, cfg: TrainConfig, rt: Runtime, data, net: nn.Module, global_batch: int,
                  progress: bool = True, arch: dict | None = None):
         super().__init__(cfg, rt, data, net, progress)

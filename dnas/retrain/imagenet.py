@@ -26,15 +26,17 @@ from dnas.architectures import build_model, read_arch
 from dnas.data.loaders import DataConfig, build_loaders
 from dnas.data.registry import classification_spec
 from dnas.data.synthetic import SyntheticImageFolderConfig
-from dnas.engine.run import run_in_dir
+from dnas.engine import RunResult
+from dnas.engine.run import TrainingRun
 from dnas.errors import DnasError
 from dnas.losses import cross_entropy_smooth
+from dnas.outputs import IMAGENET_RUN
 from dnas.retrain.common import Trainer, export_final
 from dnas.retrain.config import ImageNetConfig, apply_attention, suffixed
 from dnas.runtime import Runtime, autocast, seed_everything
 
 log = logging.getLogger(__name__)
-KIND = "retrain-imagenet"
+KIND = IMAGENET_RUN
 CURVES = ["loss", "train_acc", "val_loss", "top1", "top5", "lr"]
 
 
@@ -99,32 +101,48 @@ class ImageNetTrainer(Trainer):
         return {"top1": correct1 / max(n, 1), "top5": correct5 / max(n, 1), "val_loss": loss / max(n, 1)}
 
 
-def run_imagenet(cfg: ImageNetConfig, run_dir: Path, resume: bool = False, progress: bool = True,
-                 overwrite: bool = False) -> dict:
-    """Run (or resume) ImageNet pretraining into ``run_dir`` and export ``RUN/final`` (the arguments:
-    :func:`dnas.engine.run.run_in_dir`; ``progress``: tqdm bars on a TTY); returns the final
-    ``summary.json`` content (rank 0; ``{}`` elsewhere)."""
-    run_dir = Path(run_dir)
-    def build(cfg: ImageNetConfig, rt: Runtime):
+class ImageNetRun(TrainingRun):
+    """ImageNet pretraining in its directory, driven by :func:`run_imagenet` (the arguments:
+    :class:`dnas.engine.run.TrainingRun`)."""
+
+    kind = KIND
+    curves = CURVES
+    legacy_protocol = False
+
+    def build_engine(self) -> ImageNetTrainer:
+        cfg, run_dir = self.cfg, self.run_dir
         seed_everything(cfg.seed, cfg.deterministic)
-        arch = read_arch(str(run_dir / "arch.yaml") if resume else cfg.arch)
+        arch = read_arch(str(run_dir / "arch.yaml") if self.resume else cfg.arch)
         size = cfg.size or arch["input_size"][1]
-        data = build_imagenet_data(cfg, rt, size)
-        if not resume:
+        data = build_imagenet_data(cfg, self.rt, size)
+        if not self.resume:
             apply_attention(arch, cfg)
             arch.update(name=suffixed(arch["name"], "-imagenet"), num_classes=data.num_classes, bnneck=False,
                         input_size=[3, size, size])
         elif arch["num_classes"] != data.num_classes:
             raise DnasError(f"{run_dir}: trained on {arch['num_classes']} classes, --data has {data.num_classes}")
         seed_everything(cfg.seed, cfg.deterministic)
-        t = ImageNetTrainer(cfg, rt, data, build_model(arch), progress, arch)
-        return t, cfg, {"arch.yaml": arch}
+        return ImageNetTrainer(cfg, self.rt, data, build_model(arch), self.progress, arch)
 
-    def finish(t: ImageNetTrainer, cfg: ImageNetConfig, rt: Runtime) -> dict:
-        if not rt.is_main:
+    def start_files(self) -> dict:
+        return {"arch.yaml": self.engine.arch}
+
+    def finish(self, result: RunResult) -> dict:
+        """The export into ``RUN/final`` with the last validation figures (rank 0); returns
+        its ``summary.json`` (``{}`` on the other ranks)."""
+        if not self.rt.is_main:
             return {}
-        extra = {k: t.last_eval.get(k) for k in ("top1", "top5")}
-        return export_final(t, run_dir, t.arch, {**extra, "data": cfg.data, "epochs": cfg.epochs, "ema": cfg.ema})
+        cfg = self.cfg
+        extra = {k: result.last_eval.get(k) for k in ("top1", "top5")}
+        return export_final(self.engine, self.run_dir, self.engine.arch,
+                            {**extra, "data": cfg.data, "epochs": cfg.epochs, "ema": cfg.ema})
 
-    return run_in_dir(cfg, run_dir, output_kind="imagenet-run", resume=resume, overwrite=overwrite, build=build,
-                      finish=finish, curves=CURVES, legacy_protocol=False)
+
+def run_imagenet(cfg: ImageNetConfig, run_dir: Path, resume: bool = False, progress: bool = True,
+                 overwrite: bool = False) -> dict:
+    """Run (or resume) ImageNet pretraining into ``run_dir`` and export ``RUN/final``
+    (:class:`ImageNetRun`; ``progress``: tqdm bars on a TTY); returns the final
+    ``summary.json`` content (rank 0; ``{}`` elsewhere)."""
+    with ImageNetRun(cfg, run_dir, resume=resume, overwrite=overwrite, progress=progress) as run:
+        run.prepare()
+        return run.finish(run.fit())

@@ -37,20 +37,20 @@ import torch
 from dnas.architectures import build_model, load_derived, load_run_model, read_arch
 from dnas.data.fingerprint import FILE_NAME as FINGERPRINT_FILE
 from dnas.data.loaders import DataConfig, build_loaders
-from dnas.engine import LAST
-from dnas.engine.run import run_in_dir
+from dnas.engine import LAST, RunResult
+from dnas.engine.run import TrainingRun
 from dnas.errors import DnasError
 from dnas.evaluation import evaluate_reid, held_out_parts, ib_part, prefixed
 from dnas.ib import evaluate_model_ib
 from dnas.losses import ReIDLoss
+from dnas.outputs import REID_RUN
 from dnas.retrain.common import Trainer, export_final
 from dnas.retrain.config import ReIDConfig, apply_attention, suffixed
-from dnas.runlog import read_csv_rows
 from dnas.runtime import Runtime, all_reduce_mean, seed_everything, setup_runtime, teardown_runtime
 from dnas.weights import load_pretrained, load_run_weights, load_weights, read_pretrained_weights
 
 log = logging.getLogger(__name__)
-KIND = "retrain-reid"
+KIND = REID_RUN
 CURVES = ["loss", "ce", "triplet", "ibb", "ib_loss", "val_mAP", "val_rank1", "test_mAP", "test_rank1", "lr"]
 METRICS = ("mAP", "rank1", "rank5", "rank10", "mINP", "num_queries", "num_valid", "num_skipped")
 RERANK_METRICS = ("mAP", "rank1", "rank5", "rank10", "mINP")
@@ -153,7 +153,7 @@ class ReIDTrainer(Trainer):
 
 def prepare_reid(cfg: ReIDConfig, run_dir: Path, rt: Runtime, resume: bool, progress: bool):
     """Everything up to the first step (a resumed run's checkpoint is restored by
-    :func:`dnas.engine.run.run_in_dir`); validates all inputs before writing anything.
+    :meth:`dnas.engine.run.TrainingRun.prepare`); validates all inputs before writing anything.
 
     Returns:
         ``(trainer, arch dict, pretrained report or None)``.
@@ -191,86 +191,80 @@ def _fit_camera_embedding(arch: dict, splits) -> None:
         tr["sie_cameras"] = 1 + max(cam for _, _, cam in items)
 
 
+class ReIDRun(TrainingRun):
+    """A Re-ID finetuning in its directory, driven by :func:`run_reid` (the arguments:
+    :class:`dnas.engine.run.TrainingRun`)."""
+
+    kind = KIND
+    curves = CURVES
+
+    def build_engine(self) -> ReIDTrainer:
+        t, self.arch, self.report = prepare_reid(self.cfg, self.run_dir, self.rt, self.resume, self.progress)
+        return t
+
+    def start_files(self) -> dict:
+        return {"arch.yaml": self.arch, "pretrained.json": self.report,
+                FINGERPRINT_FILE: {"data": self.cfg.data, "data_fingerprint": self.engine.data.splits.fingerprint}}
+
+    def finish(self, result: RunResult) -> dict:
+        """The end of a run (rank 0): the test figures and the best checkpoint's, the IB of the
+        final network, and the export into ``RUN/final``; returns its ``summary.json``
+        (``{}`` on the other ranks)."""
+        if not self.rt.is_main:
+            return {}
+        t, cfg = self.engine, self.cfg
+        extra = _protocol_summary(t, result, self.run_dir)
+        best = extra["checkpoint_best"]
+        log.info("test split (final weights): mAP %.4f rank-1 %.4f over %s queries (%s skipped); "
+                 "checkpoint-best.pt: epoch %s by %s (%s), test mAP %s", extra["mAP"] or 0, extra["rank1"] or 0,
+                 extra["test"]["num_valid"], extra["test"]["num_skipped"], best["epoch"], best["selected_by"],
+                 best["split"], (best.get("test") or {}).get("mAP"))
+        ib = evaluate_model_ib(t.deploy_model, t.data.train_eval, t.rt.device, cfg.ib_temperature)
+        log.info("IB of the final network on the %s: IB loss %.4f, IBB (bound) %.4f", ib["split"], ib["ib"],
+                 ib["ibb"])
+        last = result.last
+        extra.update(ib_loss=ib["ib"], ibb=ib["ibb"], ib_final=ib,
+                     ib_running={"ib_loss": last.get("ib_loss"), "ibb": last.get("ibb_epoch"),
+                                 "note": "last epoch, running figures of the training batches"})
+        extra.update(data=cfg.data, epochs=cfg.epochs, ema=cfg.ema, use_ibb=cfg.use_ibb, pretrained=cfg.pretrained)
+        return export_final(t, self.run_dir, t.arch, extra)
+
+
 def run_reid(cfg: ReIDConfig, run_dir: Path, resume: bool = False, progress: bool = True,
              overwrite: bool = False) -> dict:
-    """Run (or resume) a Re-ID finetuning into ``run_dir`` and export ``RUN/final`` (the arguments:
-    :func:`dnas.engine.run.run_in_dir`; ``progress``: tqdm bars on a TTY); returns the final
-    ``summary.json`` content (rank 0; ``{}`` elsewhere)."""
-    run_dir = Path(run_dir)
-    def build(cfg: ReIDConfig, rt: Runtime):
-        t, arch, report = prepare_reid(cfg, run_dir, rt, resume, progress)
-        return t, cfg, {"arch.yaml": arch, "pretrained.json": report,
-                        FINGERPRINT_FILE: {"data": cfg.data, "data_fingerprint": t.data.splits.fingerprint}}
-
-    def finish(t: ReIDTrainer, cfg: ReIDConfig, rt: Runtime) -> dict:
-        return _finish_reid(t, cfg, run_dir, t.arch) if rt.is_main else {}
-
-    return run_in_dir(cfg, run_dir, output_kind="reid-run", resume=resume, overwrite=overwrite, build=build,
-                      finish=finish, curves=CURVES)
+    """Run (or resume) a Re-ID finetuning into ``run_dir`` and export ``RUN/final``
+    (:class:`ReIDRun`; ``progress``: tqdm bars on a TTY); returns the final ``summary.json``
+    content (rank 0; ``{}`` elsewhere)."""
+    with ReIDRun(cfg, run_dir, resume=resume, overwrite=overwrite, progress=progress) as run:
+        run.prepare()
+        return run.finish(run.fit())
 
 
-def _finish_reid(t: ReIDTrainer, cfg: ReIDConfig, run_dir: Path, arch: dict) -> dict:
-    """The end of a run (rank 0): the test figures and the best checkpoint's, the IB of the
-    final network, and the export into ``RUN/final``; returns its ``summary.json``."""
-    last = _last_row(run_dir)
-    extra = _protocol_summary(t, arch, run_dir)
-    best = extra["checkpoint_best"]
-    log.info("test split (final weights): mAP %.4f rank-1 %.4f over %s queries (%s skipped); "
-             "checkpoint-best.pt: epoch %s by %s (%s), test mAP %s", extra["mAP"] or 0, extra["rank1"] or 0,
-             extra["test"]["num_valid"], extra["test"]["num_skipped"], best["epoch"], best["selected_by"],
-             best["split"], (best.get("test") or {}).get("mAP"))
-    ib = evaluate_model_ib(t.deploy_model, t.data.train_eval, t.rt.device, cfg.ib_temperature)
-    log.info("IB of the final network on the %s: IB loss %.4f, IBB (bound) %.4f", ib["split"], ib["ib"], ib["ibb"])
-    extra.update(ib_loss=ib["ib"], ibb=ib["ibb"], ib_final=ib,
-                 ib_running={"ib_loss": last.get("ib_loss"), "ibb": last.get("ibb_epoch"),
-                             "note": "last epoch, running figures of the training batches"})
-    extra.update(data=cfg.data, epochs=cfg.epochs, ema=cfg.ema, use_ibb=cfg.use_ibb, pretrained=cfg.pretrained)
-    return export_final(t, run_dir, arch, extra)
-
-
-def _protocol_summary(t: ReIDTrainer, arch: dict, run_dir: Path) -> dict:
+def _protocol_summary(t: ReIDTrainer, result: RunResult, run_dir: Path) -> dict:
     """The ``summary.json`` figures and which split each comes from: test (final weights)
     at the top level, the best checkpoint's validation and test figures, the split."""
-    test = {k: t.last_eval.get(f"test_{k}") for k in METRICS}
+    ev = result.last_eval
+    test = {k: ev.get(f"test_{k}") for k in METRICS}
     out: dict = {**{k: test[k] for k in ("mAP", "rank1", "rank5", "rank10", "mINP")},
                  "metrics_split": "test query/gallery, final weights (after the last epoch)",
                  "test": {**test, "weights": "final"}}
-    best = {"epoch": t.best_epoch, "selected_by": t.best_key,
+    best = {"epoch": result.best_epoch, "selected_by": result.selected_by,
             "split": "validation (training ids held out)" if t.data.validation is not None
             else "training loss (no validation split)"}
-    rows = {int(r["epoch"]): r for r in _read_rows(run_dir)}
-    best.update({k: int(float(v)) if "num_" in k else float(v) for k, v in rows.get(t.best_epoch, {}).items()
-                 if k.startswith("val_") and v != ""})
-    if t.best_epoch == t.last_eval.get("epoch"):
+    best.update({k: v for k, v in result.best.items() if k.startswith("val_")})
+    if result.best_epoch == ev.get("epoch"):
         best["test"] = dict(test)
     elif (run_dir / "checkpoint-best.pt").is_file():
-        model = build_model(arch)
+        model = build_model(t.arch)
         load_weights(model, *load_run_weights(run_dir, "best", kind=KIND))
         m = t.evaluate_split("test", model.to(t.rt.device))
         best["test"] = {k: m[f"test_{k}"] for k in METRICS}
-    if t.last_eval.get("test_rerank_mAP") is not None:
-        out["rerank"] = {**{k: t.last_eval[f"test_rerank_{k}"] for k in RERANK_METRICS}, **RERANK_NOTE}
+    if ev.get("test_rerank_mAP") is not None:
+        out["rerank"] = {**{k: ev[f"test_rerank_{k}"] for k in RERANK_METRICS}, **RERANK_NOTE}
     out["checkpoint_best"] = best
     out["validation"] = t.data.validation.to_dict() if t.data.validation is not None else None
     out["data_note"] = t.data.splits.note
     out["data_fingerprint"] = t.data.splits.fingerprint
-    return out
-
-
-def _read_rows(run_dir: Path) -> list[dict]:
-    return read_csv_rows(run_dir / "metrics.csv")
-
-
-def _last_row(run_dir: Path) -> dict:
-    rows = read_csv_rows(run_dir / "metrics.csv")
-    if not rows:
-        return {}
-    out = {}
-    for k, v in rows[-1].items():
-        try:
-            out[k] = float(v)
-        except (TypeError, ValueError):
-            out[k] = v
     return out
 
 

@@ -18,7 +18,7 @@ import torch
 from dnas.errors import DnasError
 from dnas.latency.whole_net import measured_latency_summary
 from dnas.models import Supernet, derive_plain
-from dnas.outputs import atomic_directory
+from dnas.outputs import SEARCH_RUN, atomic_directory, require_kind
 from dnas.runlog import write_csv_rows
 
 log = logging.getLogger(__name__)
@@ -46,15 +46,13 @@ def load_search_run(run_dir: Path, checkpoint: str) -> tuple[Supernet, object]:
     from dnas.engine import load_checkpoint
     from dnas.search.config import SearchConfig
 
-    from dnas.outputs import require_kind
-
     if not run_dir.is_dir():
         raise DnasError(f"{run_dir}: run directory not found")
-    require_kind(run_dir, ("search-run",), "dnas-derive RUN")
+    require_kind(run_dir, (SEARCH_RUN,), "dnas-derive RUN")
     if not (run_dir / "config.yaml").is_file():
         raise DnasError(f"{run_dir}: not a dnas-search run directory (no config.yaml)")
     cfg = load_config(SearchConfig, run_dir / "config.yaml")
-    state = load_checkpoint(run_dir, "search", which=checkpoint)
+    state = load_checkpoint(run_dir, SEARCH_RUN, which=checkpoint)
     net = Supernet(cfg.load_space(), num_classes=int(state["num_classes"]), bnneck=cfg.bnneck)
     try:
         net.load_state_dict(state["model"])

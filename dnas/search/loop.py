@@ -21,6 +21,7 @@ from dnas.engine import Engine, LRSchedule, Phase, StepResult, build_optimizer
 from dnas.evaluation import held_out_parts, ib_part
 from dnas.losses import ReIDLoss
 from dnas.models import Supernet
+from dnas.outputs import SEARCH_RUN
 from dnas.data.seeded import seeded_loader
 from dnas.runtime import Runtime, seed_everything
 from dnas.search.config import SearchConfig
@@ -49,13 +50,15 @@ class Searcher(Engine):
         rt: the runtime (device, rank).
         data: :class:`dnas.data.DataLoaders` with an architecture split.
         latency: a latency model with ``expected_ms(choice)`` or ``None``.
+        space: the recipe's space (default: loaded from ``cfg``).
     """
 
-    kind = "search"
+    kind = SEARCH_RUN
 
-    def __init__(self, cfg: SearchConfig, run_dir: Path, rt: Runtime, data, latency=None, progress: bool = True):
+    def __init__(self, cfg: SearchConfig, run_dir: Path, rt: Runtime, data, latency=None, progress: bool = True,
+                 space=None):
         seed_everything(cfg.seed, cfg.deterministic)
-        self.space = cfg.load_space()
+        self.space = space if space is not None else cfg.load_space()
         super().__init__(cfg, rt, data, Supernet(self.space, num_classes=data.num_classes, bnneck=cfg.bnneck),
                          progress)
         self.run_dir, self.latency = Path(run_dir), latency
@@ -81,6 +84,9 @@ class Searcher(Engine):
                       "hard": {"lam": cfg.latency_lambda, "target_ms": cfg.latency_target_ms}}[cfg.latency_loss]
             self.latency_loss = LatencyLoss(cfg.latency_loss, params)
         self.gumbel = torch.Generator().manual_seed(cfg.seed + 7919)  # same on every rank
+        # checkpoint-best.pt: the best val_mAP; without a validation split the lowest arch-split loss
+        self.best_key, self.best_mode = (("val_mAP", "max") if data.validation is not None
+                                         else (self.column("arch", "loss"), "min"))
         self.history: list[dict] | None = None  # arch_history.csv rows, read once (a resumed run's)
 
     @property
@@ -143,9 +149,9 @@ class Searcher(Engine):
     def selection_score(self, metrics: dict, epoch: int) -> float | None:
         """What checkpoint-best maximises: ``val_mAP``; without a validation split, minus the
         arch-split loss (after the warm-up); never a test figure. ``None``: not this epoch."""
-        if self.data.validation is not None:
-            return metrics.get("val_mAP")
-        return -metrics["arch_loss"] if epoch > self.cfg.warmup_epochs else None
+        if self.data.validation is None and epoch <= self.cfg.warmup_epochs:
+            return None
+        return super().selection_score(metrics, epoch)
 
     def after_epoch_logged(self, epoch: int, metrics: dict, run_dir: Path, plot: bool = True) -> None:
         """``arch_history.csv`` and ``plots/arch_heatmap.png``: the probabilities after the epoch."""
@@ -163,9 +169,9 @@ class Searcher(Engine):
         plot_arch_heatmaps(self.history, self.net, run_dir / "plots" / "arch_heatmap.png")
 
     def summary_line(self, epoch: int, m: dict) -> str:
-        parts = [f"epoch {epoch}/{self.cfg.epochs}", f"loss w {m['weights_loss']:.3f}"
-                 + ("" if math.isnan(m["arch_loss"]) else f" a {m['arch_loss']:.3f}"),
-                 f"ce {m['weights_ce']:.3f}", f"tri {m['weights_triplet']:.3f}"]
+        w, a = [self.column("weights", name) for name in ("loss", "ce", "triplet")], self.column("arch", "loss")
+        parts = [f"epoch {epoch}/{self.cfg.epochs}", f"loss w {m[w[0]]:.3f}"
+                 + ("" if math.isnan(m[a]) else f" a {m[a]:.3f}"), f"ce {m[w[1]]:.3f}", f"tri {m[w[2]]:.3f}"]
         parts += ib_part(m)
         if "expected_latency_ms" in m:
             parts.append(f"lat {m['expected_latency_ms']:.3f} ms")
@@ -178,7 +184,7 @@ class Searcher(Engine):
         ib_stats = self.loss.ib.end_epoch()
         m["ib_loss"] = ib_stats["ib"]
         m["ibb_epoch"] = ib_stats["ibb"]
-        m["sampled_latency_ms"] = m.pop("arch_latency_ms", float("nan"))
+        m["sampled_latency_ms"] = m.pop(self.column("arch", "latency_ms"), float("nan"))
         if self.latency is not None:
             with torch.no_grad():
                 net, lat = self.net, self.latency

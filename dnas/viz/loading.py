@@ -22,12 +22,11 @@ import torch
 
 from dnas.architectures import load_derived, load_run_model
 from dnas.errors import DnasError
-from dnas.outputs import output_kind, require_kind
+from dnas.outputs import REID_RUN, output_kind, require_kind
 from dnas.strict_yaml import read_yaml
 
 log = logging.getLogger(__name__)
 Item = tuple[str, int, int]  # (path, pid, camid)
-REID_CHECKPOINT_KIND = "retrain-reid"  # the kind a dnas-retrain reid checkpoint names
 
 
 @dataclasses.dataclass
@@ -82,7 +81,7 @@ def load_model(path: str | Path, checkpoint: str = "last", label: str | None = N
     require_kind(run, ("reid-run", "derived"), "dnas-visualize")
     ckpt = path if path.is_file() else run / f"checkpoint-{checkpoint}.pt"
     if output_kind(run) == "reid-run" and ckpt.is_file():
-        model, weights = load_run_model(ckpt, kind=REID_CHECKPOINT_KIND)
+        model, weights = load_run_model(ckpt, kind=REID_RUN)
         config = _read_config(run)
     elif path.is_dir() and (path / "model.pt").is_file():
         model, weights = load_derived(path), str(path / "model.pt")
