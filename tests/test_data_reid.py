@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dnas.data import (DATASET_NAMES, DataConfig, ImageListDataset, build_loaders,
+from dnas.data import (DATASET_NAMES, ClassificationDataConfig, ImageListDataset, ReIDDataConfig, build_loaders,
                        load_cuhk03, load_dukemtmc, load_imagefolder, load_market1501,
                        load_msmt17, load_splits, parse_data_spec)
 from dnas.errors import DataError
@@ -234,8 +234,8 @@ def test_build_loaders_market_with_search_split(tmp_path):
              "bounding_box_test": ["0100_c2s1_000003_01.jpg", "0101_c1s1_000004_01.jpg",
                                    "0100_c1s1_000005_01.jpg"]}
     make_market(tmp_path, files)
-    cfg = DataConfig(data=f"market1501:{tmp_path}", height=32, width=16, p=3, k=2,
-                     workers=0, arch_fraction=0.2, test_batch_size=2)
+    cfg = ReIDDataConfig(data=f"market1501:{tmp_path}", height=32, width=16, p=3, k=2,
+                         workers=0, arch_fraction=0.2, test_batch_size=2)
     dl = build_loaders(cfg)
     assert dl.task == "reid" and dl.num_classes == 6
     x, y, c = next(iter(dl.train))
@@ -256,11 +256,22 @@ def test_build_loaders_market_with_search_split(tmp_path):
 
 def test_build_loaders_imagenet(tmp_path):
     root = make_imagefolder(tmp_path)
-    dl = build_loaders(DataConfig(data=f"imagenet:{root}", size=8, batch_size=4, workers=0))
+    dl = build_loaders(ClassificationDataConfig(data=f"imagenet:{root}", size=8, batch_size=4, workers=0))
     assert dl.task == "classification" and dl.num_classes == 2 and dl.query is None
     x, y, _ = next(iter(dl.train))
     assert x.shape == (4, 3, 8, 8)
     assert sum(len(b[0]) for b in dl.val) == 2
+
+
+def test_loader_config_of_the_other_task_is_refused_before_reading(tmp_path):
+    """A Re-ID config takes Re-ID specs only, a classification config ImageFolder ones:
+    one clear error, raised before the (here missing) folder is read."""
+    missing = tmp_path / "nowhere"
+    with pytest.raises(DataError, match=r"imagenet:.*a classification data set, where reid data was expected"):
+        build_loaders(ReIDDataConfig(data=f"imagenet:{missing}", workers=0))
+    with pytest.raises(DataError, match=r"market1501:.*a reid data set, where classification data was expected"):
+        build_loaders(ClassificationDataConfig(data=f"market1501:{missing}", workers=0))
+    assert not missing.exists()
 
 
 def test_a_registered_data_set_works_everywhere(tmp_path):

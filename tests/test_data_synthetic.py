@@ -12,8 +12,8 @@ import torch.nn as nn
 from PIL import Image
 
 import dnas.data.synthetic as synth
-from dnas.data import (DataConfig, PKSampler, SyntheticImageFolderConfig, SyntheticReIDConfig,
-                       build_loaders, default_cache_dir, ensure_synthetic_imagefolder,
+from dnas.data import (ClassificationDataConfig, PKSampler, ReIDDataConfig, SyntheticImageFolderConfig,
+                       SyntheticReIDConfig, build_loaders, default_cache_dir, ensure_synthetic_imagefolder,
                        ensure_synthetic_reid, load_imagefolder, load_market1501,
                        load_market_style)
 from dnas.errors import ConfigError
@@ -140,14 +140,14 @@ def test_imagefolder_set(tmp_path):
 
 
 def test_synthetic_specs_build_loaders(tmp_path):
-    dl = build_loaders(DataConfig(data=f"synthetic:{tmp_path}", synthetic_reid=SMALL,
-                                  height=32, width=16, p=2, k=2, workers=0))
+    dl = build_loaders(ReIDDataConfig(data=f"synthetic:{tmp_path}", synthetic_reid=SMALL,
+                                      height=32, width=16, p=2, k=2, workers=0))
     assert dl.task == "reid" and dl.num_classes == 4
     assert next(iter(dl.train))[0].shape == (4, 3, 32, 16)
     assert (tmp_path / "synthetic").is_dir()
-    dl = build_loaders(DataConfig(data="synthetic-imagenet", size=16, batch_size=5, workers=0,
-                                  synthetic_imagefolder=SyntheticImageFolderConfig(
-                                      num_classes=3, train_per_class=2, val_per_class=1)))
+    dl = build_loaders(ClassificationDataConfig(data="synthetic-imagenet", size=16, batch_size=5, workers=0,
+                                                synthetic_imagefolder=SyntheticImageFolderConfig(
+                                                    num_classes=3, train_per_class=2, val_per_class=1)))
     assert dl.num_classes == 3 and next(iter(dl.train))[0].shape == (5, 3, 16, 16)
     assert (tmp_path / "env-cache" / "synthetic").is_dir()
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from dnas.data.loaders import DataConfig, build_loaders, load_splits
+from dnas.data.loaders import ReIDDataConfig, build_loaders, load_splits
 from dnas.data.protocol import carve_validation, format_split_statistics, split_statistics
 from dnas.data.samplers import split_weight_arch
 from dnas.errors import DataError
@@ -93,8 +93,8 @@ def test_carve_validation_minimum_and_errors():
 
 
 def test_build_loaders_with_validation_split():
-    dcfg = DataConfig(data="synthetic", height=32, width=16, p=4, k=4, workers=0, arch_fraction=0.2,
-                      val_ids_fraction=0.05, val_min_ids=8, val_seed=0)
+    dcfg = ReIDDataConfig(data="synthetic", height=32, width=16, p=4, k=4, workers=0, arch_fraction=0.2,
+                          val_ids_fraction=0.05, val_min_ids=8, val_seed=0)
     data = build_loaders(dcfg)
     assert data.num_classes == 52 and data.validation.num_ids == 8  # the synthetic set has 60 training ids
     assert data.val_query is not None and len(data.val_query.dataset) == len(data.validation.query)
@@ -104,7 +104,7 @@ def test_build_loaders_with_validation_split():
     summary = data.splits.summary()
     assert "val_query" in summary and "test split" in summary
     assert "ids < K=4" in data.arch_split_summary and set(data.arch_split_stats) == {"weights", "arch"}
-    plain = build_loaders(DataConfig(data="synthetic", height=32, width=16, p=4, k=4, workers=0))
+    plain = build_loaders(ReIDDataConfig(data="synthetic", height=32, width=16, p=4, k=4, workers=0))
     assert plain.num_classes == 60 and plain.validation is None and plain.val_query is None
 
 

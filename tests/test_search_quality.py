@@ -79,17 +79,17 @@ def test_search_and_retrain_see_the_same_validation_split_whatever_the_seed():
 
 
 def test_search_and_retrain_map_a_recipe_to_the_same_data_config():
-    """One mapping (DataConfig.reid_from_recipe): a search and a retrain recipe with the same
+    """One mapping (ReIDDataConfig.from_recipe): a search and a retrain recipe with the same
     data keys give the same loaders' settings but for the search's architecture split."""
     import dataclasses
 
-    from dnas.data.loaders import DataConfig
+    from dnas.data.loaders import ReIDDataConfig
 
     keys = {"synthetic_ids": 40, "val_ids_fraction": 0.25, "data_seed": 3, "erasing_prob": 0.0, "flip_prob": 0.3,
             "p": 4, "k": 2, "workers": 0}
-    search = DataConfig.reid_from_recipe(SearchConfig(**keys, seed=5), height=64, width=32, test_batch_size=32,
+    search = ReIDDataConfig.from_recipe(SearchConfig(**keys, seed=5), height=64, width=32, test_batch_size=32,
                                          arch_fraction=0.2)
-    retrain = DataConfig.reid_from_recipe(ReIDConfig(**keys, seed=1), height=64, width=32, test_batch_size=32)
+    retrain = ReIDDataConfig.from_recipe(ReIDConfig(**keys, seed=1), height=64, width=32, test_batch_size=32)
     a, b = dataclasses.asdict(search), dataclasses.asdict(retrain)
     assert {k for k in a if a[k] != b[k]} == {"arch_fraction", "seed"}
     assert search.synthetic_reid.seed == retrain.synthetic_reid.seed == 3 and search.erasing_prob == 0.0

@@ -2,7 +2,7 @@
 
 The public entry points (see each module for details):
 
-- :func:`build_loaders` / :class:`DataConfig` / :class:`DataLoaders`: loaders from a
+- :func:`build_loaders` / :class:`ReIDDataConfig`, :class:`ClassificationDataConfig` / :class:`DataLoaders`: loaders from a
   ``--data`` spec (:func:`parse_data_spec`, :data:`DATASET_NAMES`).
 - :func:`load_splits` and the per-set readers (:func:`load_market1501`, ...).
 - :func:`fingerprint_splits`: a Re-ID set's counts per split against the published ones
@@ -17,8 +17,8 @@ The public entry points (see each module for details):
 """
 from dnas.data.fingerprint import fingerprint_splits
 from dnas.data.imagenet import ClassificationSplits, load_imagefolder
-from dnas.data.loaders import (CLASSIFICATION_NAMES, DATASET_NAMES, REID_NAMES, DataConfig,
-                               DataLoaders, DataSpec, ImageListDataset, build_loaders,
+from dnas.data.loaders import (CLASSIFICATION_NAMES, DATASET_NAMES, REID_NAMES, ClassificationDataConfig,
+                               DataLoaders, DataSpec, ImageListDataset, LoaderConfig, ReIDDataConfig, build_loaders,
                                load_splits, parse_data_spec)
 from dnas.data.protocol import ValidationSplit, carve_validation, split_statistics
 from dnas.data.reid_datasets import (ReIDSplits, load_cuhk03, load_dukemtmc, load_market1501,
@@ -32,8 +32,8 @@ from dnas.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, MixupBatch,
                                   mixup_batch)
 
 __all__ = [
-    "CLASSIFICATION_NAMES", "DATASET_NAMES", "REID_NAMES", "ClassificationSplits", "DataConfig",
-    "DataLoaders", "DataSpec", "IMAGENET_MEAN", "IMAGENET_STD", "ImageListDataset",
+    "CLASSIFICATION_NAMES", "DATASET_NAMES", "REID_NAMES", "ClassificationDataConfig", "ClassificationSplits",
+    "DataLoaders", "DataSpec", "LoaderConfig", "ReIDDataConfig", "IMAGENET_MEAN", "IMAGENET_STD", "ImageListDataset",
     "MixupBatch", "PKSampler", "RandomBatchSampler", "ReIDSplits",
     "SyntheticImageFolderConfig", "SyntheticReIDConfig", "ValidationSplit", "build_classification_transform",
     "build_loaders", "build_reid_transform", "carve_validation", "default_cache_dir", "ensure_synthetic_imagefolder",

@@ -17,7 +17,7 @@ leave the training set.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Sequence
+from typing import Callable, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -139,51 +139,60 @@ class ImageListDataset(Dataset):
 
 
 @dataclasses.dataclass
-class DataConfig:
-    """Everything :func:`build_loaders` needs.
+class LoaderConfig:
+    """What the loaders of every task share (:class:`ReIDDataConfig`,
+    :class:`ClassificationDataConfig`; :func:`build_loaders` takes either).
 
     Attributes:
-        data: the ``--data`` spec.
-        height: Re-ID input height (classification: ``size`` is used).
-        width: Re-ID input width.
-        size: classification input side.
-        p: identities per Re-ID training batch.
-        k: images per identity in a Re-ID training batch.
-        batch_size: classification training batch.
+        data: the ``--data`` spec; its task must be the config's.
         test_batch_size: batch of the test loaders.
         workers: DataLoader worker processes.
         seed: seed of batch order and of the weight/arch split.
         arch_fraction: share of training images for the architecture steps; 0 keeps
             all for training and builds no architecture loader. The split keeps ``k``
-            images and two cameras per identity in each part where it can
-            (:func:`dnas.data.samplers.split_weight_arch`).
-        val_ids_fraction: Re-ID: share of the training identities held out as the
-            validation query/gallery (0: none).
+            images (Re-ID; 1 for classification) and two cameras per identity in each
+            part where it can (:func:`dnas.data.samplers.split_weight_arch`).
+        rank: this process's rank (DDP).
+        world_size: number of processes (DDP).
+    """
+
+    task: ClassVar[str] = ""
+    data: str = "synthetic"
+    test_batch_size: int = 128
+    workers: int = 2
+    seed: int = 0
+    arch_fraction: float = 0.0
+    rank: int = 0
+    world_size: int = 1
+
+
+@dataclasses.dataclass
+class ReIDDataConfig(LoaderConfig):
+    """The loaders of a Re-ID set: PK training batches, query/gallery, and a validation
+    query/gallery carved from the training identities.
+
+    Attributes:
+        height, width: input size.
+        p: identities per training batch.
+        k: images per identity in a training batch.
+        val_ids_fraction: share of the training identities held out as the validation
+            query/gallery (0: none).
         val_min_ids: hold out at least this many identities (with a split).
         val_seed: seed of the validation split (apart from ``seed``, so every
             training seed selects on the same identities).
         msmt17_use_val: MSMT17: add ``list_val.txt`` to the training set.
         flip_prob: horizontal-flip probability.
-        pad: padding before the random crop (Re-ID); default ``None`` scales the
-            usual 10 pixels at height 256 to the input height (3 at 64x32).
+        pad: padding before the random crop; default ``None`` scales the usual 10
+            pixels at height 256 to the input height (3 at 64x32).
         erasing_prob: random-erasing probability.
-        rank: this process's rank (DDP).
-        world_size: number of processes (DDP).
         synthetic_reid: parameters of the ``synthetic`` set.
-        synthetic_imagefolder: parameters of the ``synthetic-imagenet`` set.
     """
 
-    data: str = "synthetic"
+    task: ClassVar[str] = "reid"
     height: int = 256
     width: int = 128
-    size: int = 224
     p: int = 16
     k: int = 4
-    batch_size: int = 256
-    test_batch_size: int = 128
-    workers: int = 2
-    seed: int = 0
-    arch_fraction: float = 0.0
     val_ids_fraction: float = 0.0
     val_min_ids: int = 8
     val_seed: int = 0
@@ -191,14 +200,11 @@ class DataConfig:
     flip_prob: float = 0.5
     pad: int | None = None
     erasing_prob: float = 0.5
-    rank: int = 0
-    world_size: int = 1
     synthetic_reid: SyntheticReIDConfig | None = None
-    synthetic_imagefolder: SyntheticImageFolderConfig | None = None
 
     @classmethod
-    def reid_from_recipe(cls, cfg, *, height: int, width: int, test_batch_size: int, rank: int = 0,
-                         world_size: int = 1, arch_fraction: float = 0.0) -> "DataConfig":
+    def from_recipe(cls, cfg, *, height: int, width: int, test_batch_size: int, rank: int = 0,
+                    world_size: int = 1, arch_fraction: float = 0.0) -> "ReIDDataConfig":
         """The Re-ID loaders' settings of a search or retrain recipe (its data, batch,
         split and augmentation keys; the synthetic set from ``data_seed``, never the run
         seed): the one place a recipe is mapped to data."""
@@ -208,6 +214,22 @@ class DataConfig:
                    val_ids_fraction=cfg.val_ids_fraction, val_min_ids=cfg.val_min_ids, val_seed=cfg.val_seed,
                    msmt17_use_val=cfg.msmt17_use_val, flip_prob=cfg.flip_prob, pad=cfg.pad,
                    erasing_prob=cfg.erasing_prob)
+
+
+@dataclasses.dataclass
+class ClassificationDataConfig(LoaderConfig):
+    """The loaders of an ImageFolder set: shuffled training batches and the val loader.
+
+    Attributes:
+        size: input side.
+        batch_size: training batch.
+        synthetic_imagefolder: parameters of the ``synthetic-imagenet`` set.
+    """
+
+    task: ClassVar[str] = "classification"
+    size: int = 224
+    batch_size: int = 256
+    synthetic_imagefolder: SyntheticImageFolderConfig | None = None
 
 
 @dataclasses.dataclass
@@ -265,7 +287,7 @@ def _worker_init(worker_id: int) -> None:
     np.random.seed(seed)
 
 
-def _loader(ds: Dataset, cfg: DataConfig, batch_sampler=None, batch_size: int | None = None,
+def _loader(ds: Dataset, cfg: LoaderConfig, batch_sampler=None, batch_size: int | None = None,
             seed_offset: int = 0) -> DataLoader:
     # training loaders keep their workers across epochs; test loaders release them
     kw = dict(num_workers=cfg.workers, pin_memory=torch.cuda.is_available(),
@@ -277,7 +299,7 @@ def _loader(ds: Dataset, cfg: DataConfig, batch_sampler=None, batch_size: int | 
     return DataLoader(ds, batch_size=batch_size, shuffle=False, drop_last=False, **kw)
 
 
-def _train_sampler(labels: np.ndarray, cfg: DataConfig, reid: bool, offset: int):
+def _train_sampler(labels: np.ndarray, cfg: LoaderConfig, reid: bool, offset: int):
     if reid:
         return PKSampler(labels, cfg.p, cfg.k, seed=cfg.seed + offset, rank=cfg.rank,
                          world_size=cfg.world_size)
@@ -286,22 +308,29 @@ def _train_sampler(labels: np.ndarray, cfg: DataConfig, reid: bool, offset: int)
                               world_size=cfg.world_size)
 
 
-def build_loaders(cfg: DataConfig) -> DataLoaders:
+def build_loaders(cfg: ReIDDataConfig | ClassificationDataConfig) -> DataLoaders:
     """Build the training, architecture and test loaders a config asks for.
 
     Args:
-        cfg: the data config (its ``data`` field is the ``--data`` spec).
+        cfg: a :class:`ReIDDataConfig` or :class:`ClassificationDataConfig` (its
+            ``data`` field is the ``--data`` spec, of the config's task).
 
     Returns:
         The :class:`DataLoaders`; a log-ready summary is ``result.splits.summary()``.
 
     Raises:
-        DataError: bad spec, missing or malformed data, too few identities for P.
+        DataError: bad spec, a spec of the other task (before anything is read), missing
+            or malformed data, too few identities for P.
     """
     spec = parse_data_spec(cfg.data)
-    splits = load_splits(spec, cfg.synthetic_reid, cfg.synthetic_imagefolder, cfg.msmt17_use_val,
-                         announce=cfg.rank == 0)
-    reid = spec.task == "reid"
+    if spec.task != cfg.task:
+        raise DataError(f"--data {cfg.data}: a {spec.task} data set, where {cfg.task} data was expected")
+    reid = isinstance(cfg, ReIDDataConfig)
+    if reid:
+        splits = load_splits(spec, synthetic_reid=cfg.synthetic_reid, msmt17_use_val=cfg.msmt17_use_val,
+                             announce=cfg.rank == 0)
+    else:
+        splits = load_splits(spec, synthetic_imagefolder=cfg.synthetic_imagefolder, announce=cfg.rank == 0)
     validation = None
     if reid and cfg.val_ids_fraction > 0:
         train, validation = carve_validation(splits.train, cfg.val_ids_fraction, cfg.val_min_ids, cfg.val_seed,

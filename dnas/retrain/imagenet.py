@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from dnas.architectures import build_model, read_arch
-from dnas.data.loaders import DataConfig, build_loaders
+from dnas.data.loaders import ClassificationDataConfig, build_loaders, parse_data_spec
 from dnas.data.registry import classification_spec
 from dnas.data.synthetic import SyntheticImageFolderConfig
 from dnas.engine import RunResult
@@ -44,13 +44,13 @@ def build_imagenet_data(cfg: ImageNetConfig, rt: Runtime, size: int):
     """Shuffled training batches and the validation loader of a classification spec."""
     synth = SyntheticImageFolderConfig(num_classes=cfg.synthetic_classes,
                                        train_per_class=cfg.synthetic_train_per_class)
-    dcfg = DataConfig(data=classification_spec(cfg.data), size=size, batch_size=cfg.batch_size,
-                      test_batch_size=cfg.test_batch_size, workers=cfg.workers, seed=cfg.seed, rank=rt.rank,
-                      world_size=rt.world_size, synthetic_imagefolder=synth)
-    data = build_loaders(dcfg)
-    if data.task != "classification":
+    dcfg = ClassificationDataConfig(data=classification_spec(cfg.data), size=size, batch_size=cfg.batch_size,
+                                    test_batch_size=cfg.test_batch_size, workers=cfg.workers, seed=cfg.seed,
+                                    rank=rt.rank, world_size=rt.world_size, synthetic_imagefolder=synth)
+    if dcfg.task != parse_data_spec(dcfg.data).task:  # before anything is read
         raise DnasError(f"--data {cfg.data}: dnas-retrain imagenet needs an ImageFolder set "
                         "(imagenet:/path or synthetic-imagenet); use 'dnas-retrain reid' for Re-ID data")
+    data = build_loaders(dcfg)
     if rt.is_main:
         log.info("data: %s", data.splits.summary())
     return data

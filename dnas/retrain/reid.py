@@ -36,7 +36,7 @@ import torch
 
 from dnas.architectures import build_model, load_derived, load_run_model, read_arch
 from dnas.data.fingerprint import FILE_NAME as FINGERPRINT_FILE
-from dnas.data.loaders import DataConfig, build_loaders
+from dnas.data.loaders import ReIDDataConfig, build_loaders, parse_data_spec
 from dnas.engine import LAST, RunResult
 from dnas.engine.run import TrainingRun
 from dnas.errors import DnasError
@@ -60,12 +60,12 @@ RERANK_NOTE = {"method": "k-reciprocal re-ranking (Zhong et al. 2017), k1=20, k2
 
 def build_reid_data(cfg: ReIDConfig, rt: Runtime, height: int, width: int, training: bool = True):
     """PK training loader, validation and test query/gallery loaders of a Re-ID ``--data`` spec."""
-    dcfg = DataConfig.reid_from_recipe(cfg, height=height, width=width, test_batch_size=cfg.test_batch_size,
-                                       rank=rt.rank, world_size=rt.world_size)
-    data = build_loaders(dcfg)
-    if data.task != "reid":
+    dcfg = ReIDDataConfig.from_recipe(cfg, height=height, width=width, test_batch_size=cfg.test_batch_size,
+                                      rank=rt.rank, world_size=rt.world_size)
+    if dcfg.task != parse_data_spec(dcfg.data).task:  # before anything is read
         raise DnasError(f"--data {cfg.data}: dnas-retrain reid needs a Re-ID data set "
                         "(market1501:, dukemtmc:, msmt17:, cuhk03:, synthetic); use 'dnas-retrain imagenet'")
+    data = build_loaders(dcfg)
     if rt.is_main and training:
         log.info("data:\n%s", data.splits.summary())
         log.info("%s", data.validation.summary_line() if data.validation is not None else

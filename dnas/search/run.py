@@ -40,16 +40,16 @@ CURVES = (*(metric_column(phase, "loss", PHASES) for phase in PHASES), "ibb_epoc
 def build_search_data(cfg: SearchConfig, rt: Runtime, space=None):
     """Loaders with the weight/architecture split (by image; see ``split_weight_arch``);
     ``space``: the recipe's (default: loaded from ``cfg``)."""
-    from dnas.data.loaders import DataConfig, build_loaders
+    from dnas.data.loaders import ReIDDataConfig, build_loaders, parse_data_spec
 
     space = space if space is not None else cfg.load_space()
-    dcfg = DataConfig.reid_from_recipe(cfg, height=cfg.height or space.input_size[1],
-                                       width=cfg.width or space.input_size[2],
-                                       test_batch_size=max(cfg.batch_size, 32), rank=rt.rank,
-                                       world_size=rt.world_size, arch_fraction=cfg.arch_fraction)
-    data = build_loaders(dcfg)
-    if data.task != "reid":
+    dcfg = ReIDDataConfig.from_recipe(cfg, height=cfg.height or space.input_size[1],
+                                      width=cfg.width or space.input_size[2],
+                                      test_batch_size=max(cfg.batch_size, 32), rank=rt.rank,
+                                      world_size=rt.world_size, arch_fraction=cfg.arch_fraction)
+    if dcfg.task != parse_data_spec(dcfg.data).task:  # before anything is read
         raise DnasError(f"--data {cfg.data}: the search needs a Re-ID data set (identities for the triplet loss)")
+    data = build_loaders(dcfg)
     if rt.is_main:
         log.info("data:\n%s", data.splits.summary())
         log.info("%s", data.validation.summary_line() if data.validation is not None else
