@@ -30,7 +30,7 @@ from dnas.errors import DnasError
 from dnas.io import atomic_write_json, atomic_write_text, atomic_write_yaml
 from dnas.model_stats import count_macs, params_without_classifier
 from dnas.models.plain import PlainNet
-from dnas.outputs import atomic_directory
+from dnas.outputs import DERIVED, atomic_directory
 from dnas.space import SearchSpace
 
 log = logging.getLogger(__name__)
@@ -208,7 +208,7 @@ def export_derived(out: str | Path, arch: dict, model: nn.Module, *, onnx: bool 
     model = model.eval()
     if is_backbone_arch(arch):
         arch = BackboneArch(arch, str(out)).to_dict()  # its normalised form (defaults written out)
-    with atomic_directory(out, overwrite=overwrite, kind="derived", inputs=tuple(inputs)) as tmp:
+    with atomic_directory(out, overwrite=overwrite, kind=DERIVED, inputs=tuple(inputs)) as tmp:
         atomic_write_yaml(tmp / "arch.yaml", arch)
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         buf_path = tmp / "model.pt"

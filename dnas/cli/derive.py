@@ -148,7 +148,7 @@ def derive_without_search(args: argparse.Namespace) -> list[tuple[Path, dict]]:
         ``[(directory, summary)]`` of every exported architecture.
     """
     from dnas.export import export_derived
-    from dnas.outputs import atomic_directory
+    from dnas.outputs import DERIVED, atomic_directory
     from dnas.latency.band import sample_in_band
     from dnas.latency.whole_net import measured_latency_summary
     from dnas.models import Supernet, derive_plain
@@ -191,7 +191,7 @@ def derive_without_search(args: argparse.Namespace) -> list[tuple[Path, dict]]:
         return [(out, export_derived(out, arch, plain, onnx=not args.no_onnx, overwrite=args.overwrite,
                                      extra_summary=extra(0, picks[0][1], plain)))]
     exported, rows = [], []
-    with atomic_directory(out, overwrite=args.overwrite, kind="derived", inputs=(args.supernet,)) as tmp:
+    with atomic_directory(out, overwrite=args.overwrite, kind=DERIVED, inputs=(args.supernet,)) as tmp:
         for i, (indices, latency) in enumerate(picks):
             sub = f"arch-{i:02d}"
             arch, plain = derive_plain(net, indices, name=f"{name}-band{args.latency_ms:g}ms-{i:02d}")
@@ -251,9 +251,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.top_k < 1:
         raise DnasError(f"--top-k {args.top_k}: expected a positive integer")
     check_band_args(args)
-    from dnas.outputs import check_replace
+    from dnas.outputs import DERIVED, check_replace
 
-    check_replace(args.out, "derived", args.overwrite, inputs=[args.run, args.supernet, args.pretrained_file])
+    check_replace(args.out, DERIVED, args.overwrite, inputs=[args.run, args.supernet, args.pretrained_file])
     if (args.pretrained or args.pretrained_file) and not args.backbone:
         raise DnasError("--pretrained/--pretrained-file apply to --backbone")
     if args.latency_table and not args.supernet:

@@ -14,7 +14,7 @@ from typing import Sequence
 from dnas.cli.common import add_run_arguments, check_run_dir, cli_entry, setup_logging
 from dnas.cli.common import resolve_config as resolve_config_of
 from dnas.errors import DnasError
-from dnas.outputs import IMAGENET_RUN, REID_RUN
+from dnas.outputs import DERIVED, IMAGENET_RUN, REID_RUN
 
 EPILOG = r"""examples:
   dnas-derive --supernet tiny --sample max --out derived/tiny             # an arch to train
@@ -111,8 +111,8 @@ def _eval_only(args: argparse.Namespace) -> int:
     run = path if path.is_dir() else path.parent
     from dnas.outputs import require_kind
 
-    kind = require_kind(run, ("reid-run", "derived"), "dnas-retrain reid --eval-only")
-    if kind == "derived" and args.checkpoint != "last":
+    kind = require_kind(run, (REID_RUN, DERIVED), "dnas-retrain reid --eval-only")
+    if kind == DERIVED and args.checkpoint != "last":
         raise DnasError(f"--checkpoint {args.checkpoint}: {run} is a dnas-derive output with one model.pt; "
                         "--checkpoint picks a checkpoint of a reid run directory")
     cfg = resolve_config(args, ReIDConfig, run if (run / "config.yaml").is_file() else None, validate=False)
@@ -144,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = dataclasses.replace(cfg, rerank=True)
     from dnas.outputs import require_kind
 
-    trained = ("derived", "imagenet-run", "reid-run")
+    trained = (DERIVED, IMAGENET_RUN, REID_RUN)
     for option, value in (("--arch", cfg.arch), ("--pretrained", getattr(cfg, "pretrained", None))):
         if value and Path(value).is_dir():  # e.g. a search run: name it and say how to export it
             require_kind(value, trained, f"dnas-retrain {args.mode} {option}")

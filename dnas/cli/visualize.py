@@ -172,11 +172,11 @@ def _summary_line(args: argparse.Namespace, summary: dict) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
-    from dnas.outputs import atomic_directory
+    from dnas.outputs import FIGURES, atomic_directory
 
     inputs = [args.run] if args.command == "curves" else [args.model, *getattr(args, "compare", [])]
     data_root = (getattr(args, "data", None) or "").partition(":")[2]
-    with atomic_directory(args.out, overwrite=args.overwrite, kind="figures", inputs=(*inputs, data_root)) as tmp:
+    with atomic_directory(args.out, overwrite=args.overwrite, kind=FIGURES, inputs=(*inputs, data_root)) as tmp:
         summary = _run(args, tmp)
     print(f"{args.command}: {_summary_line(args, summary)}")
     verdict = summary.get("data_fingerprint")

@@ -18,7 +18,7 @@ import torch
 from dnas.errors import DnasError
 from dnas.latency.whole_net import measured_latency_summary
 from dnas.models import Supernet, derive_plain
-from dnas.outputs import SEARCH_RUN, atomic_directory, require_kind
+from dnas.outputs import DERIVED, SEARCH_RUN, atomic_directory, require_kind
 from dnas.runlog import write_csv_rows
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ def derive_from_run(run_dir: Path, out: Path, top_k: int = 1, checkpoint: str = 
                     net.space.name, distinct, distinct)
     ranked = top_k_indices(net, min(top_k, distinct))
     summaries, rows = [], []
-    with atomic_directory(out, overwrite=overwrite, kind="derived", inputs=(run_dir,)) as tmp:
+    with atomic_directory(out, overwrite=overwrite, kind=DERIVED, inputs=(run_dir,)) as tmp:
         for rank, (logp, idx) in enumerate(ranked, 1):
             name = f"{net.space.name}-searched" + (f"-top{rank}" if top_k > 1 else "")
             arch, plain = derive_plain(net, idx, name=name)

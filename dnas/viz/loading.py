@@ -22,7 +22,7 @@ import torch
 
 from dnas.architectures import load_derived, load_run_model
 from dnas.errors import DnasError
-from dnas.outputs import REID_RUN, output_kind, require_kind
+from dnas.outputs import DERIVED, REID_RUN, output_kind, require_kind
 from dnas.strict_yaml import read_yaml
 
 log = logging.getLogger(__name__)
@@ -78,15 +78,15 @@ def load_model(path: str | Path, checkpoint: str = "last", label: str | None = N
         raise DnasError(f"{path}: model not found; expected a dnas-derive directory, a dnas-retrain reid run "
                         "or its final/")
     run = path if path.is_dir() else path.parent
-    require_kind(run, ("reid-run", "derived"), "dnas-visualize")
+    require_kind(run, (REID_RUN, DERIVED), "dnas-visualize")
     ckpt = path if path.is_file() else run / f"checkpoint-{checkpoint}.pt"
-    if output_kind(run) == "reid-run" and ckpt.is_file():
+    if output_kind(run) == REID_RUN and ckpt.is_file():
         model, weights = load_run_model(ckpt, kind=REID_RUN)
         config = _read_config(run)
     elif path.is_dir() and (path / "model.pt").is_file():
         model, weights = load_derived(path), str(path / "model.pt")
         parent = path.resolve().parent
-        config = _read_config(parent) if output_kind(parent) == "reid-run" else {}
+        config = _read_config(parent) if output_kind(parent) == REID_RUN else {}
     else:
         raise DnasError(f"{path}: no weights found (expected checkpoint-{checkpoint}.pt of a reid run, or model.pt "
                         "of a dnas-derive directory)")
