@@ -302,3 +302,35 @@ def test_seed_residual_correlation_tells_model_luck_from_split_noise():
     opposite = {"a": runs([(70, 60), (74, 56), (66, 64)]), "b": runs([(50, 47), (52, 45)])}
     assert seed_residual_correlation(opposite)["r"] == pytest.approx(-1.0)
     assert math.isnan(seed_residual_correlation({"a": runs([(70, 60)])})["r"])  # one seed: nothing to compare
+
+
+def test_band_spread_report_states_the_ratio_of_seed_to_true_spread():
+    from bench.band_spread import spread_report, summary_lines
+
+    def runs(*vals):
+        return [{"seed": i, "val_mAP": v, "test_mAP": v - 5} for i, v in enumerate(vals)]
+
+    archs = {k: {"latency_ms": 1.6, "params": 40000} for k in "abc"}
+    rep = spread_report(archs, {"a": runs(70, 72), "b": runs(80, 82), "c": runs(60, 62)})
+    val = rep["anova_val"]
+    assert val["seed_to_seed_sd"] == pytest.approx(math.sqrt(2))
+    assert val["ratio"] == pytest.approx(val["seed_to_seed_sd"] / val["true_between_sd"]) and val["ratio"] < 0.2
+    rep.update(band="band 1.600 ms", seeds=2, retrain="r.yaml")
+    lines = summary_lines(rep)
+    assert lines[1].lstrip().startswith("b") and "seed sd / true sd 0.1" in lines[-3]
+    same = spread_report(archs, {"a": runs(70, 80), "b": runs(80, 70), "c": runs(75, 75)})
+    assert same["anova_val"]["true_between_sd"] == 0 and same["anova_val"]["ratio"] == math.inf
+
+
+@pytest.mark.slow
+def test_band_spread_smoke_runs_and_resumes(tmp_path):
+    cmd = [sys.executable, "-m", "bench.band_spread", "--work", str(tmp_path / "w"), "--latency-ms", "1.65",
+           "--random", "2", "--seeds", "2", "--results", str(tmp_path / "res")]
+    cmd += [a for kv in ("synthetic_ids=12", "val_ids_fraction=0.34", "val_min_ids=4", "p=4", "epochs=1",
+                         "max_steps_per_epoch=2", "eval_every=1", "export_onnx=false") for a in ("--set", kv)]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    rep = json.loads((tmp_path / "res.json").read_text())
+    assert len(rep["per_arch"]) == 2 and all(len(r["runs"]) == 2 for r in rep["per_arch"])
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "0 retrains to run" in again.stdout
