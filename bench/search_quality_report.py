@@ -96,6 +96,30 @@ def kendall_tau(x: list[float], y: list[float]) -> tuple[float, float]:
     return float(res.statistic), float(res.pvalue)
 
 
+def split_agreement(results: dict[str, list[dict]]) -> dict:
+    """Does the validation split rank what it is shown as the test split does? Kendall's tau
+    over the networks between the validation and the test mAP of (1) the means over seeds,
+    (2) one run (the same retrain seed on both splits, averaged over the seeds: the trained
+    models), (3) one run's validation against the mean test mAP of the net's other runs
+    (averaged over the seeds: what one retrain tells of an architecture). (1) and (2) near 1
+    with (3) far below say the split ranks trained models and the retrain seed limits the
+    ranking of architectures."""
+    keys = [k for k, runs in results.items() if len(runs) >= 2]
+    n_seeds = min((len(results[k]) for k in keys), default=0)
+    if len(keys) < 3 or n_seeds < 2:
+        return {"n_archs": len(keys), "means": math.nan, "same_run": math.nan, "other_runs": math.nan}
+    means = kendall_tau([statistics.fmean(r["val_mAP"] for r in results[k]) for k in keys],
+                        [statistics.fmean(r["test_mAP"] for r in results[k]) for k in keys])[0]
+    same, other = [], []
+    for i in range(n_seeds):
+        val = [results[k][i]["val_mAP"] for k in keys]
+        same.append(kendall_tau(val, [results[k][i]["test_mAP"] for k in keys])[0])
+        rest = [statistics.fmean(r["test_mAP"] for j, r in enumerate(results[k][:n_seeds]) if j != i) for k in keys]
+        other.append(kendall_tau(val, rest)[0])
+    return {"n_archs": len(keys), "n_seeds": n_seeds, "means": means, "same_run": statistics.fmean(same),
+            "other_runs": statistics.fmean(other)}
+
+
 def within_band_tau(bands: list[list[str]], x: dict[str, float], y: dict[str, float]) -> tuple[float, int]:
     """Kendall's tau-b of ``x`` against ``y`` within each band (arch keys), averaged over the
     bands with weights equal to their numbers of pairs: pairs across bands (different
@@ -181,6 +205,7 @@ def build_report(archs: dict, found: dict, bands: list[dict], results: dict, est
     all_keys = [k for keys in band_keys for k in keys]
     params = {k: float(archs[k].get("params", math.nan)) for k in stats}
     report = {"seed_residual_correlation": seed_residual_correlation({k: results[k] for k in stats}),
+              "split_agreement": split_agreement({k: results[k] for k in stats}),
               "kendall_params_within_band": within_band_tau(band_keys, params, val_means)[0],
               "band_anova": [{"band_ms": b["centre_ms"], **band_anova(results, b["random"])} for b in bands],
               "kendall_all_bands": {str(s): kendall_tau([estimates[s][k] for k in all_keys],
@@ -226,6 +251,12 @@ def summary_lines(r: dict) -> list[str]:
     if c and not math.isnan(c["r"]):
         lines.append(f"  a retrain seed's deviation from its net's mean, val against test: r {c['r']:+.2f} "
                      f"({c['n_runs']} runs; near 1: the spread is between trained models, not the split's noise)")
+    a = r.get("split_agreement")
+    if a and not math.isnan(a["means"]):
+        lines.append(f"  val against test, Kendall tau over {a['n_archs']} nets: means over seeds {a['means']:+.2f}, "
+                     f"one run on both splits {a['same_run']:+.2f}, one run's val against the other runs' test "
+                     f"{a['other_runs']:+.2f} (the split ranks trained models; one retrain ranks architectures "
+                     "only as well as the last figure)")
     lines.append(f"  within-band Kendall tau against stand-alone val mAP: supernet estimates "
                  f"{t['kendall_tau']['mean']:+.2f} (mean over search seeds); parameter count "
                  f"{r['kendall_params_within_band']:+.2f} (a reference predictor)")

@@ -334,3 +334,17 @@ def test_band_spread_smoke_runs_and_resumes(tmp_path):
     assert len(rep["per_arch"]) == 2 and all(len(r["runs"]) == 2 for r in rep["per_arch"])
     again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "0 retrains to run" in again.stdout
+
+
+def test_split_agreement_separates_trained_models_from_architectures():
+    from bench.search_quality_report import split_agreement
+
+    # each run's val and test agree (the split ranks trained models), but a net's two
+    # seeds disagree about the order of the nets (a retrain ranks architectures badly)
+    results = {"a": [{"val_mAP": 70, "test_mAP": 71}, {"val_mAP": 50, "test_mAP": 51}],
+               "b": [{"val_mAP": 60, "test_mAP": 61}, {"val_mAP": 60, "test_mAP": 61}],
+               "c": [{"val_mAP": 50, "test_mAP": 51}, {"val_mAP": 70, "test_mAP": 71}]}
+    a = split_agreement(results)
+    assert a["same_run"] == pytest.approx(1.0) and a["other_runs"] == pytest.approx(-1.0)
+    assert a["n_archs"] == 3 and a["n_seeds"] == 2
+    assert math.isnan(split_agreement({"a": results["a"]})["means"])  # too few nets to rank
