@@ -57,6 +57,8 @@ def spread_report(archs: dict[str, dict], results: dict[str, list[dict]]) -> dic
     for split in SPLITS:
         a = band_anova(results, keys, split)
         a["ratio"] = a.get("seed_to_seed_sd", math.nan) / a["true_between_sd"] if a.get("true_between_sd") else math.inf
+        # retrain seeds for a net's mean to vary by at most half the true between-net sd
+        a["seeds_for_half"] = math.ceil((2 * a["ratio"]) ** 2) if math.isfinite(a["ratio"]) else None
         report[f"anova_{split}"] = a
     report["seed_residual_correlation"] = seed_residual_correlation({k: results[k] for k in keys})
     return report
@@ -73,7 +75,8 @@ def summary_lines(report: dict) -> list[str]:
         a = report[f"anova_{split}"]
         lines.append(f"  {split}: ANOVA F {a['F']:.2f}, p {a['p']:.3g}; one net's seed-to-seed sd "
                      f"{a.get('seed_to_seed_sd', math.nan):.2f}, sd of the means {a.get('means_sd', math.nan):.2f}, "
-                     f"of the true means {a['true_between_sd']:.2f} (seed sd / true sd {a['ratio']:.2f})")
+                     f"of the true means {a['true_between_sd']:.2f} (seed sd / true sd {a['ratio']:.2f}; retrain seeds "
+                     f"for a mean within half the true sd: {a['seeds_for_half'] or 'no number'})")
     r = report["seed_residual_correlation"]
     lines.append(f"  a seed's val against test deviation: r {r['r']:+.2f} over {r['n_runs']} runs")
     return lines

@@ -317,9 +317,10 @@ def test_band_spread_report_states_the_ratio_of_seed_to_true_spread():
     assert val["ratio"] == pytest.approx(val["seed_to_seed_sd"] / val["true_between_sd"]) and val["ratio"] < 0.2
     rep.update(band="band 1.600 ms", seeds=2, retrain="r.yaml")
     lines = summary_lines(rep)
-    assert lines[1].lstrip().startswith("b") and "seed sd / true sd 0.1" in lines[-3]
+    assert lines[1].lstrip().startswith("b") and "seed sd / true sd 0.1" in lines[-3] and "retrain seeds for a mean within half the true sd: 1" in lines[-3]
     same = spread_report(archs, {"a": runs(70, 80), "b": runs(80, 70), "c": runs(75, 75)})
     assert same["anova_val"]["true_between_sd"] == 0 and same["anova_val"]["ratio"] == math.inf
+    assert same["anova_val"]["seeds_for_half"] is None
 
 
 @pytest.mark.slow

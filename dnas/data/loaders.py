@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from dnas.data.fingerprint import announce as announce_fingerprint
 from dnas.data.fingerprint import fingerprint_splits
+from dnas.data.image_cache import RESIZED, split_leading_resize
 from dnas.data.imagenet import ClassificationSplits
 from dnas.data.protocol import carve_validation, format_split_statistics, split_statistics
 from dnas.data.registry import LoadOptions, dataset_names, get_dataset
@@ -119,22 +120,31 @@ class ImageListDataset(Dataset):
                  transform: Callable | None = None) -> None:
         self.items = list(items)
         self.transform = transform
+        # a leading Resize is applied once per image and kept (dnas.data.image_cache)
+        self._resize, self._rest = split_leading_resize(transform)
         self.labels = np.asarray([it[1] for it in self.items], dtype=np.int64)
         self.camids = np.asarray([it[2] for it in self.items], dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int):
-        path, label, camid = self.items[index]
+    @staticmethod
+    def _read(path: str) -> Image.Image:
         try:
             with Image.open(path) as im:
-                img = im.convert("RGB")
+                return im.convert("RGB")
         except (OSError, ValueError, SyntaxError, EOFError) as exc:  # PIL: truncated/broken files
             why = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
             raise DataError(f"{path}: cannot read image ({why})") from None
-        if self.transform is not None:
-            img = self.transform(img)
+
+    def __getitem__(self, index: int):
+        path, label, camid = self.items[index]
+        if self._resize is not None:
+            img = self._rest(RESIZED.get(path, self._resize, self._read))
+        else:
+            img = self._read(path)
+            if self.transform is not None:
+                img = self.transform(img)
         return img, label, camid
 
 
