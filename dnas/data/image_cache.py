@@ -6,9 +6,11 @@ of decoding and resizing each image as a ``uint8`` tensor, so later epochs apply
 rest of the transform. Flip, padding and cropping are exact pixel operations and draw the
 same random numbers on a tensor as on a PIL image, so a cached image is transformed to the
 same tensor, bit for bit, as the file read afresh (a test checks it): seeded runs do not
-change. On the embedded 240-identity set at 64x32 the training transform took 2.16 s an
-epoch from the files and 0.53 s from the cache (one thread, `bench` note in docs/method.md
-section 10).
+change. Measured on the embedded 240-identity set at 64x32 (one thread, idle 2-core
+machine): iterating the training loader took 1.23-1.38 s an epoch from the files and
+0.39-0.49 s from the cache; a retrain epoch of a tiny net (about 4.3 s, mostly the
+network's forward and backward) gains about as much, within the epoch-to-epoch noise of
+this machine. It matters most where decoding is a large share of a step.
 
 The budget is ``$DNAS_IMAGE_CACHE_MB`` (default 1024; 0 turns the cache off) per run,
 shared among the loading processes: a DataLoader worker keeps its share (the budget over
