@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.search_quality_report import kendall_tau
+from bench.search_quality_report import kendall_tau, within_band_tau
 from dnas.io import atomic_write_json
 
 
@@ -39,6 +39,16 @@ def read_stand_alone(report_path: Path) -> list[dict]:
         raise ValueError(f"{report_path}: no 'per_arch' entry with retrain results (a search-quality report?)")
     return [{"indices": json.loads(a["arch"]), "key": a["arch"], "kind": a["kind"], "params": a["params"],
              "val_mean": a["val_mean"], "test_mean": a["test_mean"]} for a in archs]
+
+
+def report_bands(report_path: Path) -> list[list[str]]:
+    """The architectures of each latency band of a search-quality report (its random nets
+    and the searched nets of its seeds); one band of everything for an older report."""
+    report = json.loads(report_path.read_text())
+    rows = report.get("per_search_seed", [])
+    bands = [list(dict.fromkeys(b["random"] + [r["arch"] for r in rows if r["search_seed"] in b["seeds"]]))
+             for b in report.get("bands", [])]
+    return bands or [[a["arch"] for a in report["per_arch"]]]
 
 
 def rank_supernet(run_dir: Path, archs: list[dict], bn_batches: int, finetune_steps: int = 0,
@@ -78,14 +88,19 @@ def main(argv=None) -> int:
             return 2
     params_tau, _ = kendall_tau([a["params"] for a in archs], [a["val_mean"] for a in archs])
     print(f"{len(archs)} architectures from {args.report}; parameter count tau {params_tau:+.2f}", flush=True)
+    bands, val_means = report_bands(args.report), {a["key"]: a["val_mean"] for a in archs}
     rows = []
     for d in args.searches:
         row = rank_supernet(d, archs, args.bn_batches, args.finetune_steps, args.finetune_lr)
+        # the benchmark's figure: pairs within a band only (pairs across bands differ in latency)
+        row["tau_within_band"], row["n_within_band"] = within_band_tau(bands, row["estimates"], val_means)
         rows.append(row)
-        print(f"  {d}: tau {row['tau']:+.2f} (p {row['p']:.2f}) in {row['seconds']:.0f} s", flush=True)
+        print(f"  {d}: tau {row['tau']:+.2f} (p {row['p']:.2f}), within bands {row['tau_within_band']:+.2f} "
+              f"(n={row['n_within_band']}) in {row['seconds']:.0f} s", flush=True)
     taus = [r["tau"] for r in rows]
     spread = f" +- {statistics.stdev(taus):.2f}" if len(taus) > 1 else ""
-    print(f"mean tau {statistics.fmean(taus):+.2f}{spread} over {len(taus)} supernets", flush=True)
+    print(f"mean tau {statistics.fmean(taus):+.2f}{spread} over {len(taus)} supernets; within bands "
+          f"{statistics.fmean(r['tau_within_band'] for r in rows):+.2f}", flush=True)
     if args.out:
         atomic_write_json(args.out, {"report": str(args.report), "bn_batches": args.bn_batches,
                                      "finetune_steps": args.finetune_steps, "finetune_lr": args.finetune_lr,
