@@ -57,3 +57,17 @@ def test_cache_keeps_to_its_budget_and_a_transform_without_resize_is_not_cached(
     RESIZED.clear()
     _epoch(ImageListDataset(images, build_classification_transform(32, train=True)), 0)
     assert RESIZED.nbytes == 0
+
+
+def test_a_file_replaced_during_the_run_is_read_again(images, monkeypatch):
+    import os
+
+    monkeypatch.setenv(BUDGET_ENV, "64")
+    ds = ImageListDataset(images[:1], build_reid_transform(64, 32, train=False))
+    before = ds[0][0]
+    path = images[0][0]
+    Image.fromarray(np.zeros((128, 64, 3), dtype=np.uint8)).save(path, quality=90)
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a coarse clock still sees the change
+    after = ds[0][0]
+    assert not torch.equal(before, after) and float(after.std(dim=(1, 2)).max()) < 0.05  # the black image

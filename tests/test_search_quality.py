@@ -224,7 +224,7 @@ def test_benchmark_smoke_runs_and_resumes(tmp_path):
     ranked = json.loads((tmp_path / "rank.json").read_text())
     assert len(ranked["supernets"][0]["estimates"]) == len(report["per_arch"]) == len(ranked["archs"])
     assert all(0 <= v <= 100 for v in ranked["supernets"][0]["estimates"].values())
-    assert ranked["supernets"][0]["n_within_band"] == len(report["per_arch"])
+    assert ranked["supernets"][0]["n_within_band"] == 0  # a band of two nets has no tau
     # a fresh checkout has the ledger but no run directories: the estimates come from the ledger
     import shutil
 

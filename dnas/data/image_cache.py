@@ -52,7 +52,8 @@ def split_leading_resize(transform: Callable | None) -> tuple[v2.Resize | None, 
 
 
 class ResizedImageCache:
-    """Resized images as ``uint8`` CHW tensors, keyed by path and size, up to a byte budget.
+    """Resized images as ``uint8`` CHW tensors, keyed by path, size and the file's
+    modification time and length, up to a byte budget.
 
     One cache serves every data set of a process (the training and the evaluation
     transforms resize to the same size, so they share entries).
@@ -65,8 +66,12 @@ class ResizedImageCache:
     def get(self, path: str, resize: v2.Resize, read: Callable[[str], Image.Image]) -> torch.Tensor | Image.Image:
         """The resized image of ``path``: from memory, or read with ``read`` and resized (and
         kept while the budget allows). Returns a tensor when cached, else a PIL image."""
-        key = (path, tuple(resize.size))
-        hit = self._images.get(key)
+        try:  # a file replaced during the run is read again
+            st = os.stat(path)
+            key = (path, tuple(resize.size), st.st_mtime_ns, st.st_size)
+        except OSError:
+            key = None  # unreadable: ``read`` raises the error that names the file
+        hit = self._images.get(key) if key is not None else None
         if hit is not None:
             return hit
         img = resize(read(path))
@@ -74,7 +79,7 @@ class ResizedImageCache:
         if budget <= 0:
             return img
         tensor = v2.functional.pil_to_tensor(img)
-        if self.nbytes + tensor.numel() <= budget:
+        if key is not None and self.nbytes + tensor.numel() <= budget:
             self._images[key] = tensor
             self.nbytes += tensor.numel()
         return tensor
