@@ -71,3 +71,17 @@ def test_a_file_replaced_during_the_run_is_read_again(images, monkeypatch):
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a coarse clock still sees the change
     after = ds[0][0]
     assert not torch.equal(before, after) and float(after.std(dim=(1, 2)).max()) < 0.05  # the black image
+
+
+def test_a_malformed_budget_is_said_once_and_the_default_used(monkeypatch, caplog):
+    from dnas.data.image_cache import DEFAULT_BUDGET_MB, budget_bytes
+
+    for bad in ("lots", "-5"):
+        monkeypatch.setenv(BUDGET_ENV, bad)
+        with caplog.at_level("WARNING"):
+            assert budget_bytes() == budget_bytes() == DEFAULT_BUDGET_MB * 2**20
+        said = [r.getMessage() for r in caplog.records if BUDGET_ENV in r.getMessage()]
+        assert len(said) == 1 and repr(bad) in said[0] and ">= 0" in said[0]
+        caplog.clear()
+    monkeypatch.setenv(BUDGET_ENV, "0")
+    assert budget_bytes() == 0

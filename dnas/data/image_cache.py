@@ -8,9 +8,10 @@ same random numbers on a tensor as on a PIL image, so a cached image is transfor
 same tensor, bit for bit, as the file read afresh (a test checks it): seeded runs do not
 change. Measured on the embedded 240-identity set at 64x32 (one thread, idle 2-core
 machine): iterating the training loader took 1.23-1.38 s an epoch from the files and
-0.39-0.49 s from the cache; a retrain epoch of a tiny net (about 4.3 s, mostly the
-network's forward and backward) gains about as much, within the epoch-to-epoch noise of
-this machine. It matters most where decoding is a large share of a step.
+0.39-0.49 s from the cache. A retrain epoch of a tiny net (about 4.3 s, mostly the
+network's forward and backward) should gain that difference, about 0.8 s; it was not
+measurable above this machine's epoch-to-epoch noise. It matters most where decoding is
+a large share of a step.
 
 The budget is ``$DNAS_IMAGE_CACHE_MB`` (default 1024; 0 turns the cache off) per run,
 shared among the loading processes: a DataLoader worker keeps its share (the budget over
@@ -18,6 +19,7 @@ the number of workers). Images past the budget are read from their files as befo
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import Callable
 
@@ -28,6 +30,8 @@ from torchvision.transforms import v2
 
 DEFAULT_BUDGET_MB = 1024
 BUDGET_ENV = "DNAS_IMAGE_CACHE_MB"
+log = logging.getLogger(__name__)
+_warned: set[str] = set()
 
 
 def budget_bytes() -> int:
@@ -35,8 +39,14 @@ def budget_bytes() -> int:
     raw = os.environ.get(BUDGET_ENV, "")
     try:
         mb = float(raw) if raw.strip() else DEFAULT_BUDGET_MB
+        if not mb >= 0:
+            raise ValueError
     except ValueError:
-        mb = DEFAULT_BUDGET_MB  # a malformed value must not stop a run; the files are read as before
+        if raw not in _warned:  # a speed setting: the run goes on with the default, said once
+            _warned.add(raw)
+            log.warning("%s=%r: expected a number of megabytes >= 0 (0 turns the cache off); "
+                        "using %d", BUDGET_ENV, raw, DEFAULT_BUDGET_MB)
+        mb = DEFAULT_BUDGET_MB
     info = get_worker_info()
     share = info.num_workers if info is not None else 1
     return max(0, int(mb * 2**20 / share))
@@ -65,7 +75,8 @@ class ResizedImageCache:
 
     def get(self, path: str, resize: v2.Resize, read: Callable[[str], Image.Image]) -> torch.Tensor | Image.Image:
         """The resized image of ``path``: from memory, or read with ``read`` and resized (and
-        kept while the budget allows). Returns a tensor when cached, else a PIL image."""
+        kept while the budget allows). A ``uint8`` CHW tensor, or the PIL image when the
+        cache is off."""
         try:  # a file replaced during the run is read again
             st = os.stat(path)
             key = (path, tuple(resize.size), st.st_mtime_ns, st.st_size)
