@@ -20,21 +20,18 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import shlex
 import signal
-import statistics
 import sys
 import time
 from pathlib import Path
 
-from bench.search_quality import Jobs, _recipe_tag, _retrain_result, _run_cmd, _sets, arch_params, write_arch
-from bench.search_quality_report import band_anova, per_arch_stats, seed_residual_correlation
-from dnas.io import atomic_write_json
-
-SPLITS = ("val", "test")
+from bench.search_quality import (Jobs, _recipe_tag, _retrain_result, arch_params, retrain_command, space_and_cost,
+                                  write_arch)
+from bench.search_quality_report import SPLITS, band_anova, per_arch_stats, seed_residual_correlation
+from dnas.io import atomic_write_json, atomic_write_text
 
 
 def prepare_data(recipe: str, sets: list[str]) -> None:
@@ -99,17 +96,10 @@ def main(argv=None) -> int:
     p.add_argument("--jobs", type=int, default=2, help="runs at a time, one thread each")
     args = p.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    from dnas.config import load_config
-    from dnas.latency.auto import resolve_latency_cost
     from dnas.latency.band import arch_key, sample_in_band
-    from dnas.resources import find_data_file
-    from dnas.search.config import SearchConfig
 
     t0, work = time.time(), Path(args.work)
-    scfg = load_config(SearchConfig, find_data_file(args.search_recipe, "search", ".yaml"))
-    space = scfg.load_space()
-    cost = resolve_latency_cost(scfg.latency_table, space, "cpu", supernet=scfg.supernet,
-                                batch=scfg.batch_size, budget_s=0, progress=False)
+    space, cost = space_and_cost(args.search_recipe, [])
     drawn = sample_in_band(space, cost.model.arch_ms, args.latency_ms, args.tolerance, args.random,
                            seed=args.band_seed)
     archs = {arch_key(idx): {"latency_ms": lat, "params": arch_params(space, idx), "indices": idx}
@@ -120,8 +110,7 @@ def main(argv=None) -> int:
     todo = []
     for r in range(args.seeds):
         for k, path in files.items():
-            fresh = ["--recipe", args.retrain_recipe, "--arch", str(path), "--data", "synthetic", "--seed", str(r)]
-            cmd = _run_cmd("retrain", base / f"{path.stem}-r{r}", fresh + _sets(args.sets))
+            cmd = retrain_command(args.retrain_recipe, path, r, args.sets, base / f"{path.stem}-r{r}")
             if cmd is not None:
                 todo.append((f"{base.name}-{path.stem}-r{r}", cmd))
     print(f"band {args.latency_ms:.3f} ms +- {args.tolerance:.0%}: {len(files)} nets x {args.seeds} seeds, "
@@ -139,9 +128,9 @@ def main(argv=None) -> int:
     atomic_write_json(work / "spread.json", report)
     if args.results:
         atomic_write_json(Path(args.results + ".json"), report)
-        Path(args.results + ".md").write_text(f"# Band spread\n\nCommand: `{report['command']}`\n\n"
-                                              f"Conditions: {report['conditions']}; wall {report['wall_s'] / 60:.0f} min"
-                                              "\n\n```\n" + "\n".join(lines) + "\n```\n")
+        atomic_write_text(Path(args.results + ".md"), f"# Band spread\n\nCommand: `{report['command']}`\n\n"
+                          f"Conditions: {report['conditions']}; wall {report['wall_s'] / 60:.0f} min"
+                          "\n\n```\n" + "\n".join(lines) + "\n```\n")
     print("\n".join(lines))
     return 0
 

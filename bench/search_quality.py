@@ -156,6 +156,27 @@ def _run_cmd(tool: str, run_dir: Path, fresh: list[str]) -> list[str] | None:
     return exe + fresh + ["--out", str(run_dir), "--overwrite", "--no-progress"]
 
 
+def retrain_command(recipe: str, arch: Path, seed: int, sets: list[str], run_dir: Path) -> list[str] | None:
+    """The command that (re)starts the retrain of ``arch`` with ``seed`` on the recipe's
+    synthetic set in ``run_dir``; ``None`` when it is finished."""
+    fresh = ["--recipe", recipe, "--arch", str(arch), "--data", "synthetic", "--seed", str(seed)] + _sets(sets)
+    return _run_cmd("retrain", run_dir, fresh)
+
+
+def space_and_cost(recipe: str, sets: list[str]):
+    """The search space of a search recipe and its latency cost on this machine's CPU
+    (the recipe's table; nothing is profiled)."""
+    from dnas.config import load_config
+    from dnas.latency.auto import resolve_latency_cost
+    from dnas.resources import find_data_file
+    from dnas.search.config import SearchConfig
+
+    cfg = load_config(SearchConfig, find_data_file(recipe, "search", ".yaml"), overrides=sets)
+    space = cfg.load_space()
+    return space, resolve_latency_cost(cfg.latency_table, space, "cpu", supernet=cfg.supernet,
+                                       batch=cfg.batch_size, budget_s=0, progress=False)
+
+
 def run_searches(args, work: Path, jobs: Jobs, ledger: Ledger) -> dict[int, Path]:
     sets = args.search_set + (SMOKE_SEARCH if args.smoke else [])
     base = work / "searches" / _recipe_tag(args.search_recipe, "search", sets)
@@ -258,9 +279,7 @@ def run_retrains(args, work: Path, arch_files: dict[str, Path], jobs: Jobs,
                 ledger.put("retrains", entry, res)  # finished before the ledger knew it
             if ledger.get("retrains", entry) is not None:
                 continue
-            fresh = ["--recipe", args.retrain_recipe, "--arch", str(path), "--data", "synthetic", "--seed", str(r)]
-            fresh += _sets(sets)
-            todo.append((f"retrain-{base.name}-{path.stem}-r{r}", _run_cmd("retrain", d, fresh)))
+            todo.append((f"retrain-{base.name}-{path.stem}-r{r}", retrain_command(args.retrain_recipe, path, r, sets, d)))
 
     def record(name: str) -> None:
         entry, d = entries[name]
@@ -323,11 +342,6 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the running jobs are stopped too
     if args.smoke:
         args.search_seeds, args.random, args.retrain_seeds = args.search_seeds[:1], 1, 1
-    from dnas.config import load_config
-    from dnas.latency.auto import resolve_latency_cost
-    from dnas.resources import find_data_file
-    from dnas.search.config import SearchConfig
-
     t_start = time.time()
     work = Path(args.work)
     jobs = Jobs(args.jobs, work / "logs")
@@ -335,11 +349,7 @@ def main(argv=None) -> int:
     dirs = run_searches(args, work, jobs, ledger)
     if args.searches_only:
         return 0
-    cfg = load_config(SearchConfig, find_data_file(args.search_recipe, "search", ".yaml"),
-                      overrides=args.search_set + (SMOKE_SEARCH if args.smoke else []))
-    space = cfg.load_space()
-    cost = resolve_latency_cost(cfg.latency_table, space, "cpu", supernet=cfg.supernet, batch=cfg.batch_size,
-                                budget_s=0, progress=False)
+    space, cost = space_and_cost(args.search_recipe, args.search_set + (SMOKE_SEARCH if args.smoke else []))
     found = searched_archs(dirs, cost.model.arch_ms, ledger)
     bands = group_bands(found, args.tolerance)
     searched_keys = {f["key"] for f in found.values()}
